@@ -1,0 +1,1 @@
+"""bridge room of the ST2000R supervisor (see DESIGN)."""

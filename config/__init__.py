@@ -1,0 +1,1 @@
+"""config room of the ST2000R supervisor (see DESIGN)."""

@@ -1,0 +1,1 @@
+"""drivers room of the ST2000R supervisor (see DESIGN)."""

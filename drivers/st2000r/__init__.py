@@ -1,0 +1,1 @@
+"""drivers/st2000r room of the ST2000R supervisor (see DESIGN)."""

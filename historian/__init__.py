@@ -1,0 +1,1 @@
+"""historian room of the ST2000R supervisor (see DESIGN)."""

@@ -1,0 +1,58 @@
+"""Packaging for the ST2000R supervisor.
+
+The folders stay on disk as the user laid them out, but install under one import root,
+``st2000r``: installed bare, ``supervisor`` and ``config`` would overwrite other packages
+(the process manager Supervisor is imported as ``supervisor``).  ``st2000r`` itself is an
+implicit namespace package; every room is a regular package below it.
+"""
+
+from setuptools import setup
+
+ROOMS = {
+    "st2000r.supervisor": "supervisor",
+    "st2000r.drivers": "drivers",
+    "st2000r.drivers.st2000r": "drivers/st2000r",
+    "st2000r.bridge": "bridge",
+    "st2000r.tui": "tui",
+    "st2000r.historian": "historian",
+    "st2000r.config": "config",
+    "st2000r.simulation": "simulation",
+}
+
+setup(
+    name="st2000r",
+    version="0.1.0",
+    description="Supervisor for ST2000R residential remote meter reading networks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=list(ROOMS),
+    package_dir=ROOMS,
+    package_data={
+        "st2000r.config": ["examples/*.toml"],
+        "st2000r.tui": ["*.tcss"],
+        "st2000r.simulation": ["scenarios/*.toml"],
+    },
+    install_requires=[
+        "twisted>=24.7",
+        "pymodbus==3.16.*",
+        "pyserial>=3.5",
+        "SQLAlchemy>=2.0,<3",
+        "pyodbc>=5.0",
+        "textual>=0.80",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["st2000r = st2000r.supervisor.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Framework :: Twisted",
+        "Topic :: System :: Hardware",
+    ],
+)

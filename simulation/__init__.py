@@ -1,0 +1,1 @@
+"""simulation room of the ST2000R supervisor (see DESIGN)."""

@@ -1,0 +1,1 @@
+"""supervisor room of the ST2000R supervisor (see DESIGN)."""

@@ -1,0 +1,55 @@
+"""The ``st2000r`` command: a thin dispatcher over each room's own commands.
+
+Each subcommand lives in the room that owns it and is imported only when asked for, so
+``st2000r frame decode`` never loads Twisted's reactor, the historian or Textual.  A room's
+command module exposes ``main(argv: list[str]) -> int``; the exit status contract is
+0 = success, 2 = bad input (configuration, frame, arguments) with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("st2000r.config.cli", "check a topology file and print its summary"),
+    "frame": ("st2000r.drivers.st2000r.cli", "decode and encode CJ/T 188 / ST2000R frames"),
+    "simulate": ("st2000r.simulation.cli", "run the field simulator"),
+    "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: st2000r COMMAND [ARGS...]", "", "commands:"]
+    for name, (_, text) in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {text}")
+    lines.append("")
+    lines.append("Run 'st2000r COMMAND --help' for a command's own options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"st2000r: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            print(f"st2000r: command {name!r} is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    status = module.main(rest)
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

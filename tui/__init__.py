@@ -1,0 +1,1 @@
+"""tui room of the ST2000R supervisor (see DESIGN)."""
