@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("st2000r.drivers.st2000r.cli", "decode and encode CJ/T 188 / ST2000R frames"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
     "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
+    "demo": ("st2000r.simulation.demo", "run the demo: the embedded community on a simulator"),
 }
 
 
