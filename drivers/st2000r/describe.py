@@ -17,7 +17,7 @@ from st2000r.drivers.st2000r.units import Quantity
 
 METER_TYPES = {
     0x10: "cold water", 0x11: "hot water", 0x12: "drinking water", 0x13: "reclaimed water",
-    0x20: "heat (outlet)", 0x21: "heat (inlet)", 0x30: "gas", 0x40: "electricity",
+    0x20: "heat (heating)", 0x21: "heat (cooling)", 0x30: "gas", 0x40: "electricity",
     0xAA: "any (broadcast)", m.CDT_TYPE: "ST2000R CDT",
 }  # fmt: skip
 

@@ -47,7 +47,7 @@ from st2000r.drivers.st2000r.frame import (
     address_bytes,
     encode_frame,
 )
-from st2000r.drivers.st2000r.units import Quantity
+from st2000r.drivers.st2000r.units import UNITS, Quantity
 
 CDT_TYPE: Final = 0x50  # outside CJ/T 188's 10h–49h: no standard meter answers it
 MAX_BULK: Final = 48  # channels per BulkRead (worst case fills the 255-byte L field)
@@ -266,7 +266,10 @@ class HeatData(Message):
     """901F reply of a heat meter (43-byte payload, CJ/T 188 heat-meter layout).
 
     Heat and power carry 2 decimals, flow rate 4 decimals, cumulative flow 2 decimals;
-    temperatures are °C with 2 decimals; ``working_hours`` is whole hours.
+    temperatures are °C with 2 decimals; ``working_hours`` is whole hours.  The standard puts
+    each quantity's 4 BCD bytes before its unit byte; some meters (``unit_first``) send the
+    unit byte first.  On receive the layout whose unit bytes are all known unit codes wins,
+    the standard one when both fit.
     """
 
     CONTROL = 0x81
@@ -281,16 +284,20 @@ class HeatData(Message):
     working_hours: int
     time: datetime | None = None
     status: MeterStatus = field(default_factory=MeterStatus)
+    unit_first: bool = False
 
     SIZE: ClassVar[int] = 43
+    _DECIMALS: ClassVar[tuple[int, ...]] = (2, 2, 2, 4, 2)
 
     def payload(self) -> bytes:
+        out = bytearray()
+        names = ("settlement heat", "current heat", "power", "flow", "cumulative flow")
+        qs = (self.settlement_heat, self.current_heat, self.power, self.flow, self.cumulative_flow)
+        for q, name in zip(qs, names):
+            raw = _quantity(q, 4, name)
+            out += raw[4:] + raw[:4] if self.unit_first else raw
         return (
-            _quantity(self.settlement_heat, 4, "settlement heat")
-            + _quantity(self.current_heat, 4, "current heat")
-            + _quantity(self.power, 4, "power")
-            + _quantity(self.flow, 4, "flow")
-            + _quantity(self.cumulative_flow, 4, "cumulative flow")
+            bytes(out)
             + _decimal_bcd(self.supply_temp, 3, 2, "supply temperature")
             + _decimal_bcd(self.return_temp, 3, 2, "return temperature")
             + bcd.encode_le(self.working_hours, 3)
@@ -301,18 +308,28 @@ class HeatData(Message):
     @classmethod
     def from_payload(cls, common, p, at):
         _exact(p, cls.SIZE, at, "901F heat-meter data")
+        standard = all(p[5 * k + 4] in UNITS for k in range(5))
+        unit_first = not standard and all(p[5 * k] in UNITS for k in range(5))
+        qs = []
+        for k, decimals in enumerate(cls._DECIMALS):
+            i = 5 * k
+            if unit_first:
+                qs.append(Quantity(bcd.decode_le(p[i + 1 : i + 5], at + i + 1), p[i], decimals))
+            else:
+                qs.append(Quantity(bcd.decode_le(p[i : i + 4], at + i), p[i + 4], decimals))
         return cls(
             **common,
-            settlement_heat=_read_quantity(p, 0, at),
-            current_heat=_read_quantity(p, 5, at),
-            power=_read_quantity(p, 10, at),
-            flow=_read_quantity(p, 15, at, decimals=4),
-            cumulative_flow=_read_quantity(p, 20, at),
+            settlement_heat=qs[0],
+            current_heat=qs[1],
+            power=qs[2],
+            flow=qs[3],
+            cumulative_flow=qs[4],
             supply_temp=Decimal(bcd.decode_le(p[25:28], at + 25)).scaleb(-2),
             return_temp=Decimal(bcd.decode_le(p[28:31], at + 28)).scaleb(-2),
             working_hours=bcd.decode_le(p[31:34], at + 31),
             time=bcd.decode_time(p[34:41], at + 34),
             status=MeterStatus(p[41] | p[42] << 8),
+            unit_first=unit_first,
         )
 
 
