@@ -1,0 +1,334 @@
+"""The typed topology model: what a validated configuration file becomes.
+
+Every object is a frozen, slotted dataclass holding tuples, so a ``Topology`` can be shared
+between services and compared with ``==`` on reload.  The loader (``st2000r.config.loader``)
+is the only producer; it guarantees the invariants stated here, the classes do not re-check
+them.
+
+Invariants guaranteed by the loader:
+
+- quantities are integers of a base unit: water and gas in litres (L), electricity in
+  watt-hours (Wh); ``pulse_constant`` is base units per pulse (>= 1), ``initial`` >= 0;
+- ``Meter.serial`` is exactly 14 ASCII digits (the meter's CJ/T 188 address, zero-padded)
+  and unique within its link;
+- CDTs are sorted by ``address`` (1..99999999, unique per link, at most 256 per link);
+  modules by ``number`` (1..32, unique per CDT); channels by ``number`` (1..3, unique per
+  module);
+- repeater names are unique per link, a parent exists on the same link and has no parent
+  itself (at most 2 levels), at most 32 CDTs name a repeater;
+- link names are unique across the whole file.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from operator import attrgetter
+
+__all__ = [
+    "MeterKind",
+    "Meter",
+    "Channel",
+    "Module",
+    "Cdt",
+    "Repeater",
+    "LineSettings",
+    "SerialEndpoint",
+    "TcpEndpoint",
+    "GprsEndpoint",
+    "GsmEndpoint",
+    "Endpoint",
+    "Link",
+    "Site",
+    "Topology",
+    "Summary",
+    "summarize",
+    "LINK_KINDS",
+]
+
+#: link kinds, in the order summaries list them
+LINK_KINDS: tuple[str, ...] = ("serial", "tcp", "gprs", "gsm")
+
+
+class MeterKind(enum.Enum):
+    """What a pulse meter measures.  ``value`` is the spelling used in configuration files."""
+
+    WATER = "water"
+    ELECTRICITY = "electricity"
+    GAS = "gas"
+
+    @property
+    def base_unit(self) -> str:
+        """The integer base unit of readings and pulse constants: ``"L"`` or ``"Wh"``."""
+        return "Wh" if self is MeterKind.ELECTRICITY else "L"
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A pulse meter on one module channel.
+
+    ``pulse_constant``: base units per pulse (>= 1).  ``serial``: 14 ASCII digits, the
+    meter's CJ/T 188 address.  ``initial``: reading at commissioning, base units (>= 0).
+    ``household``: the household reference the meter bills to, or None.
+    """
+
+    kind: MeterKind
+    pulse_constant: int
+    serial: str
+    initial: int
+    household: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Input ``number`` (1..3) of a function module and the meter wired to it."""
+
+    number: int
+    meter: Meter
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """Function module ``number`` (1..32) of a CDT; ``channels`` sorted by number."""
+
+    number: int
+    channels: tuple[Channel, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cdt:
+    """A CDT smart data terminal.
+
+    ``address``: 1..99999999.  ``repeater``: name of the repeater the CDT sits behind on
+    its link, or None when it is on the link's own bus segment.
+    """
+
+    address: int
+    name: str | None
+    repeater: str | None
+    modules: tuple[Module, ...]
+
+    @property
+    def bcd_address(self) -> str:
+        """The CDT's CJ/T 188 address: ``address`` as 14 decimal digits, zero-padded."""
+        return f"{self.address:014d}"
+
+    def meters(self) -> Iterator[tuple[int, int, Meter]]:
+        """Yield ``(module_number, channel_number, meter)`` in module, then channel order."""
+        for module in self.modules:
+            number = module.number
+            for channel in module.channels:
+                yield number, channel.number, channel.meter
+
+    def module(self, number: int) -> Module:
+        """The module with this number; raises ``KeyError`` if the CDT has none."""
+        for module in self.modules:
+            if module.number == number:
+                return module
+        raise KeyError(f"CDT {self.address} has no module {number}")
+
+
+@dataclass(frozen=True, slots=True)
+class Repeater:
+    """An RS485 repeater on a link.  ``parent``: the repeater it hangs behind, or None
+    (first level).  ``latency_ms``: added one-way delay in milliseconds (>= 0)."""
+
+    name: str
+    parent: str | None
+    latency_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineSettings:
+    """Asynchronous serial framing of the RS485 field bus.
+
+    ``baud`` in bit/s; ``bytesize`` 7 or 8; ``parity`` ``"N"``, ``"E"`` or ``"O"``;
+    ``stopbits`` 1 or 2.
+    """
+
+    baud: int
+    bytesize: int
+    parity: str
+    stopbits: int
+
+    @property
+    def bits_per_byte(self) -> int:
+        """Bits on the wire per byte: 1 start + data + parity (0 or 1) + stop.  8E1 -> 11."""
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+
+
+@dataclass(frozen=True, slots=True)
+class SerialEndpoint:
+    """A local serial port (``device`` path, e.g. ``/dev/ttyUSB0``) wired to the bus
+    through an RS232/USB -> RS485 converter."""
+
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class TcpEndpoint:
+    """A serial-device server: raw TCP to ``host``:``port`` (1..65535), bus behind it."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class GprsEndpoint:
+    """A GPRS DTU that connects in to the supervisor and registers as ``dtu_id``.
+
+    ``registration``: ``"plain"``, ``"ddp"`` or ``"usr"`` (the registration packet
+    format); ``heartbeat_s``: expected heartbeat interval in seconds.
+    """
+
+    dtu_id: str
+    registration: str
+    heartbeat_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class GsmEndpoint:
+    """A GSM data call: the local ``modem`` (serial device, at ``modem_baud`` bit/s)
+    dials ``number`` (digits, optional leading ``+``)."""
+
+    modem: str
+    number: str
+    modem_baud: int
+
+
+Endpoint = SerialEndpoint | TcpEndpoint | GprsEndpoint | GsmEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One field bus and how the supervisor reaches it.
+
+    ``kind``: ``"serial"``, ``"tcp"``, ``"gprs"`` or ``"gsm"`` (matches the ``endpoint``
+    type).  ``line``: framing of the RS485 bus itself (for a remote bus it is used for
+    timing).  ``turnaround_ms``: device turnaround delay in ms.  ``di_order``: ``"901F"``
+    or ``"1F90"``, the byte order used when sending data identifiers.  ``cdts`` sorted by
+    address.
+    """
+
+    name: str
+    kind: str
+    endpoint: Endpoint
+    line: LineSettings
+    turnaround_ms: int
+    di_order: str
+    repeaters: tuple[Repeater, ...]
+    cdts: tuple[Cdt, ...]
+
+    def cdt(self, address: int) -> Cdt:
+        """The CDT with this address (O(log n)); raises ``KeyError`` if absent."""
+        i = bisect_left(self.cdts, address, key=attrgetter("address"))
+        if i < len(self.cdts) and self.cdts[i].address == address:
+            return self.cdts[i]
+        raise KeyError(f"link {self.name!r} has no CDT {address}")
+
+    def repeater(self, name: str) -> Repeater:
+        """The repeater with this name; raises ``KeyError`` if absent."""
+        for repeater in self.repeaters:
+            if repeater.name == name:
+                return repeater
+        raise KeyError(f"link {self.name!r} has no repeater {name!r}")
+
+    def meters(self) -> Iterator[tuple[int, int, int, Meter]]:
+        """Yield ``(cdt_address, module_number, channel_number, meter)`` in address order."""
+        for cdt in self.cdts:
+            address = cdt.address
+            for module_no, channel_no, meter in cdt.meters():
+                yield address, module_no, channel_no, meter
+
+    def module_count(self) -> int:
+        """Number of function modules on the link."""
+        return sum(len(cdt.modules) for cdt in self.cdts)
+
+    def meter_count(self) -> int:
+        """Number of meters (occupied channels) on the link."""
+        return sum(len(module.channels) for cdt in self.cdts for module in cdt.modules)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A residential community served by one area server."""
+
+    name: str
+    address: str
+    links: tuple[Link, ...]
+
+    def summary(self) -> Summary:
+        """Counts for this site alone (``Summary.sites == 1``)."""
+        return summarize((self,))
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts over some sites.  ``links_by_kind`` has every kind of ``LINK_KINDS`` and
+    ``meters_by_kind`` every ``MeterKind`` as keys, zero when absent."""
+
+    sites: int
+    links: int
+    links_by_kind: dict[str, int]
+    repeaters: int
+    cdts: int
+    modules: int
+    meters: int
+    meters_by_kind: dict[MeterKind, int]
+
+
+def summarize(sites: Iterable[Site]) -> Summary:
+    """Count sites, links (by kind), repeaters, CDTs, modules and meters (by kind)."""
+    links_by_kind = dict.fromkeys(LINK_KINDS, 0)
+    meters_by_kind = dict.fromkeys(MeterKind, 0)
+    n_sites = n_links = n_repeaters = n_cdts = n_modules = n_meters = 0
+    for site in sites:
+        n_sites += 1
+        for link in site.links:
+            n_links += 1
+            links_by_kind[link.kind] = links_by_kind.get(link.kind, 0) + 1
+            n_repeaters += len(link.repeaters)
+            n_cdts += len(link.cdts)
+            for cdt in link.cdts:
+                n_modules += len(cdt.modules)
+                for module in cdt.modules:
+                    n_meters += len(module.channels)
+                    for channel in module.channels:
+                        meters_by_kind[channel.meter.kind] += 1
+    return Summary(
+        sites=n_sites,
+        links=n_links,
+        links_by_kind=links_by_kind,
+        repeaters=n_repeaters,
+        cdts=n_cdts,
+        modules=n_modules,
+        meters=n_meters,
+        meters_by_kind=meters_by_kind,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """A whole validated configuration file.  ``source``: the path it was read from, or
+    the ``source`` given to ``loads`` (``"<string>"`` by default)."""
+
+    sites: tuple[Site, ...]
+    source: str
+
+    def links(self) -> Iterator[Link]:
+        """Every link of every site, in file order."""
+        for site in self.sites:
+            yield from site.links
+
+    def link(self, name: str) -> Link:
+        """The link with this name (names are unique per file); raises ``KeyError``."""
+        for link in self.links():
+            if link.name == name:
+                return link
+        raise KeyError(f"no link named {name!r}")
+
+    def summary(self) -> Summary:
+        """Counts over the whole file."""
+        return summarize(self.sites)
