@@ -54,7 +54,10 @@ def decode_all(data: bytes) -> list[tuple[f.Frame, m.Message]]:
         if len(data) - j < f.HEADER_LEN:
             raise CodecError(f"frame ends after {len(data) - j} bytes; the header alone is 11", len(data))
         n = f.OVERHEAD + data[j + 10]
-        frame, _ = f.decode_frame(bytes(data[j : j + n]) if len(data) - j >= n else bytes(data[j:]))
+        try:
+            frame, _ = f.decode_frame(bytes(data[j : j + n]))
+        except CodecError as exc:
+            raise _shift(exc, j) from None
         out.append((frame, m.parse(frame, base=j)))
         i = j + n
     if not out:
