@@ -1,0 +1,87 @@
+"""The rooms of DESIGN.md §2 import only what they may.
+
+Checked statically (every ``import`` in every module, including function-local ones), so a
+forbidden import fails here even if no test happens to execute it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+ROOMS = {
+    "config": "config",
+    "drivers": "drivers",
+    "supervisor": "supervisor",
+    "bridge": "bridge",
+    "historian": "historian",
+    "tui": "tui",
+    "simulation": "simulation",
+}
+# room -> rooms of ours it may import (besides itself)
+ALLOWED = {
+    "config": set(),
+    "drivers": {"config"},
+    "supervisor": {"config", "drivers", "bridge", "historian", "simulation"},
+    "bridge": {"supervisor", "config"},
+    "historian": {"supervisor", "config"},
+    "tui": set(),
+    "simulation": {"config", "drivers"},
+}
+# modules of the codec that must stay sans-I/O
+SANS_IO = ["frame", "messages", "units", "bcd", "crc", "errors", "describe", "cli"]
+IO_MODULES = {"twisted", "socket", "asyncio", "serial", "select", "selectors", "pymodbus"}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def modules(room: str):
+    return sorted((ROOT / room).rglob("*.py"))
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_room_imports_only_allowed_rooms(room):
+    bad = []
+    for path in modules(room):
+        for name in imports(path):
+            parts = name.split(".")
+            if parts[0] in ROOMS:
+                bad.append(f"{path.relative_to(ROOT)}: bare import {name!r} (use st2000r.…)")
+            if parts[0] == "st2000r" and len(parts) > 1:
+                other = parts[1]
+                if other != ROOMS[room] and other not in ALLOWED[room]:
+                    bad.append(f"{path.relative_to(ROOT)}: imports {name}")
+            if parts[0] == "textual" and room != "tui":
+                bad.append(f"{path.relative_to(ROOT)}: only tui/ may import Textual")
+    assert bad == []
+
+
+@pytest.mark.parametrize("module", SANS_IO)
+def test_codec_is_sans_io(module):
+    path = ROOT / "drivers" / "st2000r" / f"{module}.py"
+    found = {n.split(".")[0] for n in imports(path)} & IO_MODULES
+    assert found == set(), f"{path.name} imports {found}"
+
+
+def test_tui_never_imports_the_reactor():
+    for path in modules("tui"):
+        assert not any(n.startswith("twisted.internet") for n in imports(path)), path
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The checks above would fail on a violation (guards against a vacuous pass)."""
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    import twisted.internet.reactor\n    from textual.app import App\n")
+    assert {"twisted.internet.reactor", "textual.app"} <= imports(bad)
