@@ -1,0 +1,143 @@
+"""Builders shared by the simulator core tests (no tests here).
+
+Topologies are made straight from the config dataclasses so that the tests do not depend on
+the example files; ``community`` mirrors config/examples/community.toml's size.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from twisted.internet.task import Clock
+
+from st2000r.config.model import (
+    Cdt,
+    Channel,
+    LineSettings,
+    Link,
+    Meter,
+    MeterKind,
+    Module,
+    Repeater,
+    SerialEndpoint,
+    Site,
+    Topology,
+)
+from st2000r.drivers.st2000r import messages as m
+from st2000r.drivers.st2000r.frame import FrameDecoder
+from st2000r.simulation.world import World
+
+START = datetime(2026, 3, 2, 6, 0, 0)  # a Monday morning
+KINDS = (MeterKind.WATER, MeterKind.ELECTRICITY, MeterKind.GAS)
+PULSE = {MeterKind.WATER: 10, MeterKind.ELECTRICITY: 1, MeterKind.GAS: 10}
+
+
+def meter_serial(link_no: int, cdt: int, module: int, channel: int) -> str:
+    return f"{link_no:02d}{cdt:06d}{module:03d}{channel:03d}"
+
+
+def make_cdt(address: int, modules: int = 2, repeater: str | None = None, link_no: int = 1, initial: int = 0) -> Cdt:
+    mods = []
+    for mod in range(1, modules + 1):
+        chans = tuple(
+            Channel(ch, Meter(KINDS[ch - 1], PULSE[KINDS[ch - 1]], meter_serial(link_no, address, mod, ch), initial, f"H{address}-{mod}"))
+            for ch in (1, 2, 3)
+        )
+        mods.append(Module(mod, chans))
+    return Cdt(address, f"cdt-{address}", repeater, tuple(mods))
+
+
+def make_link(
+    name: str = "bus-1",
+    cdts: tuple[Cdt, ...] | None = None,
+    repeaters: tuple[Repeater, ...] = (),
+    baud: int = 2400,
+    turnaround_ms: int = 20,
+    parity: str = "E",
+) -> Link:
+    if cdts is None:
+        cdts = (make_cdt(1), make_cdt(2), make_cdt(3))
+    return Link(
+        name=name, kind="serial", endpoint=SerialEndpoint("/dev/null"),
+        line=LineSettings(baud, 8, parity, 1), turnaround_ms=turnaround_ms, di_order="901F",
+        repeaters=repeaters, cdts=cdts,
+    )  # fmt: skip
+
+
+def make_topology(*links: Link) -> Topology:
+    return Topology((Site("test site", "nowhere", links or (make_link(),)),), "<test>")
+
+
+def repeater_topology() -> Topology:
+    """CDT 1 on the bus; 2, 3 behind r1; 4 behind r2 (child of r1); 5 behind r3."""
+    reps = (Repeater("r1", None, 30), Repeater("r2", "r1", 20), Repeater("r3", None, 10))
+    cdts = (make_cdt(1), make_cdt(2, repeater="r1"), make_cdt(3, repeater="r1"),
+            make_cdt(4, repeater="r2"), make_cdt(5, repeater="r3"))  # fmt: skip
+    return make_topology(make_link(cdts=cdts, repeaters=reps))
+
+
+def community(cdts: int = 128, modules: int = 32) -> Topology:
+    return make_topology(make_link(cdts=tuple(make_cdt(a, modules) for a in range(1, cdts + 1)), baud=9600))
+
+
+def make_world(topology: Topology | None = None, *, seed: int = 7, speedup: float = 1.0, clock: Clock | None = None):
+    clock = clock or Clock()
+    return World(topology or make_topology(), clock, seed=seed, speedup=speedup, start=START), clock
+
+
+def cdt_addr(address: int) -> str:
+    return f"{address:014d}"
+
+
+def meter_of(snapshot: dict, link: str, cdt: int, channel: int) -> dict:
+    for lk in snapshot["links"]:
+        if lk["name"] == link:
+            for c in lk["cdts"]:
+                if c["address"] == cdt:
+                    for meter in c["meters"]:
+                        if meter["channel"] == channel:
+                            return meter
+    raise KeyError((link, cdt, channel))
+
+
+def cdt_of(snapshot: dict, link: str, cdt: int) -> dict:
+    for lk in snapshot["links"]:
+        if lk["name"] == link:
+            for c in lk["cdts"]:
+                if c["address"] == cdt:
+                    return c
+    raise KeyError((link, cdt))
+
+
+class Master:
+    """The codec in the master role over a SimulatedBus, driven by a Clock."""
+
+    def __init__(self, bus, clock: Clock) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.received = bytearray()
+        self.writes: list[tuple[float, bytes]] = []
+        bus.connect(self._on_reply)
+
+    def _on_reply(self, data: bytes) -> None:
+        self.writes.append((self.clock.seconds(), data))
+        self.received += data
+
+    def send(self, msg: m.Message) -> bytes:
+        wire = m.encode(msg)
+        self.bus.data_received(wire)
+        return wire
+
+    def ask(self, msg: m.Message, wait: float = 5.0, step: float = 0.01) -> list[m.Message]:
+        """Send ``msg`` and advance the clock ``wait`` seconds; the parsed replies."""
+        self.received.clear()
+        self.send(msg)
+        steps = int(wait / step)
+        for _ in range(steps):
+            self.clock.advance(step)
+        return [m.parse(f) for f in FrameDecoder().frames(bytes(self.received))]
+
+    def one(self, msg: m.Message, wait: float = 5.0) -> m.Message:
+        replies = self.ask(msg, wait)
+        assert len(replies) == 1, replies
+        return replies[0]
