@@ -66,6 +66,7 @@ def _value(v: Any) -> Any:
 def describe(msg: m.Message, raw_control: int | None = None) -> dict[str, Any]:
     """A JSON-ready dict of ``msg``: protocol, type, address, control fields, DI, values."""
     control = msg.control if raw_control is None else raw_control
+    vendor_valve = control in (0x2A, 0xAA)  # a vendor control code, not a follow-up frame
     out: dict[str, Any] = {
         "protocol": "ST2000R vendor" if msg.VENDOR else "CJ/T 188-2004",
         "command": type(msg).__name__,
@@ -76,9 +77,11 @@ def describe(msg: m.Message, raw_control: int | None = None) -> dict[str, Any]:
             "raw": f"{control:02X}h",
             "direction": "reply" if control & 0x80 else "request",
             "error": bool(control & 0x40),
-            "follow_up": bool(control & 0x20),
-            "function": f"{control & 0x1F:02X}h",
-            "function_name": FUNCTIONS.get(control & 0x1F, "unknown"),
+            "follow_up": bool(control & 0x20) and not vendor_valve,
+            "function": f"{control & 0x1F:02X}h" if not vendor_valve else "2Ah",
+            "function_name": FUNCTIONS.get(control & 0x1F, "unknown")
+            if not vendor_valve
+            else "valve (vendor control code)",
         },
     }
     di = msg.di if isinstance(msg, m.ErrorReply) else msg.DI

@@ -1,6 +1,6 @@
 """CJ/T 188-2004 link layer, sans-I/O: frames to bytes and a resynchronising stream decoder.
 
-Wire format (``docs/protocol.md`` §1)::
+Wire format (``docs/protocol.md``, link layer)::
 
     FE…  68  T  A0 … A6  C  L  DATA(L)  CS  16
 
@@ -236,7 +236,8 @@ class FrameDecoder:
             cut = nxt if 0 < nxt else len(buf)
             junk = bytes(buf[:cut])
             del buf[:cut]
-            return Junk(junk, f"frame of {n} bytes: {problem[1]}")
+            # FE bytes right before the next 68 are its wake-up preamble, not line errors
+            return Junk(junk.rstrip(b"\xfe") or junk, f"frame of {n} bytes: {problem[1]}")
 
     def _complete_frame_after(self, start: int) -> int | None:
         buf = self._buf

@@ -197,7 +197,9 @@ def _bits(raw: bytes, n: int) -> list[bool]:
     return [bool(raw[i >> 3] >> (i & 7) & 1) for i in range(n)]
 
 
-def _quantity(q: Quantity, size: int, what: str) -> bytes:
+def _quantity(q: Quantity, size: int, what: str, decimals: int = 2) -> bytes:
+    if q.decimals != decimals:
+        raise CodecError(f"{what} is sent with {decimals} decimals, got a quantity with {q.decimals}")
     if not 0 <= q.unit <= 0xFF:
         raise CodecError(f"{what} unit code {q.unit} is not a byte")
     return bcd.encode_le(q.value, size) + bytes((q.unit,))
@@ -293,8 +295,8 @@ class HeatData(Message):
         out = bytearray()
         names = ("settlement heat", "current heat", "power", "flow", "cumulative flow")
         qs = (self.settlement_heat, self.current_heat, self.power, self.flow, self.cumulative_flow)
-        for q, name in zip(qs, names):
-            raw = _quantity(q, 4, name)
+        for q, name, decimals in zip(qs, names, self._DECIMALS):
+            raw = _quantity(q, 4, name, decimals)
             out += raw[4:] + raw[:4] if self.unit_first else raw
         return (
             bytes(out)
@@ -357,6 +359,8 @@ class AddressReply(Message):
         if not p:
             return cls(**common, repeated=False)
         _exact(p, 7, at, "810A reply with repeated address")
+        if p[::-1].hex().upper() != common["address"]:
+            raise CodecError("address repeated in the data differs from the header address", at)
         return cls(**common, repeated=True)
 
 
