@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("st2000r.config.cli", "check a topology file and print its summary"),
     "frame": ("st2000r.drivers.st2000r.cli", "decode and encode CJ/T 188 / ST2000R frames"),
+    "run": ("st2000r.supervisor.run", "run the supervisor for a topology"),
+    "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
     "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
     "demo": ("st2000r.simulation.demo", "run the demo: the embedded community on a simulator"),
