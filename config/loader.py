@@ -70,7 +70,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _PHONE_RE = re.compile(r"\+?[0-9]{1,20}")
 _SPAN_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
-_BIG_WIDTH_RE = re.compile(r"[0-9]{3,}")
+_DIGIT_RUN_RE = re.compile(r"[0-9]+")
 
 # --------------------------------------------------------------------------- schema machinery
 
@@ -152,8 +152,8 @@ def _check_name(value: str) -> str | None:
 def _check_text(value: str) -> str | None:
     if not value.strip():
         return "must not be empty"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "must not contain control characters"
+    if not value.isprintable():
+        return f"value{_show(value)} must contain printable characters only (no tabs, newlines, controls)"
     return None
 
 
@@ -161,7 +161,7 @@ def _check_token(value: str) -> str | None:
     """Non-empty, no whitespace or control characters (device paths, host names, ids)."""
     if not value:
         return "must not be empty"
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(c.isspace() or not c.isprintable() for c in value):
         return f"value{_show(value)} must not contain whitespace or control characters"
     if len(value) > 255:
         return "longer than 255 characters"
@@ -198,8 +198,8 @@ def _check_format(fields: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(value: str) -> str | None:
         if not value:
             return "format must not be empty"
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            return "format must not contain control characters"
+        if not value.isprintable():
+            return f"format{_show(value)} must contain printable characters only"
         try:
             parsed = list(string.Formatter().parse(value))
         except ValueError as exc:
@@ -212,7 +212,8 @@ def _check_format(fields: tuple[str, ...]) -> Callable[[Any], str | None]:
                 return f"unknown placeholder {shown} in format{_show(value)} (allowed: {allowed})"
             if conversion is not None:
                 return f"conversion !{conversion} not allowed in format{_show(value)}"
-            if spec and ("{" in spec or _BIG_WIDTH_RE.search(spec) or spec.endswith("c")):
+            too_wide = any(len(run) > 4 or int(run) > 99 for run in _DIGIT_RUN_RE.findall(spec))
+            if spec and ("{" in spec or too_wide or spec.endswith("c")):
                 return (f"format spec {spec!r} not allowed in format{_show(value)} "
                         "(no nested fields, no 'c' type, widths up to 99)")
         try:
@@ -363,9 +364,25 @@ SCHEMAS: dict[str, Schema] = {
 # --------------------------------------------------------------------------- paths and issues
 
 
+def _display(text: str) -> str:
+    """``text`` with quotes, backslashes and non-printable characters escaped TOML-style."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
 def _key(path: str, name: str) -> str:
+    """``path.name``, the name quoted (and escaped) unless it is a bare TOML key."""
     if not _BARE_KEY_RE.fullmatch(name):
-        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        name = '"' + _display(name) + '"'
     return f"{path}.{name}" if path else name
 
 
@@ -683,24 +700,29 @@ class _LinkBuild:
 
     def repeaters(self, items: list[Any]) -> None:
         rpath = _key(self.path, "repeaters")
-        parsed: list[tuple[str, dict[str, Any]]] = []
+        # a repeater with a valid name is known to references even if its other keys are bad
+        parsed: list[tuple[str, dict[str, Any], bool]] = []
         for _, p, item in _array_of_tables(self.ctx, items, rpath):
             values = _table(self.ctx, item, p, REPEATER_SCHEMA)
-            if values is None or len(values) != len(REPEATER_SCHEMA):
+            if values is None:
                 self.ok = False
                 continue
-            name = values["name"]
+            complete = len(values) == len(REPEATER_SCHEMA)
+            self.ok &= complete
+            name = values.get("name")
+            if name is None:
+                continue
             if name in self.repeater_paths:
                 self.error(_key(p, "name"),
                            f"duplicate repeater name {name!r} on this link (already defined at {self.repeater_paths[name]})")
                 continue
             self.repeater_paths[name] = p
-            parsed.append((p, values))
-        parents = {values["name"]: values["parent"] for _, values in parsed}
+            parsed.append((p, values, complete))
+        parents = {values["name"]: values.get("parent") for _, values, _ in parsed}
         reported_cycles: set[str] = set()
         result = []
-        for p, values in parsed:
-            name, parent = values["name"], values["parent"]
+        for p, values, complete in parsed:
+            name, parent = values["name"], values.get("parent")
             if parent is not None:
                 if parent not in parents:
                     self.error(_key(p, "parent"), f"unknown repeater {parent!r} (repeaters on this link: "
@@ -721,7 +743,8 @@ class _LinkBuild:
                                f"repeater nesting exceeds {MAX_REPEATER_LEVELS} levels: {name!r} -> {parent!r} -> "
                                f"{parents[parent]!r} (a parent repeater must not have a parent itself)")
                     continue
-            result.append(Repeater(name=name, parent=parent, latency_ms=values["latency_ms"]))
+            if complete:
+                result.append(Repeater(name=name, parent=parent, latency_ms=values["latency_ms"]))
         self.repeater_tuple = tuple(result)
 
     def _repeater_ref(self, values: dict[str, Any], path: str, count: int) -> bool:
@@ -744,7 +767,7 @@ class _LinkBuild:
         templates = self.ctx.templates
         if name not in templates:
             self.error(_key(path, "template"),
-                       f"unknown template {name!r} (defined: {', '.join(templates) or 'no templates are defined'})")
+                       f"unknown template {name!r} (defined: {', '.join(map(_display, templates)) or 'no templates are defined'})")
             return None
         compiled = templates[name]
         if compiled is None:  # the template itself is invalid and already reported
