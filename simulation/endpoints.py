@@ -43,6 +43,8 @@ __all__ = [
     "PtyEndpoint",
     "DeviceEndpoint",
     "TcpListenerEndpoint",
+    "SharedBus",
+    "PtyPair",
 ]
 
 log = Logger(namespace="st2000r.simulation.endpoints")
@@ -435,3 +437,67 @@ class TcpListenerEndpoint(Service):
 
     def info(self) -> EndpointInfo:
         return EndpointInfo(self.link, self.kind, f"{self.host}:{self.port}", "serial-device server, newest connection wins")
+
+
+# --------------------------------------------------------------------------- several endpoints, one bus
+
+
+class SharedBus:
+    """Lets several endpoints serve one bus (e.g. a pty and a TCP listener for the same
+    link): each gets a :meth:`port`; the bus's replies go to the port that wrote to the bus
+    last, as on an RS485 bus where the master that asked hears the answer.  A link drop
+    reaches every port."""
+
+    def __init__(self, bus: BusLike) -> None:
+        self.bus = bus
+        self._owner: _BusPort | None = None
+        self._drop_callbacks: list[Callable[[float], None]] = []
+        bus.on_link_drop(self._drop)
+
+    def port(self) -> _BusPort:
+        return _BusPort(self)
+
+    def _drop(self, seconds: float) -> None:
+        for callback in list(self._drop_callbacks):
+            callback(seconds)
+
+    def _take(self, port: _BusPort) -> None:
+        if self._owner is not port:
+            self._owner = port
+            self.bus.connect(port._deliver)
+
+    def _release(self, port: _BusPort) -> None:
+        if self._owner is port:
+            self._owner = None
+            self.bus.disconnect()
+
+
+class _BusPort:
+    """One endpoint's view of a :class:`SharedBus` (implements :class:`BusLike`)."""
+
+    def __init__(self, shared: SharedBus) -> None:
+        self.shared = shared
+        self._write: Callable[[bytes], None] | None = None
+
+    def connect(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self.shared._take(self)
+
+    def disconnect(self) -> None:
+        self._write = None
+        self.shared._release(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._write is not None:
+            self.shared._take(self)
+        self.shared.bus.data_received(data)
+
+    def on_link_drop(self, callback: Callable[[float], None]) -> None:
+        self.shared._drop_callbacks.append(callback)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._write is not None:
+            self._write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.shared.bus, name)

@@ -1,0 +1,240 @@
+"""``st2000r simulate CONFIG``: run the field simulator for a topology file.
+
+Prints one ``endpoint:`` line per served link (where the supervisor connects) and one
+``control:`` line (the control interface URL), then logs to stdout until SIGINT/SIGTERM
+(or ``--for SECONDS``).  Exit status: 0 after a clean stop; 2 with a one-line reason for a
+bad configuration, scenario, option, or a port/device that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+__all__ = ["main", "run", "install_reactor", "build_parser", "options_from_args", "UsageError"]
+
+PROG = "st2000r simulate"
+
+
+class UsageError(Exception):
+    """Bad command-line arguments; the message is the one line to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def install_reactor():
+    """Install Twisted's asyncio reactor (if no reactor is installed yet) and return the
+    reactor in use."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 1..65535, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return int(text)
+
+
+def _link_eq(convert: Callable[[str], object]) -> Callable[[str], tuple[str, object]]:
+    def parse(text: str):
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise argparse.ArgumentTypeError(f"expected LINK=VALUE, got {text!r}")
+        return name, convert(value)
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO date-time like 2026-01-01T08:00, got {text!r}") from None
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, control_default: int) -> None:
+    """Options shared by ``simulate`` and ``demo``."""
+    parser.add_argument("--speedup", type=_positive, default=1.0, metavar="N",
+                        help="run the world clock N times faster (consumption, battery, heartbeats)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the consumption models (default 0)")
+    parser.add_argument("--start", type=_when, metavar="ISO", help="world start time (default: now)")
+    parser.add_argument("--scenario", metavar="FILE", help="scenario file: a timeline of faults")
+    parser.add_argument("--control", type=_port, default=control_default, metavar="PORT",
+                        help=f"control interface port on 127.0.0.1 (0: any free port; default {control_default})")
+    parser.add_argument("--no-control", action="store_true", help="no control interface")
+    parser.add_argument("--physical-timing", action=argparse.BooleanOptionalAction, default=True,
+                        help="bytes take their wire time at the link's baud rate (default: on)")
+    parser.add_argument("--for", dest="duration", type=_positive, metavar="SECONDS",
+                        help="stop after SECONDS (default: run until Ctrl-C)")
+    parser.add_argument("--pty-dir", metavar="DIR", help="also create DIR/<link> symlinks to the pseudo-terminals")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from st2000r.simulation.service import DEFAULT_CONTROL_PORT
+
+    p = _Parser(prog=PROG, description="Run the ST2000R field simulator for a topology file.")
+    p.add_argument("config", metavar="CONFIG", help="topology TOML file")
+    add_run_options(p, control_default=DEFAULT_CONTROL_PORT)
+    p.add_argument("--supervisor", type=_host_port, metavar="HOST:PORT", help="where GPRS DTUs dial to")
+    p.add_argument("--tcp-base-port", type=_port, metavar="P",
+                   help="the n-th TCP link listens on P+n instead of its configured port (0: any free port)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="interface of the TCP listeners (default 127.0.0.1)")
+    p.add_argument("--link", action="append", nargs="+", default=[], metavar="NAME",
+                   help="serve only these links (repeatable)")
+    p.add_argument("--device", action="append", type=_link_eq(str), default=[], metavar="LINK=PATH",
+                   help="serve a serial link on a real serial device instead of a pty")
+    p.add_argument("--tcp", action="append", type=_link_eq(_port), default=[], metavar="LINK=PORT",
+                   help="also serve LINK on a TCP listener (0: any free port)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace, **extra):
+    from st2000r.simulation.service import SimulatorOptions
+
+    return SimulatorOptions(
+        speedup=args.speedup,
+        seed=args.seed,
+        start=args.start,
+        physical_timing=args.physical_timing,
+        scenario=args.scenario,
+        links=tuple(name for group in getattr(args, "link", []) for name in group),
+        devices=tuple(getattr(args, "device", [])),
+        bind=getattr(args, "bind", "127.0.0.1"),
+        tcp_base_port=getattr(args, "tcp_base_port", None),
+        tcp_ports=tuple(getattr(args, "tcp", [])) + tuple(extra.pop("tcp_ports", ())),
+        supervisor=getattr(args, "supervisor", None),
+        control_port=None if args.no_control else args.control,
+        pty_dir=args.pty_dir,
+        **extra,
+    )
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run(
+    topology,
+    options,
+    *,
+    prog: str = PROG,
+    duration: float | None = None,
+    quiet: bool = False,
+    banner: Callable[[object], Sequence[str]] | None = None,
+) -> int:
+    """Build, start and run the simulator until stopped; the exit status.
+
+    ``banner(service)`` returns extra lines printed after the endpoint lines.
+    """
+    reactor = install_reactor()
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from st2000r.simulation.faults import FaultError
+    from st2000r.simulation.service import SimulatorError, SimulatorService
+
+    try:
+        service = SimulatorService(topology, options, reactor)
+    except (SimulatorError, FaultError) as exc:
+        return _fail(prog, str(exc).replace("\n", "; "))
+    predicate = LogLevelFilterPredicate(LogLevel.warn if quiet else LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])],
+        redirectStandardIO=False,
+    )
+    try:
+        service.startService()
+    except CannotListenError as exc:
+        _stop_quietly(service)
+        return _fail(prog, f"cannot listen on {exc.interface or '*'}:{exc.port}: {exc.socketError}"
+                     + (" (pass --control 0 or another port)" if service.control and exc.port == options.control_port else ""))
+    except OSError as exc:
+        _stop_quietly(service)
+        return _fail(prog, str(exc))
+    summary = topology.summary()
+    print(f"simulating {topology.source}: {len(service.buses)} link(s), {summary.cdts} CDTs, "
+          f"{summary.meters} meters; speedup {options.speedup:g}x, seed {options.seed}", flush=True)
+    for info in service.endpoints():
+        print(f"endpoint: {info.line()}", flush=True)
+    if service.control is not None:
+        print(f"control: {service.control.url}", flush=True)
+    for line in banner(service) if banner else ():
+        print(line, flush=True)
+    print("ready (Ctrl-C stops)" if duration is None else f"ready (stopping after {duration:g} s)", flush=True)
+
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if duration is not None:
+        reactor.callLater(duration, reactor.stop)
+    reactor.run()
+    print("stopped", flush=True)
+    return 0
+
+
+def _stop_quietly(service) -> None:
+    try:
+        service.stopService()
+    except Exception:  # pragma: no cover - best effort after a failed start
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(args_in)
+    except UsageError as exc:
+        return _fail(PROG, str(exc).removeprefix(PROG + ": "))
+    from st2000r.config.errors import ConfigError
+    from st2000r.config.loader import load
+
+    try:
+        topology = load(args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        return _fail(PROG, str(exc))
+    return run(topology, options, duration=args.duration, quiet=args.quiet)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
