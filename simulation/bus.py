@@ -94,7 +94,7 @@ class SimulatedBus:
         self._rx_start = 0.0  # master's current transmission on the wire: [start, free)
         self._rx_free = 0.0
         self._on_wire: list[_OnWire] = []
-        self._requests: list[IDelayedCall] = []
+        self._requests: list[tuple[float, IDelayedCall]] = []  # (last byte time, call)
         self._deaf_until = -math.inf
         self._drop_callbacks: list[Callable[[float], None]] = []
         self._link.add_drop_listener(self._link_drop)
@@ -167,14 +167,14 @@ class SimulatedBus:
                 t_end = start + max(0, used) * bt
                 if self.physical_timing and t_end > now:
                     call = self._clock.callLater(t_end - now, self._request, event, t_end)
-                    self._requests.append(call)
+                    self._requests.append((t_end, call))
                 else:
                     self._request(event, now)
             else:
                 stats.junk_bytes += len(event.data)
 
     def _request(self, frame: Frame, t: float) -> None:
-        self._requests = [c for c in self._requests if c.active()]
+        self._requests = [(te, c) for te, c in self._requests if c.active()]
         self.stats.requests += 1
         replies = devices.answer(self._link, frame)
         if not replies:
@@ -199,7 +199,13 @@ class SimulatedBus:
         wire = bytearray(self._noise(bytes(wire)))
         on_wire = _OnWire(start, end, wire)
         if self.physical_timing and self._rx_free > start:
+            # the master is still talking: the reply's head and the master's tail collide
+            self.stats.collisions += 1
             self._collide_reply(on_wire, max(start, self._rx_start), self._rx_free)
+            for t_end, call in self._requests:
+                if t_end > start and call.active():  # its bytes overlapped the reply
+                    call.cancel()
+            self._requests = [(te, c) for te, c in self._requests if c.active()]
         now = self._clock.seconds()
         on_wire.call = self._clock.callLater(max(0.0, end - now), self._deliver, on_wire)
         self._on_wire.append(on_wire)
@@ -283,7 +289,7 @@ class SimulatedBus:
                 p.call.cancel()
                 self.stats.lost_replies += 1
         self._on_wire.clear()
-        for call in self._requests:
+        for _, call in self._requests:
             if call.active():
                 call.cancel()
         self._requests.clear()

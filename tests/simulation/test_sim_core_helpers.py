@@ -128,16 +128,21 @@ class Master:
         self.bus.data_received(wire)
         return wire
 
-    def ask(self, msg: m.Message, wait: float = 5.0, step: float = 0.01) -> list[m.Message]:
-        """Send ``msg`` and advance the clock ``wait`` seconds; the parsed replies."""
+    def ask(self, msg: m.Message, wait: float = 5.0, step: float = 0.01, world=None) -> list[m.Message]:
+        """Send ``msg`` and advance the clock ``wait`` seconds; the parsed replies.
+
+        With ``world`` (and a bus without physical timing, which answers at once) the
+        ground truth at the instant the devices answered is kept in ``self.truth``."""
         self.received.clear()
         self.send(msg)
+        if world is not None:
+            self.truth = world.snapshot()
         steps = int(wait / step)
         for _ in range(steps):
             self.clock.advance(step)
         return [m.parse(f) for f in FrameDecoder().frames(bytes(self.received))]
 
-    def one(self, msg: m.Message, wait: float = 5.0) -> m.Message:
-        replies = self.ask(msg, wait)
+    def one(self, msg: m.Message, wait: float = 5.0, world=None) -> m.Message:
+        replies = self.ask(msg, wait, world=world)
         assert len(replies) == 1, replies
         return replies[0]
