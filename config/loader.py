@@ -98,7 +98,12 @@ def _show(value: Any) -> str:
     """A short rendering of a TOML value for messages."""
     if isinstance(value, (dict, list)):
         return ""
-    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = repr(value)
+    else:
+        text = str(value)
     return " " + (text if len(text) <= 40 else text[:37] + "...")
 
 
@@ -444,7 +449,7 @@ def _table(ctx: _Context, value: Any, path: str, schema: Schema, what: str = "")
     return out
 
 
-def _array_of_tables(ctx: _Context, value: list[Any], path: str) -> Iterable[tuple[int, str, Any]]:
+def _items(value: list[Any], path: str) -> Iterable[tuple[int, str, Any]]:
     """Yield ``(index, path, item)`` for each element; non-tables are reported by ``_table``."""
     for i, item in enumerate(value):
         yield i, f"{path}[{i}]", item
@@ -468,7 +473,8 @@ def parse_range(value: Any, lo: int, hi: int) -> tuple[list[tuple[int, int]] | N
     example = '"1-6,8,10-128"'
     spans: list[tuple[int, int]] = []
     if not text.strip():
-        return None, f"malformed range {text!r}: empty (expected numbers and N-M spans separated by commas, e.g. {example})"
+        return None, (f"malformed range {text!r}: empty "
+                      f"(expected numbers and N-M spans separated by commas, e.g. {example})")
     for item in text.split(","):
         match = _SPAN_RE.fullmatch(item)
         if match is None:
@@ -484,7 +490,8 @@ def parse_range(value: Any, lo: int, hi: int) -> tuple[list[tuple[int, int]] | N
         if a > b:
             return None, f"malformed range {text!r}: span {a}-{b} is descending"
         if spans and a <= spans[-1][1]:
-            return None, f"malformed range {text!r}: {item.strip()!r} overlaps or precedes the previous item (write items ascending, without overlaps)"
+            return None, (f"malformed range {text!r}: {item.strip()!r} overlaps or precedes the previous item "
+                          "(write items ascending, without overlaps)")
         if a < lo or b > hi:
             return None, f"range {text!r} out of range {lo}..{hi}"
         spans.append((a, b))
@@ -546,7 +553,7 @@ def _template(ctx: _Context, body: Any, path: str) -> tuple[tuple[int, MeterKind
         ok = False
     seen: dict[int, str] = {}
     compiled = []
-    for _, chpath, item in _array_of_tables(ctx, channels, cpath):
+    for _, chpath, item in _items(channels, cpath):
         ch = _table(ctx, item, chpath, TEMPLATE_CHANNEL_SCHEMA)
         if ch is None or len(ch) != len(TEMPLATE_CHANNEL_SCHEMA):
             ok = False
@@ -575,7 +582,7 @@ def _sites_section(ctx: _Context, value: Any, path: str) -> None:
         ctx.error(path, "at least one site is required")
         return
     names: dict[str, str] = {}
-    for site_no, (_, spath, item) in enumerate(_array_of_tables(ctx, value, path), start=1):
+    for site_no, (_, spath, item) in enumerate(_items(value, path), start=1):
         values = _table(ctx, item, spath, SITE_SCHEMA)
         if values is None:
             continue
@@ -587,7 +594,7 @@ def _sites_section(ctx: _Context, value: Any, path: str) -> None:
                 names[name] = _key(spath, "name")
         links = []
         lpath = _key(spath, "links")
-        for link_no, (_, linkpath, litem) in enumerate(_array_of_tables(ctx, values.get("links", []), lpath), start=1):
+        for link_no, (_, linkpath, litem) in enumerate(_items(values.get("links", []), lpath), start=1):
             link = _link(ctx, litem, linkpath, site_no, link_no)
             if link is not None:
                 links.append(link)
@@ -639,10 +646,10 @@ def _link(ctx: _Context, item: Any, path: str, site_no: int, link_no: int) -> Li
     build = _LinkBuild(ctx, path, site_no, link_no)
     build.repeaters(values.get("repeaters", []))
     rpath = _key(path, "cdt_ranges")
-    for _, p, entry in _array_of_tables(ctx, values.get("cdt_ranges", []), rpath):
+    for _, p, entry in _items(values.get("cdt_ranges", []), rpath):
         build.cdt_range(entry, p)
     cpath = _key(path, "cdts")
-    for _, p, entry in _array_of_tables(ctx, values.get("cdts", []), cpath):
+    for _, p, entry in _items(values.get("cdts", []), cpath):
         build.cdt(entry, p)
     cdts = build.finish()
     if not ok or cdts is None:
@@ -702,7 +709,7 @@ class _LinkBuild:
         rpath = _key(self.path, "repeaters")
         # a repeater with a valid name is known to references even if its other keys are bad
         parsed: list[tuple[str, dict[str, Any], bool]] = []
-        for _, p, item in _array_of_tables(self.ctx, items, rpath):
+        for _, p, item in _items(items, rpath):
             values = _table(self.ctx, item, p, REPEATER_SCHEMA)
             if values is None:
                 self.ok = False
@@ -714,7 +721,8 @@ class _LinkBuild:
                 continue
             if name in self.repeater_paths:
                 self.error(_key(p, "name"),
-                           f"duplicate repeater name {name!r} on this link (already defined at {self.repeater_paths[name]})")
+                           f"duplicate repeater name {name!r} on this link "
+                           f"(already defined at {self.repeater_paths[name]})")
                 continue
             self.repeater_paths[name] = p
             parsed.append((p, values, complete))
@@ -767,7 +775,8 @@ class _LinkBuild:
         templates = self.ctx.templates
         if name not in templates:
             self.error(_key(path, "template"),
-                       f"unknown template {name!r} (defined: {', '.join(map(_display, templates)) or 'no templates are defined'})")
+                       f"unknown template {name!r} "
+                       f"(defined: {', '.join(map(_display, templates)) or 'no templates are defined'})")
             return None
         compiled = templates[name]
         if compiled is None:  # the template itself is invalid and already reported
@@ -852,10 +861,10 @@ class _LinkBuild:
             self.error(mpath, f"{len(mod_items)} modules exceed the limit of {MAX_MODULES_PER_CDT} per CDT")
         address = values.get("address", 0)
         expand = entry is not None and self._room()
-        for _, p, mitem in _array_of_tables(ctx, mod_items, mpath):
+        for _, p, mitem in _items(mod_items, mpath):
             self._module(mitem, p, address, modules, origins, expand)
         rpath = _key(path, "module_ranges")
-        for _, p, ritem in _array_of_tables(ctx, values.get("module_ranges", []), rpath):
+        for _, p, ritem in _items(values.get("module_ranges", []), rpath):
             self._module_range(ritem, p, address, modules, origins, expand)
         if entry is not None:
             entry[2] = modules
@@ -866,7 +875,8 @@ class _LinkBuild:
 
     def _claim_module(self, number: int, path: str, address: int, origins: dict[int, str]) -> bool:
         if number in origins:
-            self.error(path, f"duplicate module number {number} in CDT {address} (already defined at {origins[number]})")
+            self.error(path, f"duplicate module number {number} in CDT {address} "
+                             f"(already defined at {origins[number]})")
             return False
         origins[number] = path
         return True
@@ -883,7 +893,8 @@ class _LinkBuild:
         if "modules" not in values:
             return
         spans, _ = parse_range(values["modules"], 1, MAX_MODULES_PER_CDT)
-        numbers = [n for n in _span_values(spans or []) if self._claim_module(n, _key(path, "modules"), address, origins)]
+        mpath = _key(path, "modules")
+        numbers = [n for n in _span_values(spans or []) if self._claim_module(n, mpath, address, origins)]
         if complete and template and expand:
             self._expand(path, [(address, modules)], numbers, template, values)
 
@@ -933,7 +944,7 @@ class _LinkBuild:
             complete = False
         channels: dict[int, Channel] = {}
         channel_paths: dict[int, str] = {}
-        for _, p, citem in _array_of_tables(ctx, channels_raw, cpath):
+        for _, p, citem in _items(channels_raw, cpath):
             ch = _table(ctx, citem, p, CHANNEL_SCHEMA)
             if ch is None or len(ch) != len(CHANNEL_SCHEMA):
                 self.ok = complete = False

@@ -51,7 +51,7 @@ LINK0 = "sites[0].links[0]"
 def mutate(*pairs: str) -> str:
     """BASE with each (old, new) replacement applied; each old text must occur exactly once."""
     text = BASE
-    for old, new in zip(pairs[::2], pairs[1::2]):
+    for old, new in zip(pairs[::2], pairs[1::2], strict=True):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     return text
