@@ -14,6 +14,8 @@ Every endpoint is a Twisted ``Service`` that moves bytes between one transport a
   current one** (the old one is closed): a supervisor that lost a connection half-open must
   be able to come back, as with the "newest connection wins" mode of common serial servers.
 
+``reactor`` does the I/O; ``clock`` (default: ``reactor``) times link drops.
+
 A ``link_drop`` fault (``bus.on_link_drop``) cuts the endpoint for that many seconds: the
 pseudo-terminal and device endpoints discard bytes in both directions; the TCP listener
 closes the connection and accepts-then-closes every new one until the drop is over.
@@ -236,7 +238,14 @@ class PtyEndpoint(Service):
     kind = "pty"
 
     def __init__(
-        self, link: str, bus: BusLike, reactor, *, link_dir: str | None = None, note: str = ""
+        self,
+        link: str,
+        bus: BusLike,
+        reactor,
+        *,
+        link_dir: str | None = None,
+        note: str = "",
+        clock: IReactorTime | None = None,
     ) -> None:
         self.setName(f"pty:{link}")
         self.link = link
@@ -248,7 +257,7 @@ class PtyEndpoint(Service):
         self.symlink: str | None = None
         self.pair: PtyPair | None = None
         self.transport: _FdTransport | None = None
-        self.cut = LinkCut(reactor)
+        self.cut = LinkCut(clock if clock is not None else reactor)
         self.protocol: BusProtocol | None = None
 
     def startService(self) -> None:
@@ -310,14 +319,14 @@ class DeviceEndpoint(Service):
 
     kind = "device"
 
-    def __init__(self, link: str, bus: BusLike, reactor, device: str, line) -> None:
+    def __init__(self, link: str, bus: BusLike, reactor, device: str, line, *, clock: IReactorTime | None = None) -> None:
         self.setName(f"device:{link}")
         self.link = link
         self.bus = bus
         self.reactor = reactor
         self.device = device
         self.line = line
-        self.cut = LinkCut(reactor)
+        self.cut = LinkCut(clock if clock is not None else reactor)
         self.port = None
         self.protocol: BusProtocol | None = None
 
@@ -380,7 +389,16 @@ class TcpListenerEndpoint(Service):
 
     kind = "tcp"
 
-    def __init__(self, link: str, bus: BusLike, reactor, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        link: str,
+        bus: BusLike,
+        reactor,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.setName(f"tcp:{link}")
         self.link = link
         self.bus = bus
@@ -389,7 +407,7 @@ class TcpListenerEndpoint(Service):
         self.port = port
         self.listening = None
         self.current: BusProtocol | None = None
-        self.cut = LinkCut(reactor)
+        self.cut = LinkCut(clock if clock is not None else reactor)
         self.connections = 0
 
     def startService(self) -> None:

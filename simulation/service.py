@@ -92,10 +92,13 @@ class SimulatorService(MultiService):
     """The simulator for ``topology`` (see the module docstring).  Attributes after
     construction: ``world``, ``buses`` (link name -> SimulatedBus), ``endpoint_services``,
     ``modems`` (link name -> ModemEndpoint), ``control`` (or None), ``skipped``
-    (link name -> why it is not served)."""
+    (link name -> why it is not served).  ``reactor`` does the I/O; ``clock`` (default:
+    ``reactor``) is the time of the world, the buses and every timer (tests pass a Clock)."""
 
-    def __init__(self, topology: Topology, options: SimulatorOptions, reactor) -> None:
+    def __init__(self, topology: Topology, options: SimulatorOptions, reactor, *, clock=None) -> None:
         super().__init__()
+        clock = reactor if clock is None else clock
+        self.clock = clock
         self.setName("simulator")
         self.topology = topology
         self.options = options
@@ -117,7 +120,7 @@ class SimulatorService(MultiService):
                 raise SimulatorError(f"a device can only serve a serial link; {name!r} is {topology.link(name).kind}")
         scenario = Scenario.load(options.scenario) if options.scenario else None
 
-        self.world = World(topology, reactor, seed=options.seed, speedup=options.speedup, start=options.start)
+        self.world = World(topology, clock, seed=options.seed, speedup=options.speedup, start=options.start)
         self.buses: dict[str, SimulatedBus] = {}
         self.endpoint_services: list = []
         self.modems: dict[str, ModemEndpoint] = {}
@@ -127,7 +130,7 @@ class SimulatorService(MultiService):
         for link in topology.links():
             if link.name not in wanted:
                 continue
-            bus = SimulatedBus(self.world, link.name, reactor, physical_timing=options.physical_timing)
+            bus = SimulatedBus(self.world, link.name, clock, physical_timing=options.physical_timing)
             self.buses[link.name] = bus
             shared = SharedBus(bus)
             if link.kind == "tcp":
@@ -142,13 +145,13 @@ class SimulatorService(MultiService):
                 self._add(endpoint)
             for name, extra in options.tcp_ports:
                 if name == link.name:
-                    self._add(TcpListenerEndpoint(link.name, shared.port(), reactor, options.bind, extra))
+                    self._add(TcpListenerEndpoint(link.name, shared.port(), reactor, options.bind, extra, clock=clock))
         self.control: ControlService | None = None
         if options.control_port is not None:
             self.control = ControlService(self, reactor, host=options.control_host, port=options.control_port)
             self.control.setServiceParent(self)
         if scenario is not None:
-            ScenarioRunner(self.world, scenario, reactor).setServiceParent(self)
+            ScenarioRunner(self.world, scenario, clock).setServiceParent(self)
 
     def _add(self, endpoint) -> None:
         self.endpoint_services.append(endpoint)
@@ -158,14 +161,14 @@ class SimulatorService(MultiService):
         o, reactor = self.options, self.reactor
         if link.kind == "serial":
             if device is not None:
-                return DeviceEndpoint(link.name, shared.port(), reactor, device, link.line)
+                return DeviceEndpoint(link.name, shared.port(), reactor, device, link.line, clock=self.clock)
             return PtyEndpoint(
-                link.name, shared.port(), reactor, link_dir=o.pty_dir,
+                link.name, shared.port(), reactor, link_dir=o.pty_dir, clock=self.clock,
                 note=f"stands for {link.endpoint.device}; bus {link.line.baud} "
                 f"{link.line.bytesize}{link.line.parity}{link.line.stopbits}",
             )  # fmt: skip
         if link.kind == "tcp":
-            return TcpListenerEndpoint(link.name, shared.port(), reactor, o.bind, port)
+            return TcpListenerEndpoint(link.name, shared.port(), reactor, o.bind, port, clock=self.clock)
         if link.kind == "gprs":
             if o.supervisor is None:
                 self.skipped[link.name] = "GPRS DTU not started: give --supervisor HOST:PORT for it to dial"
@@ -174,14 +177,14 @@ class SimulatorService(MultiService):
             dtu = DtuClient(
                 link.name, shared.port(), reactor,
                 dtu_id=ep.dtu_id, registration=ep.registration, heartbeat_s=ep.heartbeat_s,
-                host=o.supervisor[0], port=o.supervisor[1], speedup=o.speedup,
+                host=o.supervisor[0], port=o.supervisor[1], speedup=o.speedup, clock=self.clock,
             )  # fmt: skip
             self.dtus[link.name] = dtu
             return dtu
         if link.kind == "gsm":
             modem = ModemEndpoint(
                 link.name, shared.port(), reactor, number=link.endpoint.number,
-                dial_s=o.modem_dial_s, link_dir=o.pty_dir,
+                dial_s=o.modem_dial_s, link_dir=o.pty_dir, clock=self.clock,
             )  # fmt: skip
             self.modems[link.name] = modem
             return modem
