@@ -627,19 +627,24 @@ def _link(ctx: _Context, item: Any, path: str, site_no: int, link_no: int) -> Li
         else:
             ctx.link_names[name] = _key(path, "name")
 
+    # uniqueness across the file is checked whenever the keys involved are valid
+    if kind == "serial" and "device" in values:
+        ok &= _unique(ctx, ctx.devices, values["device"], _key(path, "device"), "serial device")
+    elif kind == "tcp" and "host" in values and "port" in values:
+        ok &= _unique(ctx, ctx.endpoints, (values["host"], values["port"]), _key(path, "port"),
+                      f"TCP endpoint {values['host']}:{values['port']}")
+    elif kind == "gprs" and "dtu_id" in values:
+        ok &= _unique(ctx, ctx.dtu_ids, values["dtu_id"], _key(path, "dtu_id"), "DTU id")
+
     endpoint: Any = None
     if ok:
         if kind == "serial":
             endpoint = SerialEndpoint(device=values["device"])
-            ok &= _unique(ctx, ctx.devices, values["device"], _key(path, "device"), "serial device")
         elif kind == "tcp":
             endpoint = TcpEndpoint(host=values["host"], port=values["port"])
-            ok &= _unique(ctx, ctx.endpoints, (values["host"], values["port"]), _key(path, "port"),
-                          f"TCP endpoint {values['host']}:{values['port']}")
         elif kind == "gprs":
             endpoint = GprsEndpoint(dtu_id=values["dtu_id"], registration=values["registration"],
                                     heartbeat_s=values["heartbeat_s"])
-            ok &= _unique(ctx, ctx.dtu_ids, values["dtu_id"], _key(path, "dtu_id"), "DTU id")
         else:
             endpoint = GsmEndpoint(modem=values["modem"], number=values["number"], modem_baud=values["modem_baud"])
 
@@ -785,10 +790,8 @@ class _LinkBuild:
 
     # ---- CDTs
 
-    def _add_cdt(self, address: int, name: str | None, repeater: str | None, origin: str) -> list[Any] | None:
-        """Register a CDT; None (and an issue) if the address is taken."""
-        if address in self.cdts:
-            return None
+    def _add_cdt(self, address: int, name: str | None, repeater: str | None, origin: str) -> list[Any]:
+        """Register a new CDT (the caller has checked the address is free); its entry."""
         entry = [name, repeater, {}, origin]
         self.cdts[address] = entry
         return entry

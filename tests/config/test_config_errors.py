@@ -405,3 +405,16 @@ def test_load_accepts_a_byte_order_mark(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
     assert load(path).source == str(path)
+
+
+def test_file_wide_duplicates_are_found_even_when_the_link_has_other_errors():
+    text = mutate('kind = "gprs"\ndtu_id = "13900000001"', 'kind = "serial"\ndevice = "/dev/ttyUSB0"\nbaud = 1')
+    assert issues(text) == [
+        ("sites[1].links[0].baud", "value 1 is not one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"),
+        ("sites[1].links[0].device", "duplicate serial device '/dev/ttyUSB0' (already used at sites[0].links[0].device)"),
+    ]
+
+
+def test_a_repeater_with_a_bad_value_is_still_known_by_name():
+    text = mutate('{name="R1"}', '{name="R1", latency_ms=-1}')
+    assert issues(text) == [(f"{LINK0}.repeaters[0].latency_ms", "value -1 out of range 0..1000")]
