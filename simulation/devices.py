@@ -49,7 +49,7 @@ from st2000r.drivers.st2000r.errors import CodecError
 from st2000r.drivers.st2000r.frame import BROADCAST, START, Frame, address_bytes
 from st2000r.drivers.st2000r.units import KWH, M3, Quantity
 from st2000r.config.model import MeterKind
-from st2000r.simulation.world import CdtState, LinkWorld, MeterState
+from st2000r.simulation.world import FIRMWARE, CdtState, LinkWorld, MeterState
 
 __all__ = ["Reply", "answer", "ANY_TYPE", "MAX_BROADCAST_REPLIES"]
 
@@ -251,7 +251,7 @@ def _cdt_request(cdt: CdtState, frame: Frame, t: float) -> bytes | None:
         return m.encode(
             m.CdtStatus(
                 **common, mains=cdt.mains, battery_low=cdt.battery_low(t),
-                battery_mv=cdt.battery_mv(t), modules=cdt.modules, firmware=_FIRMWARE,
+                battery_mv=cdt.battery_mv(t), modules=cdt.modules, firmware=FIRMWARE,
                 time=world.datetime_at(t + cdt.clock_offset_s).replace(microsecond=0),
             )  # fmt: skip
         )
@@ -281,8 +281,6 @@ def _sync(cdt: CdtState, req: m.TimeSync, t: float) -> None:
     world = cdt.link.world
     cdt.clock_offset_s = (req.time - world.datetime_at(t)).total_seconds()
 
-
-_FIRMWARE: Final = (2, 1)
 
 
 # --------------------------------------------------------------------------- broadcast

@@ -61,7 +61,7 @@ RECHARGE_S: Final = 12 * 3600.0  # empty to full on mains, world seconds
 BATTERY_FULL_MV: Final = 12_600
 BATTERY_EMPTY_MV: Final = 10_800
 BATTERY_LOW_FRACTION: Final = 0.20
-FIRMWARE: Final = (2, 1)
+FIRMWARE: Final = (2, 1)  # what CDTs report in CdtStatus
 
 #: CJ/T 188 meter type byte of each kind
 METER_TYPES: Final[dict[MeterKind, int]] = {
@@ -493,9 +493,7 @@ class World:
         self.speedup = float(speedup)
         if start is None:
             start = datetime.fromtimestamp(clock.seconds()).replace(microsecond=0)
-        self.start = start.replace(tzinfo=None)
-        if self.start < EPOCH:
-            raise ValueError(f"world start {start} is before {EPOCH:%Y-%m-%d}")
+        self.start = start.replace(tzinfo=None)  # any date; before EPOCH gives negative seconds
         self._clock0 = clock.seconds()
         self._abs0 = _abs_seconds(self.start)
         months = _Months(self.start)

@@ -313,5 +313,10 @@ def test_start_defaults_to_the_clock_and_bad_speedup_is_refused():
     clock.advance((datetime(2026, 1, 1) - datetime(1970, 1, 1)).total_seconds())
     world = World(repeater_topology(), clock)
     assert world.now().year in (2025, 2026)  # local time of the clock's instant
+    bare = World(repeater_topology(), Clock())  # a fresh Clock reads 1970: still a world
+    bare.clock.advance(7 * 86400)
+    assert bare.now().year == 1970
+    counts = [m["count"] for c in bare.snapshot()["links"][0]["cdts"] for m in c["meters"]]
+    assert sum(counts) > 0
     with pytest.raises(ValueError, match="speedup"):
         World(repeater_topology(), clock, speedup=0)
