@@ -438,6 +438,7 @@ def _cdt_snapshot(world: World, cdt: CdtState, t: float) -> dict[str, Any]:
         "mains": cdt.mains,
         "battery_mv": cdt.battery_mv(t),
         "battery_low": cdt.battery_low(t),
+        "online": reason is None,
         "silent": reason is not None,
         "silent_reason": reason,
         "no_answer": cdt.no_answer,
@@ -539,7 +540,7 @@ class World:
         t = self.seconds()
         return {
             "time": self.datetime_at(t).isoformat(),
-            "elapsed_s": self.elapsed(),
+            "elapsed_s": round(self.elapsed(), 6),
             "seed": self.seed,
             "speedup": self.speedup,
             "links": [lw.snapshot(t) for lw in self._links.values()],

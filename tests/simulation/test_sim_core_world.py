@@ -97,7 +97,7 @@ def test_snapshot_is_json_ready_and_complete():
     assert link["name"] == LINK
     assert {r["name"]: r["failed"] for r in link["repeaters"]} == {"r1": False, "r2": False, "r3": False}
     cdt = link["cdts"][0]
-    for key in ("address", "mains", "battery_mv", "battery_low", "silent", "silent_reason", "meters", "alarms"):
+    for key in ("address", "mains", "battery_mv", "battery_low", "online", "silent", "silent_reason", "meters", "alarms"):
         assert key in cdt
     meter = cdt["meters"][0]
     assert set(meter) >= {"serial", "kind", "household", "count", "reading", "base_unit", "valve", "alarms", "channel"}
