@@ -1,0 +1,505 @@
+"""GPRS DTU registration, heartbeat and acknowledgement packets (sans-I/O: no Twisted, no clock).
+
+A GPRS DTU dials *in* to the supervisor and must say who it is before the bus bytes it
+carries mean anything.  The packets are those of common DTUs, and exactly those the field
+simulator's DTU (``st2000r.simulation.dtu``) sends::
+
+    format  registration (DTU -> server, once per connection)   heartbeat (every heartbeat_s)
+    plain   <ID>                        (ASCII, no framing)     <ID>        (or a configured packet)
+    usr     <ID> CR LF                                          <ID> CR LF  (or a configured packet)
+    ddp     7B 01 00 16 <ID 11> <IP 4> <port 2> 7B              7B 02 00 10 <ID 11> 7B
+            server acknowledges: 7B 81 00 10 <ID 11> 7B
+
+The DDP ID is 1..11 ASCII bytes padded with 00h; IP and port are the DTU's local address,
+big-endian; the 2-byte length counts the whole packet.
+
+Server-side rules (what :class:`RegistrationDecoder` and :class:`HeartbeatFilter` implement):
+
+- **Identification.**  The first bytes of a connection must be a registration.  A first
+  byte 7Bh means DDP.  Otherwise the text is matched against the *known* identities (those
+  of configured links): the longest known ID the stream starts with wins; for a ``usr``
+  link it must be followed by CR LF.  A stream that cannot become any known registration is
+  refused with :class:`UnknownDtu` (the text it sent is in ``dtu_id``); a DTU whose packet
+  format differs from its link's configured format is refused with
+  :class:`RegistrationError`.  Bytes after the registration are bus bytes.
+- **Heartbeats** are removed by *exact packet match anywhere in the stream*: a DTU does not
+  know where bus frames end, so a heartbeat may fall between two replies or inside one.
+  A stream tail that could be the start of a heartbeat is held back until the next bytes
+  decide it (or :meth:`HeartbeatFilter.flush` releases it -- the server does after a short
+  hold time).  Bus frames end in 16h and heartbeats of ASCII identities never contain it,
+  so a complete reply is never held back.  Should a reply contain the exact heartbeat
+  bytes, cutting them breaks the frame's length/checksum: the master sees junk and retries;
+  a corrupted reply is never accepted.  For DDP a repeated registration packet (a DTU that
+  missed the acknowledgement) is removed the same way and reported as :class:`Registered`
+  so the server acknowledges again.
+
+Names shared with ``st2000r.simulation.dtu`` (``DtuFormat``, ``ddp_*``, ``parse_ddp``,
+``DdpPacket``, ``Registered``, ``Heartbeat``, ``Data``, ``UplinkDecoder``,
+``DownlinkDecoder``, ``DtuFormatError``) have the same behaviour, so the simulator can
+import them from here instead of keeping its own copy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "FORMATS",
+    "DDP_ID_LEN",
+    "RegistrationError",
+    "DtuFormatError",
+    "UnknownDtu",
+    "DtuFormat",
+    "DdpPacket",
+    "Registered",
+    "Heartbeat",
+    "Data",
+    "ddp_register",
+    "ddp_heartbeat",
+    "ddp_ack",
+    "parse_ddp",
+    "RegistrationDecoder",
+    "HeartbeatFilter",
+    "UplinkDecoder",
+    "DownlinkDecoder",
+]
+
+FORMATS = ("plain", "usr", "ddp")
+DDP_ID_LEN = 11
+DDP_FLAG = 0x7B
+DDP_REGISTER = 0x01
+DDP_HEARTBEAT = 0x02
+DDP_ACK = 0x81
+DDP_REGISTER_LEN = 0x16  # 22 bytes
+DDP_SHORT_LEN = 0x10  # 16 bytes: heartbeat and acknowledgement
+#: a text registration (plain/usr) longer than this without a decision is refused
+MAX_TEXT_REGISTRATION = 256
+
+
+class RegistrationError(ValueError):
+    """A registration/heartbeat packet that cannot be built or parsed, or a DTU that may not
+    register; the message says why.  The server closes such a connection."""
+
+
+#: the simulator's name for the same error
+DtuFormatError = RegistrationError
+
+
+class UnknownDtu(RegistrationError):
+    """A well-formed registration of an identity no configured link has.  ``dtu_id``: the
+    identity it claimed (for a plain registration: the text received, up to 40 chars)."""
+
+    def __init__(self, dtu_id: str, fmt: str) -> None:
+        self.dtu_id = dtu_id
+        self.format = fmt
+        super().__init__(f"unknown DTU identity {dtu_id!r} ({fmt} registration)")
+
+
+# --------------------------------------------------------------------------- DDP packets
+
+
+def _ddp_id(dtu_id: str) -> bytes:
+    raw = dtu_id.encode("ascii") if dtu_id.isascii() else None
+    if raw is None or not raw or len(raw) > DDP_ID_LEN:
+        raise RegistrationError(f"DDP identity {dtu_id!r} must be 1..{DDP_ID_LEN} ASCII characters")
+    return raw.ljust(DDP_ID_LEN, b"\x00")
+
+
+def ddp_register(dtu_id: str, ip: str = "0.0.0.0", port: int = 0) -> bytes:
+    """``7B 01 00 16 <ID 11> <IP 4> <port 2> 7B``.  An IP that is not IPv4 is sent as
+    0.0.0.0; raises RegistrationError for a bad ID or a port outside 0..65535."""
+    try:
+        ip_raw = ipaddress.IPv4Address(ip).packed
+    except ValueError:
+        ip_raw = bytes(4)
+    if not 0 <= port <= 0xFFFF:
+        raise RegistrationError(f"port {port} is outside 0..65535")
+    head = bytes((DDP_FLAG, DDP_REGISTER)) + struct.pack(">H", DDP_REGISTER_LEN)
+    return head + _ddp_id(dtu_id) + ip_raw + struct.pack(">H", port) + bytes((DDP_FLAG,))
+
+
+def ddp_heartbeat(dtu_id: str) -> bytes:
+    """``7B 02 00 10 <ID 11> 7B``; raises RegistrationError for a bad ID."""
+    return bytes((DDP_FLAG, DDP_HEARTBEAT)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
+
+
+def ddp_ack(dtu_id: str) -> bytes:
+    """The server's acknowledgement of a registration: ``7B 81 00 10 <ID 11> 7B``."""
+    return bytes((DDP_FLAG, DDP_ACK)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
+
+
+@dataclass(frozen=True, slots=True)
+class DdpPacket:
+    """One parsed DDP packet.  ``kind``: 01h register, 02h heartbeat, 81h acknowledgement.
+    ``ip``/``port`` only for a registration (else None)."""
+
+    kind: int
+    dtu_id: str
+    ip: str | None = None
+    port: int | None = None
+
+
+_DDP_LENGTHS = {DDP_REGISTER: DDP_REGISTER_LEN, DDP_HEARTBEAT: DDP_SHORT_LEN, DDP_ACK: DDP_SHORT_LEN}
+
+
+def parse_ddp(data: bytes) -> tuple[DdpPacket, int] | None:
+    """Parse one DDP packet at the start of ``data``.
+
+    Returns ``(packet, bytes used)``, or None when ``data`` is a proper prefix of a packet
+    (need more bytes).  Raises RegistrationError when ``data`` does not start a valid
+    packet (wrong flag, unknown type, length not matching the type, missing end flag, an
+    ID that is not ASCII).
+    """
+    if not data:
+        return None
+    if data[0] != DDP_FLAG:
+        raise RegistrationError(f"DDP packet must start with 7Bh, got {data[0]:02X}h")
+    if len(data) < 4:
+        if len(data) >= 2 and data[1] not in _DDP_LENGTHS:
+            raise RegistrationError(f"unknown DDP packet type {data[1]:02X}h")
+        return None
+    kind = data[1]
+    length = data[2] << 8 | data[3]
+    want = _DDP_LENGTHS.get(kind)
+    if want is None:
+        raise RegistrationError(f"unknown DDP packet type {kind:02X}h")
+    if length != want:
+        raise RegistrationError(f"DDP packet type {kind:02X}h must be {want} bytes long, length field says {length}")
+    if len(data) < length:
+        return None
+    if data[length - 1] != DDP_FLAG:
+        raise RegistrationError(f"DDP packet must end with 7Bh, got {data[length - 1]:02X}h")
+    raw_id = data[4 : 4 + DDP_ID_LEN].rstrip(b"\x00")
+    if not raw_id or not raw_id.isascii():
+        raise RegistrationError(f"DDP identity {raw_id!r} is not 1..{DDP_ID_LEN} ASCII characters")
+    dtu_id = raw_id.decode("ascii")
+    if kind == DDP_REGISTER:
+        ip = str(ipaddress.IPv4Address(data[15:19]))
+        port = data[19] << 8 | data[20]
+        return DdpPacket(kind, dtu_id, ip, port), length
+    return DdpPacket(kind, dtu_id), length
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True, slots=True)
+class DtuFormat:
+    """The packets one DTU sends.  ``registration``: ``"plain"``, ``"usr"`` or ``"ddp"``.
+    ``heartbeat``: the heartbeat bytes for plain/usr (None = the default of the format);
+    ignored for DDP.  Construction raises RegistrationError for an unknown format, an
+    empty identity or heartbeat, or an ID DDP cannot carry."""
+
+    registration: str
+    dtu_id: str
+    heartbeat: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.registration not in FORMATS:
+            raise RegistrationError(f"registration format {self.registration!r} is not one of {', '.join(FORMATS)}")
+        if not self.dtu_id:
+            raise RegistrationError("DTU identity must not be empty")
+        if self.registration == "ddp":
+            _ddp_id(self.dtu_id)
+        if self.heartbeat is not None and not self.heartbeat:
+            raise RegistrationError("heartbeat must not be empty")
+
+    def registration_packet(self, ip: str = "0.0.0.0", port: int = 0) -> bytes:
+        """What the DTU sends first on every connection (``ip``/``port``: its local address,
+        used by DDP only)."""
+        if self.registration == "ddp":
+            return ddp_register(self.dtu_id, ip, port)
+        ident = self.dtu_id.encode("utf-8")
+        return ident + b"\r\n" if self.registration == "usr" else ident
+
+    def heartbeat_packet(self) -> bytes:
+        """The exact heartbeat bytes of this DTU."""
+        if self.registration == "ddp":
+            return ddp_heartbeat(self.dtu_id)
+        if self.heartbeat is not None:
+            return self.heartbeat
+        return self.registration_packet()
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A DTU identified itself.  ``ip``/``port``: as reported in a DDP registration.
+    ``format``: the packet format it used (None where the caller fixed it)."""
+
+    dtu_id: str
+    ip: str | None = None
+    port: int | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One heartbeat packet of ``dtu_id`` was removed from the stream."""
+
+    dtu_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Bus bytes (frames) carried by the DTU, heartbeats removed."""
+
+    data: bytes
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class RegistrationDecoder:
+    """Identify a DTU from the first bytes of its connection (the rules in the module
+    docstring).
+
+    ``known``: dtu_id -> configured format (``"plain"``, ``"usr"``, ``"ddp"``).
+    ``formats``: formats accepted at all (a registration in another format is refused).
+
+    :meth:`feed` returns a :class:`Registered` (``format`` set) once the registration is
+    complete -- :attr:`rest` then holds the bytes that followed it -- or None when more
+    bytes are needed.  It raises :class:`UnknownDtu` for an identity not in ``known`` and
+    :class:`RegistrationError` for a malformed packet, a refused format or a format that
+    differs from the identity's configured one.  After a result or an error it must not be
+    fed again.
+    """
+
+    def __init__(self, known: Mapping[str, str], formats: Sequence[str] = FORMATS) -> None:
+        for fmt in formats:
+            if fmt not in FORMATS:
+                raise RegistrationError(f"registration format {fmt!r} is not one of {', '.join(FORMATS)}")
+        self.known = dict(known)
+        self.formats = tuple(formats)
+        self.rest = b""
+        self._head = b""
+        # text candidates: (packet bytes, dtu_id, format), longest first
+        self._text = sorted(
+            ((DtuFormat(f, i).registration_packet(), i, f) for i, f in self.known.items() if f in ("plain", "usr")),
+            key=lambda c: len(c[0]),
+            reverse=True,
+        )
+
+    def feed(self, data: bytes) -> Registered | None:
+        self._head += data
+        head = self._head
+        if not head:
+            return None
+        if head[0] == DDP_FLAG:
+            return self._ddp(head)
+        return self._text_registration(head, final=False)
+
+    def finish(self) -> Registered:
+        """No more bytes will come soon (registration timeout): accept a complete plain
+        registration that was waiting because a longer known identity was still possible;
+        otherwise raise RegistrationError saying what was received."""
+        head = self._head
+        if head and head[0] != DDP_FLAG:
+            reg = self._text_registration(head, final=True)
+            if reg is not None:
+                return reg
+        if not head:
+            raise RegistrationError("no registration received")
+        raise RegistrationError(f"incomplete registration {head[:40]!r}")
+
+    def _ddp(self, head: bytes) -> Registered | None:
+        if "ddp" not in self.formats:
+            raise RegistrationError("DDP registration refused: format not accepted by this server")
+        parsed = parse_ddp(head)
+        if parsed is None:
+            return None
+        packet, used = parsed
+        if packet.kind != DDP_REGISTER:
+            raise RegistrationError(f"expected a DDP registration (01h), got packet type {packet.kind:02X}h")
+        self._check(packet.dtu_id, "ddp")
+        self.rest = head[used:]
+        return Registered(packet.dtu_id, packet.ip, packet.port, "ddp")
+
+    def _text_registration(self, head: bytes, *, final: bool) -> Registered | None:
+        waiting = False
+        for packet, dtu_id, fmt in self._text:
+            if head.startswith(packet):
+                if waiting and not final:
+                    return None  # a longer identity is still possible
+                self._check(dtu_id, fmt)
+                self.rest = head[len(packet) :]
+                return Registered(dtu_id, format=fmt)
+            if packet.startswith(head):
+                waiting = True
+        if waiting and not final:
+            return None
+        # no known identity: say what it claimed
+        end = head.find(b"\r\n")
+        if end >= 0:
+            claimed, fmt = head[:end], "usr"
+        elif len(head) < MAX_TEXT_REGISTRATION and not final and b"\r" in head[-1:]:
+            return None
+        else:
+            claimed, fmt = head[:40], "plain"
+        if fmt not in self.formats:
+            raise RegistrationError(f"{fmt} registration refused: format not accepted by this server")
+        raise UnknownDtu(claimed.decode("utf-8", "replace"), fmt)
+
+    def _check(self, dtu_id: str, fmt: str) -> None:
+        configured = self.known.get(dtu_id)
+        if configured is None:
+            raise UnknownDtu(dtu_id, fmt)
+        if fmt not in self.formats:
+            raise RegistrationError(f"DTU {dtu_id!r}: {fmt} registration refused: format not accepted by this server")
+        if configured != fmt:
+            raise RegistrationError(f"DTU {dtu_id!r} registered with {fmt}, but its link is configured for {configured}")
+
+
+class HeartbeatFilter:
+    """Cuts exact occurrences of ``packets`` out of a byte stream (the heartbeat rule in the
+    module docstring), holding back a tail that could be the start of one.
+
+    :meth:`feed` returns ``[(packet | None, bytes)]`` in stream order: ``None`` marks bus
+    data, otherwise the packet that matched.  :attr:`pending` is the number of bytes held
+    back; :meth:`flush` returns them as bus data and forgets them.
+    """
+
+    def __init__(self, packets: Sequence[bytes]) -> None:
+        self.packets = tuple(p for p in packets if p)
+        self._buf = b""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def flush(self) -> bytes:
+        buf, self._buf = self._buf, b""
+        return buf
+
+    def feed(self, data: bytes) -> list[tuple[bytes | None, bytes]]:
+        buf = self._buf + data
+        out: list[tuple[bytes | None, bytes]] = []
+        while buf:
+            best: tuple[int, bytes] | None = None
+            for p in self.packets:
+                i = buf.find(p)
+                if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(p) > len(best[1]))):
+                    best = (i, p)
+            if best is None:
+                break
+            i, p = best
+            if i:
+                out.append((None, buf[:i]))
+            out.append((p, p))
+            buf = buf[i + len(p) :]
+        keep = 0
+        for p in self.packets:
+            for n in range(min(len(p) - 1, len(buf)), keep, -1):
+                if buf.endswith(p[:n]):
+                    keep = n
+                    break
+        if len(buf) > keep:
+            out.append((None, buf[: len(buf) - keep]))
+        self._buf = buf[len(buf) - keep :] if keep else b""
+        return out
+
+
+# --------------------------------------------------------------------------- single-format decoders
+
+
+class UplinkDecoder:
+    """Server side of one DTU connection in one format (the simulator's API).
+
+    ``fmt``: the format expected.  ``known_ids``: identities accepted; for ``plain`` (which
+    has no terminator) the registration is the longest known ID the stream starts with, or
+    -- without ``known_ids`` -- every byte of the first chunk fed; for ``usr`` and ``ddp``
+    an empty ``known_ids`` accepts any identity.  ``heartbeat``: the plain/usr heartbeat
+    bytes if not the format's default.
+
+    :meth:`feed` returns a list of :class:`Registered`, :class:`Heartbeat` and :class:`Data`
+    events; it raises RegistrationError when the first bytes are not a registration of
+    ``fmt`` (or, with ``known_ids``, :class:`UnknownDtu`).
+    """
+
+    def __init__(self, fmt: str, *, known_ids: Sequence[str] = (), heartbeat: bytes | None = None) -> None:
+        if fmt not in FORMATS:
+            raise RegistrationError(f"registration format {fmt!r} is not one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.known_ids = tuple(known_ids)
+        self.heartbeat = heartbeat
+        self.dtu_id: str | None = None
+        self._head = b""
+        self._filter: HeartbeatFilter | None = None
+
+    def feed(self, data: bytes) -> list[Registered | Heartbeat | Data]:
+        events: list[Registered | Heartbeat | Data] = []
+        if self.dtu_id is None:
+            self._head += data
+            reg = self._registration()
+            if reg is None:
+                return events
+            event, used = reg
+            events.append(event)
+            self.dtu_id = event.dtu_id
+            self._filter = HeartbeatFilter([DtuFormat(self.fmt, event.dtu_id, self.heartbeat).heartbeat_packet()])
+            data, self._head = self._head[used:], b""
+        assert self._filter is not None
+        for packet, chunk in self._filter.feed(data):
+            events.append(Data(chunk) if packet is None else Heartbeat(self.dtu_id))
+        return events
+
+    def _registration(self) -> tuple[Registered, int] | None:
+        head = self._head
+        if self.fmt == "ddp":
+            parsed = parse_ddp(head)
+            if parsed is None:
+                return None
+            packet, used = parsed
+            if packet.kind != DDP_REGISTER:
+                raise RegistrationError(f"expected a DDP registration (01h), got packet type {packet.kind:02X}h")
+            if self.known_ids and packet.dtu_id not in self.known_ids:
+                raise UnknownDtu(packet.dtu_id, "ddp")
+            return Registered(packet.dtu_id, packet.ip, packet.port), used
+        if self.fmt == "usr":
+            end = head.find(b"\r\n")
+            if end < 0:
+                if len(head) > MAX_TEXT_REGISTRATION:
+                    raise RegistrationError(f"USR registration: no CR LF within {MAX_TEXT_REGISTRATION} bytes")
+                return None
+            dtu_id = head[:end].decode("utf-8", "replace")
+            if self.known_ids and dtu_id not in self.known_ids:
+                raise UnknownDtu(dtu_id, "usr")
+            return Registered(dtu_id), end + 2
+        for ident in sorted(self.known_ids, key=len, reverse=True):
+            raw = ident.encode("utf-8")
+            if head.startswith(raw):
+                return Registered(ident), len(raw)
+            if raw.startswith(head):
+                return None
+        if self.known_ids:
+            raise UnknownDtu(head[:40].decode("utf-8", "replace"), "plain")
+        return Registered(head.decode("utf-8", "replace")), len(head)
+
+
+class DownlinkDecoder:
+    """DTU side: bytes from the server in; ``feed`` returns ``(acknowledged, bus_bytes)``.
+
+    For DDP, acknowledgement packets for this DTU are removed from the stream and set
+    ``acknowledged``; for plain and usr every byte is bus data and ``acknowledged`` is
+    always True."""
+
+    def __init__(self, fmt: DtuFormat) -> None:
+        self.fmt = fmt
+        self._filter = HeartbeatFilter([ddp_ack(fmt.dtu_id)]) if fmt.registration == "ddp" else None
+
+    def feed(self, data: bytes) -> tuple[bool, bytes]:
+        if self._filter is None:
+            return True, data
+        acked = False
+        bus = bytearray()
+        for packet, chunk in self._filter.feed(data):
+            if packet is None:
+                bus += chunk
+            else:
+                acked = True
+        return acked, bytes(bus)
