@@ -1,0 +1,737 @@
+"""The bus master: exactly one transaction in flight on one half-duplex field bus.
+
+:class:`BusMaster` is transport-agnostic: a link hands it a byte pipe with
+:meth:`~BusMaster.connection_made` (``write``), feeds it :meth:`~BusMaster.data_received`
+and reports :meth:`~BusMaster.connection_lost`; :class:`BusProtocol` is the thin Twisted
+adapter for serial ports, TCP, a GPRS socket or a GSM data call.  Time comes only from the
+injected ``IReactorTime``.
+
+Rules of a transaction (:meth:`BusMaster.transact`):
+
+- requests wait in a priority queue (``Priority``: COMMAND, STATUS, SWEEP, BACKFILL; FIFO
+  within a priority); the next one is chosen when the bus is free, so a command waits at
+  most for the transaction (attempt) on the wire;
+- before every request the bus is left idle for ``timing.gap_s`` (plus a small backoff
+  before a retry);
+- every attempt gets a fresh SER (rolling 0..255); a reply is accepted only if it is a
+  reply frame with a valid checksum and (vendor frames) CRC, from the addressed device
+  (any address for a broadcast), with the request's function, DI and SER.  Anything else
+  is dropped and counted (``unexpected_replies``; a late reply to a timed-out SER also
+  teaches the adaptive timeout);
+- decoder junk counts as a checksum error, a frame ``messages.parse`` rejects (vendor CRC,
+  bad fields) as a CRC error; either spoils the attempt: once the line has been quiet for
+  ``quiet_s`` the attempt is retried without waiting for the timeout.  A corrupted reply is
+  never returned;
+- the attempt timeout is the model of ``timing.py`` plus an adaptive allowance: the p99 of
+  (observed round trip - model) over recent replies, clamped to ``[0, 2 x model + 1 s]``,
+  so the timeout stays within ``[model, 3 x model + 1 s]``;
+- after ``retries`` failed retries: :class:`TransactionTimeout`; a lost connection with
+  the request in flight is retried when the link is back; a request that waited
+  ``queue_timeout_s`` for a disconnected link fails with :class:`LinkDown`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from st2000r.config.model import Link
+from st2000r.drivers.st2000r import messages as m
+from st2000r.drivers.st2000r.errors import CodecError
+from st2000r.drivers.st2000r.frame import BROADCAST, NEED_DATA, Frame, FrameDecoder
+from st2000r.drivers.st2000r.timing import BusTiming, max_reply_size
+
+__all__ = [
+    "Priority",
+    "TransactionError",
+    "TransactionTimeout",
+    "LinkDown",
+    "RttHistogram",
+    "DeviceStats",
+    "LinkStats",
+    "BusMaster",
+    "BusProtocol",
+]
+
+log = Logger()
+
+_STALE_KEEP: Final = 32  # timed-out SERs remembered to recognise late replies
+_ADAPT_WINDOW: Final = 256  # excess samples before the adaptive histogram decays by half
+_ADAPT_MIN_SAMPLES: Final = 1
+_ADAPT_FACTOR: Final = 1.25  # head-room over the observed p99 excess
+
+
+class Priority(enum.IntEnum):
+    """Queue priority; lower runs first."""
+
+    COMMAND = 0
+    STATUS = 1
+    SWEEP = 2
+    BACKFILL = 3
+
+
+class TransactionError(Exception):
+    """A transaction failed; ``request`` is the message as given to ``transact``."""
+
+    def __init__(self, message: str, request: m.Message) -> None:
+        super().__init__(message)
+        self.request = request
+
+
+class TransactionTimeout(TransactionError):
+    """No valid reply after all retries (silence or only corrupted replies)."""
+
+
+class LinkDown(TransactionError):
+    """The link was not connected within ``queue_timeout_s``, or was lost with the request
+    in flight and no retry left, or the master was shut down."""
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+class RttHistogram:
+    """Fixed log-spaced histogram of durations (s): 20 buckets per decade from 0.1 ms to
+    1000 s (each bucket 12 % wide), an underflow bucket below; constant memory.
+    :meth:`percentile` returns the upper edge of the bucket holding that rank, never more
+    than the largest value seen (so it over-estimates by at most one bucket width)."""
+
+    PER_DECADE: Final = 20
+    LOW: Final = 1e-4
+    DECADES: Final = 7
+
+    __slots__ = ("_counts", "count", "max", "sum")
+
+    _EDGES: Final = tuple(1e-4 * 10 ** (i / 20) for i in range(0, 7 * 20 + 1))
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(self._EDGES) + 1)  # [underflow, buckets..., overflow]
+        self.count = 0
+        self.max = 0.0
+        self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self._counts[bisect.bisect_left(self._EDGES, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def percentile(self, q: float) -> float | None:
+        """Upper bound (s) of the ``q`` quantile (0 < q <= 1); None when empty."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for i, n in enumerate(self._counts):
+            seen += n
+            if seen >= rank:
+                edge = self._EDGES[i] if i < len(self._EDGES) else self.max
+                return min(edge, self.max)
+        return self.max  # pragma: no cover - counts always add up
+
+    def halve(self) -> None:
+        """Age the samples: every bucket keeps half (rounded up) of its count."""
+        self._counts = [(n + 1) // 2 for n in self._counts]
+        self.count = sum(self._counts)
+        self.sum /= 2
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    """Counters of one device (or of a whole link in :class:`LinkStats`).
+
+    ``requests``: frames sent (every attempt); ``replies``: valid matching replies;
+    ``timeouts``: attempts that got no valid reply in time; ``retries``: attempts after the
+    first; ``failures``: transactions that failed after all retries; ``checksum_errors``:
+    decoder junk events (bad checksum, noise, truncated frames); ``crc_errors``: frames
+    rejected by ``messages.parse`` (vendor CRC-16, field errors); ``unexpected_replies``:
+    valid frames that did not match the request in flight (late SER, other device);
+    round trips are from writing the request to its reply, in seconds.
+    """
+
+    requests: int = 0
+    replies: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    failures: int = 0
+    checksum_errors: int = 0
+    crc_errors: int = 0
+    unexpected_replies: int = 0
+    rtt: RttHistogram = field(default_factory=RttHistogram)
+
+    @property
+    def rtt_p50_s(self) -> float | None:
+        return self.rtt.percentile(0.50)
+
+    @property
+    def rtt_p99_s(self) -> float | None:
+        return self.rtt.percentile(0.99)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counters plus ``rtt_p50_s`` / ``rtt_p99_s`` (None before a reply)."""
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "replies": self.replies,
+            "timeouts": self.timeouts,
+            "retries": self.retries,
+            "failures": self.failures,
+            "checksum_errors": self.checksum_errors,
+            "crc_errors": self.crc_errors,
+            "unexpected_replies": self.unexpected_replies,
+        }
+        out["rtt_p50_s"] = self.rtt_p50_s
+        out["rtt_p99_s"] = self.rtt_p99_s
+        return out
+
+
+@dataclass(slots=True)
+class LinkStats(DeviceStats):
+    """Link totals: the device counters summed, plus ``junk_bytes`` (bytes the decoder
+    threw away), ``late_replies`` (replies to a timed-out SER), connects and disconnects."""
+
+    junk_bytes: int = 0
+    late_replies: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = DeviceStats.as_dict(self)
+        out.update(
+            junk_bytes=self.junk_bytes,
+            late_replies=self.late_replies,
+            connects=self.connects,
+            disconnects=self.disconnects,
+        )
+        return out
+
+
+# --------------------------------------------------------------------------- queue items
+
+
+class _Pending:
+    __slots__ = (
+        "request", "priority", "retries_left", "hops", "deferred", "timer", "dead",
+        "cancelled", "attempts", "corrupted",
+    )  # fmt: skip
+
+    def __init__(self, request: m.Message, priority: Priority, retries: int, hops: float) -> None:
+        self.request = request
+        self.priority = priority
+        self.retries_left = retries
+        self.hops = hops
+        self.deferred: defer.Deferred | None = None
+        self.timer: IDelayedCall | None = None  # queue timeout while disconnected
+        self.dead = False  # removed from the queue (lazy heap deletion)
+        self.cancelled = False
+        self.attempts = 0
+        self.corrupted = 0  # attempts spoiled by corrupted replies
+
+
+class _Attempt:
+    __slots__ = ("pending", "msg", "sent_at", "model", "timeout", "timer", "quiet", "broken")
+
+    def __init__(self, pending: _Pending, msg: m.Message, sent_at: float, model: float, timeout: float) -> None:
+        self.pending = pending
+        self.msg = msg
+        self.sent_at = sent_at
+        self.model = model
+        self.timeout = timeout
+        self.timer: IDelayedCall | None = None
+        self.quiet: IDelayedCall | None = None
+        self.broken = False
+
+
+def _matches(req: m.Message, reply: m.Message) -> bool:
+    """Is ``reply`` the answer to ``req`` (same SER, device, function and DI)?"""
+    if reply.ser != req.ser:
+        return False
+    if req.address != BROADCAST and reply.address != req.address:
+        return False
+    if isinstance(reply, m.ErrorReply):
+        return (reply.control & 0x3F) == (req.control & 0x3F) and reply.di in (None, req.DI)
+    if req.meter_type not in (0xAA, reply.meter_type):
+        return False
+    return type(reply).DI == req.DI and reply.control == (req.control | 0x80)
+
+
+# --------------------------------------------------------------------------- the master
+
+
+class BusMaster:
+    """Exactly one transaction in flight on one bus; a priority queue (FIFO within a
+    priority).  See the module docstring for the rules.
+
+    ``retries``: extra attempts after the first (default for :meth:`transact`);
+    ``queue_timeout_s``: how long a request waits for a disconnected link before
+    :class:`LinkDown`; ``preamble``: FE wake-up bytes sent before each request;
+    ``quiet_s``: line silence after a corrupted/partial reply before the attempt is given up
+    (default: ``max(3 x gap, 50 ms)`` on serial links, 0.5 s on network links, where a frame
+    may arrive in several packets); ``backoff_s``: extra idle before retry ``k`` is
+    ``backoff_s x k`` (default: one gap).
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        clock: IReactorTime,
+        *,
+        retries: int = 2,
+        queue_timeout_s: float = 60.0,
+        preamble: int = 2,
+        quiet_s: float | None = None,
+        backoff_s: float | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.link = link
+        self.name = link.name
+        self._clock = clock
+        self.timing = BusTiming.for_link(link)
+        self.retries = retries
+        self.queue_timeout_s = queue_timeout_s
+        self.preamble = preamble
+        if quiet_s is None:
+            quiet_s = max(3 * self.timing.gap_s, 0.05) if link.kind == "serial" else 0.5
+        self.quiet_s = quiet_s
+        self.backoff_s = self.timing.gap_s if backoff_s is None else backoff_s
+        self.connected = False
+        self.stats = LinkStats()
+        self._devices: dict[str, DeviceStats] = {}
+        self._answering: dict[str, bool] = {}
+        self._queue: list[tuple[int, int, _Pending]] = []
+        self._queued = 0
+        self._seq = itertools.count()
+        self._front = itertools.count(-1, -1)
+        self._ser = 0
+        self._inflight: _Attempt | None = None
+        self._send_call: IDelayedCall | None = None
+        self._quiet_until = -math.inf
+        self._decoder = FrameDecoder()
+        self._write: Callable[[bytes], None] | None = None
+        self._excess = RttHistogram()
+        self._stale: OrderedDict[int, _Attempt] = OrderedDict()
+        self._observers: list[Callable[[str, dict], None]] = []
+
+    # ---------------------------------------------------------------- public API
+
+    def transact(
+        self,
+        request: m.Message,
+        *,
+        priority: Priority = Priority.SWEEP,
+        retries: int | None = None,
+        hops_latency_s: float = 0.0,
+    ) -> defer.Deferred:
+        """Queue ``request`` (its ``ser`` is replaced by the master's rolling SER).
+
+        Fires with the reply message (an :class:`~messages.ErrorReply` is a reply) or
+        errbacks with :class:`TransactionTimeout` / :class:`LinkDown`; a request that cannot
+        be encoded fails at once with ``CodecError``.  ``hops_latency_s``: one-way repeater
+        latency to the device (``timing.hops_latency_s``).  Cancelling the Deferred removes a
+        queued request; an in-flight one still finishes on the wire (its result is dropped).
+        """
+        try:
+            m.encode(replace(request, ser=0))
+        except CodecError as exc:
+            return defer.fail(exc)
+        pending = _Pending(
+            request, Priority(priority), self.retries if retries is None else retries, hops_latency_s
+        )
+        pending.deferred = defer.Deferred(lambda d: self._cancel(pending))
+        self._push(pending, next(self._seq))
+        if not self.connected:
+            self._start_queue_timer(pending)
+        self._kick()
+        return pending.deferred
+
+    def connection_made(self, write: Callable[[bytes], None]) -> None:
+        """The link's byte pipe is up: requests go to ``write`` from now on."""
+        self._write = write
+        self._decoder.clear()
+        self._quiet_until = self._clock.seconds() + self.timing.gap_s
+        if not self.connected:
+            self.connected = True
+            self.stats.connects += 1
+            log.info("link {link}: connected", link=self.name)
+            self._notify("connected", {})
+        for _, _, pending in self._queue:
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            pending.timer = None
+        self._kick()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the bus, in any chunking.  Never raises."""
+        if not data:
+            return
+        decoder = self._decoder
+        decoder.feed(data)
+        while True:
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Frame):
+                self._frame(event)
+            else:
+                self._junk(len(event.data))
+        attempt = self._inflight
+        if attempt is not None and (attempt.broken or decoder.pending):
+            self._arm_quiet(attempt)
+
+    def connection_lost(self, reason: str = "") -> None:
+        """The byte pipe is gone.  An in-flight request is retried when the link is back
+        (or fails with :class:`LinkDown` if it has no retry left); queued requests wait up to
+        ``queue_timeout_s``."""
+        self._write = None
+        self._decoder.clear()
+        if self._send_call is not None and self._send_call.active():
+            self._send_call.cancel()
+        self._send_call = None
+        was = self.connected
+        self.connected = False
+        if was:
+            self.stats.disconnects += 1
+            log.warn("link {link}: disconnected ({reason})", link=self.name, reason=reason or "no reason")
+            self._notify("disconnected", {"reason": reason})
+        attempt = self._inflight
+        if attempt is not None:
+            self._end_attempt(attempt)
+            pending = attempt.pending
+            if pending.cancelled:
+                pass
+            elif pending.retries_left > 0:
+                pending.retries_left -= 1
+                self.stats.retries += 1
+                self._device(pending.request.address).retries += 1
+                self._push(pending, next(self._front))
+            else:
+                self._fail(pending, LinkDown(f"link {self.name}: connection lost ({reason})", pending.request))
+        for _, _, pending in self._queue:
+            if not pending.dead:
+                self._start_queue_timer(pending)
+
+    def shutdown(self, reason: str = "bus master stopped") -> None:
+        """Fail every queued and in-flight request with :class:`LinkDown` and cancel every
+        timer (for a service's stopService)."""
+        if self._send_call is not None and self._send_call.active():
+            self._send_call.cancel()
+        self._send_call = None
+        attempt = self._inflight
+        if attempt is not None:
+            self._end_attempt(attempt)
+            self._fail(attempt.pending, LinkDown(f"link {self.name}: {reason}", attempt.pending.request))
+        queue, self._queue, self._queued = self._queue, [], 0
+        for _, _, pending in queue:
+            if not pending.dead:
+                pending.dead = True
+                self._stop_queue_timer(pending)
+                self._fail(pending, LinkDown(f"link {self.name}: {reason}", pending.request))
+
+    def device_stats(self, address: str) -> DeviceStats:
+        """Counters of the device at ``address`` (zeros if never addressed)."""
+        return self._devices.get(address) or DeviceStats()
+
+    def devices(self) -> dict[str, DeviceStats]:
+        """Every addressed device's counters, by address (a copy of the mapping)."""
+        return dict(self._devices)
+
+    def add_observer(self, fn: Callable[[str, dict], None]) -> None:
+        """``fn(event, data)`` on link-level changes: ``("connected", {})``,
+        ``("disconnected", {"reason"})``, ``("device_down", {"address"})``,
+        ``("device_up", {"address"})``.  Exceptions from ``fn`` are logged."""
+        self._observers.append(fn)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (not counting the one in flight)."""
+        return self._queued
+
+    @property
+    def busy(self) -> bool:
+        """A transaction attempt is on the wire."""
+        return self._inflight is not None
+
+    def timeout_for(self, request: m.Message, hops_latency_s: float = 0.0) -> float:
+        """The attempt timeout (s) the master would use for ``request`` now: the model
+        plus the adaptive allowance (see the module docstring)."""
+        return self._timeout(request, hops_latency_s)[1]
+
+    # ---------------------------------------------------------------- queue
+
+    def _push(self, pending: _Pending, seq: int) -> None:
+        pending.dead = False
+        heapq.heappush(self._queue, (int(pending.priority), seq, pending))
+        self._queued += 1
+
+    def _pop(self) -> _Pending | None:
+        while self._queue:
+            _, _, pending = heapq.heappop(self._queue)
+            if not pending.dead:
+                self._queued -= 1
+                pending.dead = True
+                return pending
+        return None
+
+    def _remove(self, pending: _Pending) -> None:
+        if not pending.dead:
+            pending.dead = True
+            self._queued -= 1
+        self._stop_queue_timer(pending)
+
+    def _start_queue_timer(self, pending: _Pending) -> None:
+        if pending.timer is None or not pending.timer.active():
+            pending.timer = self._clock.callLater(self.queue_timeout_s, self._queue_expired, pending)
+
+    def _stop_queue_timer(self, pending: _Pending) -> None:
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.timer = None
+
+    def _queue_expired(self, pending: _Pending) -> None:
+        pending.timer = None
+        if pending.dead or self.connected:
+            return
+        self._remove(pending)
+        self._fail(
+            pending,
+            LinkDown(f"link {self.name}: not connected within {self.queue_timeout_s:g} s", pending.request),
+        )
+
+    def _cancel(self, pending: _Pending) -> None:
+        pending.cancelled = True
+        if self._inflight is None or self._inflight.pending is not pending:
+            self._remove(pending)
+
+    # ---------------------------------------------------------------- sending
+
+    def _kick(self) -> None:
+        if self._inflight is not None or not self.connected or not self._queued:
+            return
+        if self._send_call is not None and self._send_call.active():
+            return
+        delay = self._quiet_until - self._clock.seconds()
+        if delay > 0:
+            self._send_call = self._clock.callLater(delay, self._send_next)
+        else:
+            self._send_next()
+
+    def _timeout(self, request: m.Message, hops: float) -> tuple[float, float]:
+        nbytes = len(m.encode(replace(request, ser=0), self.preamble))
+        model = self.timing.reply_timeout(nbytes, max_reply_size(request), hops)
+        allowance = 0.0
+        if self._excess.count >= _ADAPT_MIN_SAMPLES:
+            p99 = self._excess.percentile(0.99) or 0.0
+            allowance = min(_ADAPT_FACTOR * p99 if p99 > 1e-3 else 0.0, 2 * model + 1.0)
+        return model, model + allowance
+
+    def _send_next(self) -> None:
+        self._send_call = None
+        if self._inflight is not None or not self.connected:
+            return
+        pending = self._pop()
+        if pending is None:
+            return
+        self._ser = (self._ser + 1) & 0xFF
+        msg = replace(pending.request, ser=self._ser)
+        wire = m.encode(msg, self.preamble)
+        model, timeout = self._timeout(pending.request, pending.hops)
+        now = self._clock.seconds()
+        attempt = _Attempt(pending, msg, now, model, timeout)
+        self._inflight = attempt
+        pending.attempts += 1
+        self.stats.requests += 1
+        self._device(msg.address).requests += 1
+        leftover = self._decoder.clear()
+        if leftover:
+            self._junk(len(leftover), attribute=False)
+        attempt.timer = self._clock.callLater(timeout, self._on_timeout, attempt)
+        write = self._write
+        try:
+            write(wire)
+        except Exception as exc:  # a transport that fails to write is a lost link
+            log.failure("link {link}: write failed", Failure(), link=self.name)
+            self.connection_lost(f"write failed: {exc}")
+
+    # ---------------------------------------------------------------- receiving
+
+    def _junk(self, nbytes: int, *, attribute: bool = True) -> None:
+        self.stats.junk_bytes += nbytes
+        self.stats.checksum_errors += 1
+        attempt = self._inflight
+        if attempt is not None and attribute:
+            self._device(attempt.msg.address).checksum_errors += 1
+            attempt.broken = True
+
+    def _frame(self, frame: Frame) -> None:
+        if not frame.is_reply:
+            return  # our own request echoed by a 2-wire converter, or another master
+        attempt = self._inflight
+        try:
+            reply = m.parse(frame)
+        except CodecError:
+            self.stats.crc_errors += 1
+            if attempt is not None:
+                self._device(attempt.msg.address).crc_errors += 1
+                attempt.broken = True
+            return
+        if attempt is not None and _matches(attempt.msg, reply):
+            self._succeed(attempt, reply)
+            return
+        self.stats.unexpected_replies += 1
+        self._device(reply.address).unexpected_replies += 1
+        old = self._stale.pop(reply.ser, None)
+        if old is not None and _matches(old.msg, reply):
+            self.stats.late_replies += 1
+            self._excess.add(self._clock.seconds() - old.sent_at - old.model)
+            if self._excess.count >= 2 * _ADAPT_WINDOW:
+                self._excess.halve()
+
+    def _arm_quiet(self, attempt: _Attempt) -> None:
+        if attempt.quiet is not None and attempt.quiet.active():
+            attempt.quiet.reset(self.quiet_s)
+        else:
+            attempt.quiet = self._clock.callLater(self.quiet_s, self._on_quiet, attempt)
+
+    def _on_quiet(self, attempt: _Attempt) -> None:
+        attempt.quiet = None
+        if self._inflight is not attempt:
+            return
+        leftover = self._decoder.clear()
+        if leftover:
+            self._junk(len(leftover))
+        if attempt.broken:
+            attempt.pending.corrupted += 1
+            self._retry_or_fail(attempt, "corrupted reply")
+
+    def _on_timeout(self, attempt: _Attempt) -> None:
+        attempt.timer = None
+        if self._inflight is not attempt:
+            return
+        self.stats.timeouts += 1
+        self._device(attempt.msg.address).timeouts += 1
+        self._stale[attempt.msg.ser] = attempt
+        while len(self._stale) > _STALE_KEEP:
+            self._stale.popitem(last=False)
+        leftover = self._decoder.clear()
+        if leftover:
+            self._junk(len(leftover))
+        self._retry_or_fail(attempt, "no reply")
+
+    def _end_attempt(self, attempt: _Attempt) -> None:
+        for call in (attempt.timer, attempt.quiet):
+            if call is not None and call.active():
+                call.cancel()
+        attempt.timer = attempt.quiet = None
+        self._inflight = None
+        self._quiet_until = self._clock.seconds() + self.timing.gap_s
+
+    def _succeed(self, attempt: _Attempt, reply: m.Message) -> None:
+        self._end_attempt(attempt)
+        now = self._clock.seconds()
+        rtt = now - attempt.sent_at
+        address = attempt.msg.address
+        dev = self._device(address)
+        self.stats.replies += 1
+        dev.replies += 1
+        self.stats.rtt.add(rtt)
+        dev.rtt.add(rtt)
+        self._excess.add(rtt - attempt.model)
+        if self._excess.count >= 2 * _ADAPT_WINDOW:
+            self._excess.halve()
+        if self._answering.get(address) is False:
+            log.info("link {link}: device {address} answers again", link=self.name, address=address)
+            self._notify("device_up", {"address": address})
+        self._answering[address] = True
+        pending = attempt.pending
+        d = pending.deferred
+        if not pending.cancelled and d is not None and not d.called:
+            d.callback(reply)
+        self._kick()
+
+    def _retry_or_fail(self, attempt: _Attempt, why: str) -> None:
+        self._end_attempt(attempt)
+        pending = attempt.pending
+        address = attempt.msg.address
+        if pending.cancelled:
+            self._kick()
+            return
+        if pending.retries_left > 0:
+            pending.retries_left -= 1
+            self.stats.retries += 1
+            self._device(address).retries += 1
+            self._quiet_until += self.backoff_s * pending.attempts
+            self._push(pending, next(self._front))
+            self._kick()
+            return
+        self.stats.failures += 1
+        self._device(address).failures += 1
+        if self._answering.get(address) is not False:
+            log.warn(
+                "link {link}: device {address} stopped answering ({why} after {n} attempts)",
+                link=self.name, address=address, why=why, n=pending.attempts,
+            )  # fmt: skip
+            self._notify("device_down", {"address": address})
+        self._answering[address] = False
+        detail = f"{pending.corrupted} corrupted" if pending.corrupted else "silence"
+        self._fail(
+            pending,
+            TransactionTimeout(
+                f"link {self.name}: no valid reply from {address} to {type(pending.request).__name__} "
+                f"after {pending.attempts} attempts ({detail})",
+                pending.request,
+            ),
+        )
+        self._kick()
+
+    def _fail(self, pending: _Pending, error: TransactionError) -> None:
+        d = pending.deferred
+        if not pending.cancelled and d is not None and not d.called:
+            d.errback(error)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _device(self, address: str) -> DeviceStats:
+        dev = self._devices.get(address)
+        if dev is None:
+            dev = self._devices[address] = DeviceStats()
+        return dev
+
+    def _notify(self, event: str, data: dict) -> None:
+        for fn in list(self._observers):
+            try:
+                fn(event, data)
+            except Exception:
+                log.failure("link {link}: observer failed on {event}", link=self.name, event=event)
+
+
+class BusProtocol(Protocol):
+    """Thin Twisted adapter: the transport's bytes go to ``master``, the master's requests
+    to ``transport.write`` (serial port, TCP, GPRS socket, GSM data call)."""
+
+    def __init__(self, master: BusMaster) -> None:
+        self.master = master
+
+    def connectionMade(self) -> None:
+        self.master.connection_made(self.transport.write)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.master.data_received(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        text = "" if reason is None else reason.getErrorMessage()
+        self.master.connection_lost(text)
