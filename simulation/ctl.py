@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    json.dump(answer, sys.stdout, indent=1, ensure_ascii=False)
-    print()
+    try:
+        json.dump(answer, sys.stdout, indent=1, ensure_ascii=False)
+        print(flush=True)
+    except BrokenPipeError:  # e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

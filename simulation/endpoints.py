@@ -32,10 +32,11 @@ from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet import abstract, fdesc, main
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = [
     "BusLike",
@@ -118,8 +119,12 @@ class LinkCut:
             self._on_end()
 
 
+@implementer(IHalfCloseableProtocol)
 class BusProtocol(Protocol):
     """Thin adapter: bytes from the transport go to the bus, bus replies to the transport.
+
+    Half-close aware: a TCP client that shuts down its sending side (``socat`` at the end
+    of its input) still receives the replies to what it sent.
 
     ``cut``: while it is active, bytes are discarded both ways.  ``on_lost`` is called with
     this protocol when the connection ends (so a listener can tell whether it was current).
@@ -162,6 +167,12 @@ class BusProtocol(Protocol):
             return
         self.bytes_out += len(data)
         self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        """The peer will send nothing more; keep writing replies until it closes."""
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = main.CONNECTION_DONE) -> None:
         if self.on_lost is not None:
@@ -369,6 +380,8 @@ class DeviceEndpoint(Service):
 
 
 class _ListenerFactory(Factory):
+    noisy = False
+
     def __init__(self, endpoint: TcpListenerEndpoint) -> None:
         self.endpoint = endpoint
 
