@@ -1,0 +1,634 @@
+"""GSM data-call link: the local modem on a serial port dials the field end's number.
+
+:class:`GsmDialer` is the sans-I/O Hayes dialogue: method calls and modem bytes in,
+:data:`Output` values out (bytes for the modem, timers to start/cancel, signal quality,
+call up/down, bus bytes).  :class:`GsmLinkService` is the thin Twisted adapter: it opens
+the modem with ``SerialPort`` (reopened with back-off like a serial link), carries out the
+outputs, hands the call to the bus master and decides *when* to dial and hang up.
+
+Dialogue table (rules: commands end in CR; result lines are matched after stripping CR/LF
+and blank lines; echoed command lines (``AT...``) are ignored; every command state has a
+``cmd_timeout_s`` timer; ``Failed(reason)`` always leads to UNINITIALISED, from which the
+adapter re-initialises after back-off)::
+
+    state          input                               -> state          outputs
+    OFFLINE        port_opened()                       -> UNINITIALISED
+    UNINITIALISED  initialise()                        -> INIT           send ATZ
+    INIT           OK to ATZ / ATE0 / AT+CSQ           -> INIT           send next: ATE0, AT+CSQ, AT+CREG?
+    INIT           "+CSQ: <rssi>,<ber>"                -> INIT           Signal(rssi)
+    INIT           "+CREG: <n>,<stat>"                 -> INIT           (stat kept)
+    INIT           OK to AT+CREG?, stat 1 or 5         -> READY          Ready
+    INIT           OK to AT+CREG?, other stat          -> UNINITIALISED  Failed("not registered ...")
+    INIT           ERROR to ATZ/ATE0, or timer "cmd"   -> UNINITIALISED  Failed
+    INIT           ERROR to AT+CSQ / AT+CREG?          -> INIT / READY   (optional: go on)
+    READY          dial()                              -> DIALING        send ATD<number>, timer "dial"
+    DIALING        "CONNECT [rate]"                    -> ONLINE         CallUp(rate); later bytes are bus bytes
+    DIALING        NO CARRIER|BUSY|NO ANSWER|
+                   NO DIALTONE|ERROR                   -> UNINITIALISED  Failed(result)
+    DIALING        timer "dial"                        -> UNINITIALISED  send CR (abort), Failed
+    ONLINE         bytes                               -> ONLINE         BusData (CR LF NO CARRIER CR LF cut out)
+    ONLINE         CR LF NO CARRIER CR LF              -> UNINITIALISED  CallDown("NO CARRIER")
+    ONLINE         hangup()                            -> GUARD          CallDown("hang up"), timer "guard"
+    GUARD          timer "guard" (silence)             -> ESCAPING       send +++, timer "escape"
+    ESCAPING       OK                                  -> HANGING_UP     send ATH, timer "cmd"
+    ESCAPING       timer "escape"                      -> HANGING_UP     send ATH, timer "cmd" (try anyway)
+    HANGING_UP     OK | NO CARRIER                     -> UNINITIALISED  HungUp
+    HANGING_UP     timer "cmd"                         -> UNINITIALISED  Failed("no answer to ATH"); the
+                                                                         adapter reopens the port (DTR drop)
+    GUARD/ESCAPING NO CARRIER                          -> UNINITIALISED  HungUp
+    any            port_lost()                         -> OFFLINE        CallDown first if a call was up
+
+A modem is re-initialised before every dial (a fresh ``AT+CSQ`` each time).  Bytes in
+states other than ONLINE and the command states are discarded (late bus replies during
+a hang-up).
+
+Call policy (:class:`GsmLinkService`): by default the call is **kept up** -- dialled at
+start and redialled with back-off whenever it drops.  With ``idle_hangup_s`` set the link
+is **on demand**: the call is hung up after that many seconds without bus bytes while the
+master has nothing queued or in flight, and redialled as soon as the master has queued
+work (checked every ``demand_check_s``; the master holds queued requests up to its
+``queue_timeout_s``, longer than a dial).  GSM data calls cost money per minute: choose on
+demand for links read a few times a day.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from st2000r.config.model import GsmEndpoint, Link
+from st2000r.drivers.st2000r.links import LinkObservers, MasterLike, SerialOpener, open_serial, reason_text
+from st2000r.drivers.st2000r.registration import HeartbeatFilter
+
+__all__ = [
+    "DialerState",
+    "Send",
+    "StartTimer",
+    "CancelTimer",
+    "Signal",
+    "Ready",
+    "CallUp",
+    "CallDown",
+    "HungUp",
+    "BusData",
+    "Failed",
+    "Output",
+    "GsmDialer",
+    "GsmLinkService",
+]
+
+log = Logger(namespace="st2000r.drivers.st2000r.gsm")
+
+
+class DialerState(enum.Enum):
+    OFFLINE = "offline"
+    UNINITIALISED = "uninitialised"
+    INIT = "init"
+    READY = "ready"
+    DIALING = "dialing"
+    ONLINE = "online"
+    GUARD = "guard"
+    ESCAPING = "escaping"
+    HANGING_UP = "hanging-up"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes for the modem."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Call :meth:`GsmDialer.timer` with ``name`` after ``seconds`` (restarting it)."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """``AT+CSQ`` answered: ``csq`` 0..31 (-113 .. -51 dBm), 99 = unknown; ``ber`` 0..7, 99."""
+
+    csq: int
+    ber: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Initialised and registered on the network: :meth:`GsmDialer.dial` may be called."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallUp:
+    """The data call is established (``rate``: bit/s from CONNECT, or None)."""
+
+    rate: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallDown:
+    """The data call ended or is being hung up: the bus is gone."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    """A hang-up completed; the modem is back in command mode."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusData:
+    """Bytes from the field bus at the far end of the call."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Initialisation, dialling or hang-up failed; ``reason`` says what happened."""
+
+    reason: str
+
+
+Output = Send | StartTimer | CancelTimer | Signal | Ready | CallUp | CallDown | HungUp | BusData | Failed
+
+_S = DialerState
+NO_CARRIER = b"\r\nNO CARRIER\r\n"
+_CSQ = re.compile(r"\+CSQ:\s*(\d+)\s*,\s*(\d+)")
+_CREG = re.compile(r"\+CREG:\s*(\d+)\s*(?:,\s*(\d+))?")
+_CONNECT = re.compile(r"CONNECT(?:\s+(\d+))?")
+_DIAL_FAILURES = ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE", "ERROR")
+INIT_COMMANDS = ("ATZ", "ATE0", "AT+CSQ", "AT+CREG?")
+_OPTIONAL = ("AT+CSQ", "AT+CREG?")
+
+
+class GsmDialer:
+    """The Hayes dialogue of one modem (see the module's table).
+
+    ``number``: what ``ATD`` dials.  ``cmd_timeout_s``: answer time of a command;
+    ``dial_timeout_s``: ATD to CONNECT; ``guard_s``: the modem's escape guard time (S12).
+    ``now`` arguments are seconds on any monotonic clock.  No method raises for any input;
+    a method called in a state where it does not apply returns ``[]``.
+    """
+
+    def __init__(
+        self,
+        number: str,
+        *,
+        cmd_timeout_s: float = 5.0,
+        dial_timeout_s: float = 60.0,
+        guard_s: float = 1.0,
+    ) -> None:
+        self.number = number
+        self.cmd_timeout_s = cmd_timeout_s
+        self.dial_timeout_s = dial_timeout_s
+        self.guard_s = guard_s
+        self.state = _S.OFFLINE
+        self.csq: int | None = None
+        self.creg: int | None = None
+        self._step = 0
+        self._line = bytearray()
+        self._online: HeartbeatFilter | None = None
+
+    # -- inputs from the adapter
+    def port_opened(self) -> list[Output]:
+        self.state = _S.UNINITIALISED
+        self._line.clear()
+        return []
+
+    def port_lost(self) -> list[Output]:
+        was = self.state
+        self.state = _S.OFFLINE
+        self._online = None
+        out: list[Output] = [CancelTimer("cmd"), CancelTimer("dial"), CancelTimer("guard"), CancelTimer("escape")]
+        if was is _S.ONLINE:
+            out.append(CallDown("modem port lost"))
+        return out
+
+    def initialise(self) -> list[Output]:
+        if self.state is not _S.UNINITIALISED:
+            return []
+        self.state = _S.INIT
+        self._step = 0
+        self.creg = None
+        self._line.clear()
+        return self._command(INIT_COMMANDS[0])
+
+    def dial(self) -> list[Output]:
+        if self.state is not _S.READY:
+            return []
+        self.state = _S.DIALING
+        self._line.clear()
+        return [Send(f"ATD{self.number}\r".encode("ascii")), StartTimer("dial", self.dial_timeout_s)]
+
+    def hangup(self) -> list[Output]:
+        if self.state is not _S.ONLINE:
+            return []
+        self.state = _S.GUARD
+        self._online = None
+        self._line.clear()
+        return [CallDown("hang up"), StartTimer("guard", self.guard_s * 1.2)]
+
+    def timer(self, name: str) -> list[Output]:
+        state = self.state
+        if name == "cmd" and state is _S.INIT:
+            return self._fail(f"modem did not answer {INIT_COMMANDS[self._step]} within {self.cmd_timeout_s:g} s")
+        if name == "cmd" and state is _S.HANGING_UP:
+            return self._fail(f"modem did not answer ATH within {self.cmd_timeout_s:g} s")
+        if name == "dial" and state is _S.DIALING:
+            return [Send(b"\r")] + self._fail(f"no CONNECT within {self.dial_timeout_s:g} s of dialling")
+        if name == "guard" and state is _S.GUARD:
+            self.state = _S.ESCAPING
+            return [Send(b"+++"), StartTimer("escape", self.guard_s * 2 + self.cmd_timeout_s)]
+        if name == "escape" and state is _S.ESCAPING:
+            return self._hang_up_command()
+        return []
+
+    def receive(self, data: bytes) -> list[Output]:
+        """Bytes from the modem."""
+        if self.state is _S.ONLINE:
+            return self._online_bytes(data)
+        if self.state in (_S.OFFLINE, _S.UNINITIALISED, _S.READY, _S.GUARD) and NO_CARRIER not in data:
+            return []  # unsolicited text and late bus bytes
+        out: list[Output] = []
+        buf = self._line + data
+        self._line.clear()
+        while True:
+            cut = min((i for i in (buf.find(b"\r"), buf.find(b"\n")) if i >= 0), default=-1)
+            if cut < 0:
+                break
+            line = bytes(buf[:cut]).decode("ascii", "replace").strip()
+            buf = buf[cut + 1 :]
+            if not line:
+                continue
+            out += self._line_in(line)
+            if self.state is _S.ONLINE:  # the rest after CONNECT is bus data
+                if buf:
+                    out += self._online_bytes(bytes(buf))
+                return out
+        if len(buf) <= 512:
+            self._line += buf
+        return out
+
+    # -- internals
+    def _command(self, cmd: str) -> list[Output]:
+        return [Send(cmd.encode("ascii") + b"\r"), StartTimer("cmd", self.cmd_timeout_s)]
+
+    def _fail(self, reason: str) -> list[Output]:
+        self.state = _S.UNINITIALISED
+        self._online = None
+        return [CancelTimer("cmd"), CancelTimer("dial"), CancelTimer("escape"), Failed(reason)]
+
+    def _hang_up_command(self) -> list[Output]:
+        self.state = _S.HANGING_UP
+        return [CancelTimer("escape")] + self._command("ATH")
+
+    def _line_in(self, line: str) -> list[Output]:
+        state = self.state
+        upper = line.upper()
+        if upper.startswith("AT"):
+            return []  # echo
+        if state is _S.INIT:
+            cmd = INIT_COMMANDS[self._step]
+            if (match := _CSQ.match(upper)) is not None:
+                self.csq = int(match.group(1))
+                return [Signal(self.csq, int(match.group(2)))]
+            if (match := _CREG.match(upper)) is not None:
+                self.creg = int(match.group(2) if match.group(2) is not None else match.group(1))
+                return []
+            if upper == "OK" or (upper == "ERROR" and cmd in _OPTIONAL):
+                self._step += 1
+                if self._step < len(INIT_COMMANDS):
+                    return self._command(INIT_COMMANDS[self._step])
+                if self.creg is not None and self.creg not in (1, 5):
+                    return self._fail(f"modem not registered on the GSM network (+CREG stat {self.creg})")
+                self.state = _S.READY
+                return [CancelTimer("cmd"), Ready()]
+            if upper == "ERROR":
+                return self._fail(f"modem answered ERROR to {cmd}")
+            return []
+        if state is _S.DIALING:
+            if (match := _CONNECT.fullmatch(upper)) is not None:
+                self.state = _S.ONLINE
+                self._online = HeartbeatFilter([NO_CARRIER])
+                rate = int(match.group(1)) if match.group(1) else None
+                return [CancelTimer("dial"), CallUp(rate)]
+            if upper in _DIAL_FAILURES:
+                return self._fail(f"dialling {self.number}: {upper}")
+            return []
+        if state is _S.ESCAPING:
+            if upper == "OK":
+                return self._hang_up_command()
+            if upper == "NO CARRIER":
+                self.state = _S.UNINITIALISED
+                return [CancelTimer("escape"), HungUp()]
+            return []
+        if state is _S.GUARD and upper == "NO CARRIER":
+            self.state = _S.UNINITIALISED
+            return [CancelTimer("guard"), HungUp()]
+        if state is _S.HANGING_UP and upper in ("OK", "NO CARRIER"):
+            self.state = _S.UNINITIALISED
+            return [CancelTimer("cmd"), HungUp()]
+        return []
+
+    def _online_bytes(self, data: bytes) -> list[Output]:
+        assert self._online is not None
+        out: list[Output] = []
+        parts = self._online.feed(data)
+        for i, (packet, chunk) in enumerate(parts):
+            if packet is None:
+                out.append(BusData(chunk))
+                continue
+            self.state = _S.UNINITIALISED
+            self._online = None
+            out.append(CallDown("NO CARRIER"))
+            rest = b"".join(c for _, c in parts[i + 1 :])
+            if rest:
+                out += self.receive(rest)
+            break
+        return out
+
+
+# =========================================================================== Twisted adapter
+
+
+class _ModemProtocol(Protocol):
+    def __init__(self, service: GsmLinkService) -> None:
+        self.service = service
+
+    def connectionMade(self) -> None:
+        self.service._port_opened(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.service._run(self.service.dialer.receive(data))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.service._port_lost(self, reason_text(reason) if reason is not None else "closed")
+
+
+class GsmLinkService(LinkObservers, Service):
+    """A link over a GSM data call (``GsmEndpoint``): the modem on ``modem`` at
+    ``modem_baud`` 8N1 dials ``number``; the call carries the bus to ``master``.
+
+    ``idle_hangup_s``: None = keep the call up (default); a number = on-demand calls (see
+    the module docstring).  ``demand_check_s``: how often an idle on-demand link looks at
+    the master's queue.  ``retry``: back-off ``(attempt) -> s`` between failed
+    initialisations/dials and port reopens.  ``cmd_timeout_s``/``dial_timeout_s``/
+    ``guard_s``: see :class:`GsmDialer`.  ``clock`` times everything (default ``reactor``);
+    ``open_port`` replaces the Twisted ``SerialPort`` (tests).
+
+    :attr:`csq` is the last signal quality; :attr:`calls` counts calls established.
+    Observers get ``connected``/``disconnected`` per call and ``("signal", {"csq"})``.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        master: MasterLike,
+        reactor,
+        *,
+        clock: IReactorTime | None = None,
+        idle_hangup_s: float | None = None,
+        demand_check_s: float = 1.0,
+        retry: Callable[[int], float] | None = None,
+        cmd_timeout_s: float = 5.0,
+        dial_timeout_s: float = 60.0,
+        guard_s: float = 1.0,
+        open_port: Callable[[Protocol], Any] | None = None,
+    ) -> None:
+        if not isinstance(link.endpoint, GsmEndpoint):
+            raise ValueError(f"link {link.name!r}: a GSM link needs a GSM endpoint, not {link.kind}")
+        self.setName(f"link:{link.name}")
+        self.link = link
+        self.link_name = link.name
+        self.master = master
+        self.clock = clock if clock is not None else reactor
+        ep = link.endpoint
+        self.dialer = GsmDialer(ep.number, cmd_timeout_s=cmd_timeout_s, dial_timeout_s=dial_timeout_s, guard_s=guard_s)
+        self.idle_hangup_s = idle_hangup_s
+        self.demand_check_s = demand_check_s
+        if retry is None:
+            from twisted.application.internet import backoffPolicy
+
+            retry = backoffPolicy(initialDelay=2.0, factor=2.0, maxDelay=120.0)
+        self.retry = retry
+        if open_port is None:
+            open_port = open_serial(ep.modem, ep.modem_baud, 8, "N", 1, reactor)
+        self.opener = SerialOpener(f"link {link.name}", f"GSM modem {ep.modem}", open_port, lambda: _ModemProtocol(self), self.clock, retry)
+        self.protocol: _ModemProtocol | None = None
+        self.connected = False
+        self.csq: int | None = None
+        self.calls = 0
+        self.failures = 0  # consecutive failed initialisations/dials
+        self.last_activity = 0.0
+        self._timers: dict[str, IDelayedCall] = {}
+        self._retry_call: IDelayedCall | None = None
+        self._watch: LoopingCall | None = None
+        self._stopping: Deferred | None = None
+
+    # -- service
+    def startService(self) -> None:
+        super().startService()
+        self.opener.start()
+
+    def stopService(self):
+        """Hang up a call in progress (``+++``, ``ATH``; bounded by the dialogue's timers),
+        then close the modem port.  Returns a Deferred firing when done."""
+        super().stopService()
+        self._stop_watch()
+        self._cancel_retry()
+        if self.dialer.state is DialerState.ONLINE:
+            self._stopping = Deferred()
+            self._run(self.dialer.hangup())
+            d, self._stopping = self._stopping, None
+            if d is not None:  # not finished synchronously
+                self._stopping = d
+                return d.addCallback(lambda _: self._close())
+        self._close()
+        return succeed(None)
+
+    def _close(self) -> None:
+        self._stopping = None
+        for name in list(self._timers):
+            self._cancel(name)
+        self.opener.stop()
+        if self.dialer.state is not DialerState.OFFLINE:
+            self._run(self.dialer.port_lost())
+        self.protocol = None
+
+    def _stopped_hangup(self) -> bool:
+        """While stopping: the hang-up ended (or failed); finish stopping."""
+        d, self._stopping = self._stopping, None
+        if d is None:
+            return False
+        d.callback(None)
+        return True
+
+    def hangup(self) -> None:
+        """Hang up the call now (it is redialled according to the policy)."""
+        self._run(self.dialer.hangup())
+
+    def dial_now(self) -> None:
+        """Dial now if the modem is ready (on-demand links; tests)."""
+        self._run(self.dialer.dial())
+
+    # -- port
+    def _port_opened(self, protocol: _ModemProtocol) -> None:
+        self.protocol = protocol
+        self._run(self.dialer.port_opened())
+        self._run(self.dialer.initialise())
+
+    def _port_lost(self, protocol: _ModemProtocol, reason: str) -> None:
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        self._stop_watch()
+        self._cancel_retry()
+        self._run(self.dialer.port_lost())
+        self.opener.lost(reason)
+
+    def _send(self, data: bytes) -> None:
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.write(data)
+
+    def _bus_write(self, data: bytes) -> None:
+        """The master's byte pipe: only while the call is up."""
+        if self.dialer.state is DialerState.ONLINE:
+            self.last_activity = self.clock.seconds()
+            self._send(data)
+
+    # -- outputs
+    def _run(self, outputs: list[Output]) -> None:
+        for o in outputs:
+            if isinstance(o, Send):
+                self._send(o.data)
+            elif isinstance(o, BusData):
+                self.last_activity = self.clock.seconds()
+                self.master.data_received(o.data)
+            elif isinstance(o, StartTimer):
+                self._cancel(o.name)
+                self._timers[o.name] = self.clock.callLater(o.seconds, self._fire, o.name)
+            elif isinstance(o, CancelTimer):
+                self._cancel(o.name)
+            elif isinstance(o, Signal):
+                self.csq = o.csq
+                log.info("link {link}: GSM signal quality {csq}", link=self.link_name, csq=o.csq)
+                self._notify("signal", csq=o.csq, ber=o.ber)
+            elif isinstance(o, Ready):
+                self._ready()
+            elif isinstance(o, CallUp):
+                self.calls += 1
+                self.failures = 0
+                self.connected = True
+                self.last_activity = self.clock.seconds()
+                log.info("link {link}: GSM call to {number} up ({rate} bit/s)", link=self.link_name, number=self.dialer.number, rate=o.rate)
+                self.master.connection_made(self._bus_write)
+                self._notify("connected", where=f"GSM {self.dialer.number}", rate=o.rate)
+                if self.idle_hangup_s is not None:
+                    self._start_watch(self.idle_hangup_s / 4 if self.idle_hangup_s > 0 else self.demand_check_s)
+            elif isinstance(o, CallDown):
+                self.connected = False
+                self._stop_watch()
+                log.info("link {link}: GSM call down: {reason}", link=self.link_name, reason=o.reason)
+                self.master.connection_lost(f"GSM call down: {o.reason}")
+                self._notify("disconnected", reason=o.reason)
+                if o.reason != "hang up":
+                    self._schedule_retry()
+            elif isinstance(o, HungUp):
+                if not self._stopped_hangup():
+                    self._reinitialise_now()
+            elif isinstance(o, Failed):
+                if self._stopped_hangup():
+                    continue
+                self.failures += 1
+                log.warn("link {link}: GSM {reason}", link=self.link_name, reason=o.reason)
+                if self.dialer.state is DialerState.UNINITIALISED and "did not answer ATH" in o.reason:
+                    self._reopen_port(o.reason)
+                else:
+                    self._schedule_retry()
+
+    def _fire(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self._run(self.dialer.timer(name))
+
+    def _cancel(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    # -- policy
+    def _wanted(self) -> bool:
+        if self.idle_hangup_s is None:
+            return True
+        return bool(getattr(self.master, "queued", 0)) or bool(getattr(self.master, "busy", False))
+
+    def _ready(self) -> None:
+        if self._wanted():
+            self._run(self.dialer.dial())
+        else:
+            self._start_watch(self.demand_check_s)
+
+    def _reinitialise_now(self) -> None:
+        self._run(self.dialer.initialise())
+
+    def _schedule_retry(self) -> None:
+        if not self.running or self._retry_call is not None:
+            return
+        delay = self.retry(max(1, self.failures))
+        self._retry_call = self.clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_call = None
+        self._run(self.dialer.initialise())
+
+    def _cancel_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
+    def _reopen_port(self, reason: str) -> None:
+        port = self.opener.port
+        if port is not None:
+            port.loseConnection()  # closing drops DTR: the modem hangs up
+
+    def _start_watch(self, interval: float) -> None:
+        self._stop_watch()
+        self._watch = LoopingCall(self._check)
+        self._watch.clock = self.clock
+        self._watch.start(interval, now=False)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self._watch = None
+
+    def _check(self) -> None:
+        state = self.dialer.state
+        if state is DialerState.READY and self._wanted():
+            self._stop_watch()
+            self._run(self.dialer.dial())
+        elif state is DialerState.ONLINE and self.idle_hangup_s is not None:
+            idle = self.clock.seconds() - self.last_activity
+            if idle >= self.idle_hangup_s and not self._wanted():
+                log.info("link {link}: GSM call idle for {idle:.0f} s: hanging up", link=self.link_name, idle=idle)
+                self._stop_watch()
+                self._run(self.dialer.hangup())
