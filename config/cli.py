@@ -5,7 +5,7 @@
 Exit status: 0 the file is valid (summary on stdout); 2 the file is invalid, missing or
 unreadable, or the arguments are wrong (every issue on stderr, one line each:
 ``FILE: KEY.PATH: reason``).  With ``--json`` stdout also carries one JSON document,
-``{"ok": true, "file": ..., "summary": {...}, "sites": [...]}`` or
+``{"ok": true, "file": ..., "summary": {...}, "plans": [...], "sites": [...]}`` or
 ``{"ok": false, "file": ..., "errors": [{"file", "path", "reason", "line", "column"}]}``.
 """
 
@@ -57,6 +57,7 @@ def render_summary(topology: Topology) -> str:
         f"  CDTs       {s.cdts}",
         f"  modules    {s.modules}",
         f"  meters     {s.meters}{_by_kind(s.meters_by_kind)}",
+        f"  plans      {'; '.join(f'{p.name} ({p.describe()})' for p in topology.plans) or 'none'}",
     ]
     for site in topology.sites:
         t = site.summary()
@@ -86,6 +87,11 @@ def _check(args: argparse.Namespace) -> int:
             "ok": True,
             "file": args.file,
             "summary": summary_dict(topology.summary()),
+            "plans": [
+                {"name": p.name, "kind": p.kind, "at": [t.isoformat() for t in p.at], "every_s": p.every_s,
+                 "links": list(p.links) if p.links is not None else None}
+                for p in topology.plans
+            ],
             "sites": [
                 {"name": site.name, "address": site.address,
                  **{k: v for k, v in summary_dict(site.summary()).items() if k != "sites"}}

@@ -49,10 +49,17 @@ from st2000r.config.model import (
     SerialEndpoint,
     Site,
     TcpEndpoint,
+    DEFAULT_PLANS,
+    PLAN_KINDS,
+    ROLES,
+    Interlocks,
+    Operator,
+    ReadingPlan,
+    SupervisorSettings,
     Topology,
 )
 
-__all__ = ["load", "loads", "parse_range", "SECTIONS", "SCHEMAS", "Key", "REQUIRED"]
+__all__ = ["load", "loads", "parse_range", "parse_duration", "parse_time", "SECTIONS", "SCHEMAS", "Key", "REQUIRED"]
 
 # --------------------------------------------------------------------------- limits
 
@@ -65,12 +72,20 @@ CDT_ADDRESS_MAX = 99_999_999
 SERIAL_DIGITS = 14
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PULSE_CONSTANT_MAX = 1_000_000
+PLAN_EVERY_RANGE = (10, 7 * 86_400)            # a plan period: 10 s .. 7 days
+STALE_AFTER_RANGE = (60, 30 * 86_400)          # supervisor.stale_after: 1 min .. 30 days
+COMMAND_TIMEOUT_RANGE = (5, 3600)              # supervisor.command_timeout: 5 s .. 1 h
+MAX_CLOSES_PER_MINUTE = 1000
+MAX_RETRIES = 10
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _PHONE_RE = re.compile(r"\+?[0-9]{1,20}")
 _SPAN_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 _DIGIT_RUN_RE = re.compile(r"[0-9]+")
+_DURATION_RE = re.compile(r"(?:([0-9]{1,7})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,9})s)?")
+_TIME_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?")
+_ENDPOINT_RE = re.compile(r"([a-z][a-z0-9]*):(\S+)")
 
 # --------------------------------------------------------------------------- schema machinery
 
@@ -243,6 +258,10 @@ RANGE = ("string", "integer")
 TOP_SCHEMA: Schema = {
     "templates": Key(TABLE, {}, doc="module templates by name: [templates.NAME]"),
     "sites": Key(ARRAY, REQUIRED, doc="the communities: [[sites]]"),
+    "plans": Key(ARRAY, None, doc="reading plans: [[plans]] (default: daily-full and status)"),
+    "interlocks": Key(TABLE, {}, doc="command interlocks: [interlocks]"),
+    "operators": Key(ARRAY, [], doc="people and services: [[operators]]"),
+    "supervisor": Key(TABLE, {}, doc="process settings: [supervisor]"),
 }
 
 TEMPLATE_SCHEMA: Schema = {
@@ -350,6 +369,103 @@ CHANNEL_SCHEMA: Schema = {
     "household": Key(STR, None, _check_text, "household reference"),
 }
 
+# ---- supervisor sections: [[plans]], [interlocks], [[operators]], [supervisor]
+
+
+def parse_duration(value: Any) -> tuple[int | None, str | None]:
+    """Parse a duration into whole seconds: an integer (seconds) or a string of
+    ``<n>d``, ``<n>h``, ``<n>m``, ``<n>s`` parts in that order, e.g. ``"5m"``, ``"300s"``,
+    ``"1h30m"``.  Returns ``(seconds, None)`` or ``(None, reason)``; never raises."""
+    if type(value) is int:
+        return value, None
+    text = str(value)
+    match = _DURATION_RE.fullmatch(text)
+    if not text or match is None:
+        return None, (f"malformed duration{_show(text)}: write a number of seconds or parts like "
+                      "\"90s\", \"5m\", \"1h30m\", \"2d\" (units d, h, m, s, in that order)")
+    d, h, m, sec = (int(g) if g else 0 for g in match.groups())
+    return ((d * 24 + h) * 60 + m) * 60 + sec, None
+
+
+def _check_duration(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        seconds, reason = parse_duration(value)
+        if reason is not None:
+            return reason
+        if seconds < lo or seconds > hi:
+            return f"duration{_show(value)} ({seconds} s) out of range {lo}..{hi} s"
+        return None
+
+    return check
+
+
+def parse_time(value: Any) -> tuple[_dt.time | None, str | None]:
+    """Parse a wall-clock time: ``"HH:MM"`` / ``"HH:MM:SS"`` (24 h) or a TOML local time.
+    Returns ``(time, None)`` or ``(None, reason)``; never raises."""
+    if type(value) is _dt.time:
+        if value.tzinfo is not None:
+            return None, f"time {value} must be a local time, without a UTC offset"
+        return value.replace(microsecond=0), None
+    if type(value) is not str:
+        return None, f"wrong type: expected string \"HH:MM\", got {_type_name(value)}{_show(value)}"
+    match = _TIME_RE.fullmatch(value)
+    if match is None:
+        return None, f"malformed time{_show(value)}: write \"HH:MM\" or \"HH:MM:SS\", e.g. \"02:00\""
+    h, m, sec = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+    if h > 23 or m > 59 or sec > 59:
+        return None, f"invalid time{_show(value)}: hours 0..23, minutes and seconds 0..59"
+    return _dt.time(h, m, sec), None
+
+
+def _check_endpoint(value: str) -> str | None:
+    """A Twisted server endpoint string, checked for shape only (config imports no Twisted)."""
+    match = _ENDPOINT_RE.fullmatch(value)
+    if match is None:
+        return (f"value{_show(value)} is not a server endpoint string: write TYPE:ARGS without spaces, "
+                "e.g. \"tcp:9000\" or \"tcp:port=9000:interface=0.0.0.0\"")
+    kind, args = match.groups()
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = next((a.split("=", 1)[1] for a in args.split(":") if a.startswith("port=")), args.split(":")[0])
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+            return f"value{_show(value)}: port {port!r} is not a TCP port 0..65535"
+    return None
+
+
+def _check_hash(value: str) -> str | None:
+    if not value.startswith("$argon2") or any(c.isspace() for c in value) or not value.isprintable():
+        return "not an argon2 hash: expected a string starting with '$argon2' (e.g. from argon2-cffi), no spaces"
+    return None
+
+
+PLAN_SCHEMA: Schema = {
+    "name": Key(STR, REQUIRED, _check_name, "plan name, unique in the file"),
+    "kind": Key(STR, REQUIRED, _one_of(*PLAN_KINDS), "full | status"),
+    "at": Key(ARRAY, [], doc="daily local times, \"HH:MM\""),
+    "every": Key(("string", "integer"), None, _check_duration(*PLAN_EVERY_RANGE), "period: \"5m\", \"1h\", seconds"),
+    "links": Key(ARRAY, None, doc="names of the links the plan applies to (default: every link)"),
+}
+
+INTERLOCKS_SCHEMA: Schema = {
+    "protected_households": Key(ARRAY, [], doc="households whose meters are never closed"),
+    "max_closes_per_minute": Key(INT, 10, _in_range(0, MAX_CLOSES_PER_MINUTE), "valve closes per link per minute"),
+}
+
+OPERATOR_SCHEMA: Schema = {
+    "name": Key(STR, REQUIRED, _check_name, "login name, unique in the file"),
+    "role": Key(STR, REQUIRED, _one_of(*ROLES), "viewer | operator | engineer | admin"),
+    "password_hash": Key(STR, None, _check_hash, "argon2 hash of the password"),
+}
+
+SUPERVISOR_SCHEMA: Schema = {
+    "gprs_listen": Key(STR, None, _check_endpoint, "GPRS DTU server endpoint, e.g. \"tcp:9000\""),
+    "retries": Key(INT, 2, _in_range(0, MAX_RETRIES), "bus retries per transaction"),
+    "log_format": Key(STR, "text", _one_of("text", "json"), "text | json"),
+    "state_dir": Key(STR, "var", _check_token, "folder for state files (audit log)"),
+    "stale_after": Key(("string", "integer"), None, _check_duration(*STALE_AFTER_RANGE), "reading age that is STALE"),
+    "command_timeout": Key(("string", "integer"), 60, _check_duration(*COMMAND_TIMEOUT_RANGE),
+                           "valve read-back deadline"),
+}
+
 #: every schema table by the name docs/configuration.md gives it
 SCHEMAS: dict[str, Schema] = {
     "top level": TOP_SCHEMA,
@@ -364,6 +480,10 @@ SCHEMAS: dict[str, Schema] = {
     "sites.links.cdts.module_ranges[]": MODULE_RANGE_SCHEMA,
     "sites.links.cdts.modules[]": MODULE_SCHEMA,
     "sites.links.cdts.modules.channels[]": CHANNEL_SCHEMA,
+    "plans[]": PLAN_SCHEMA,
+    "interlocks": INTERLOCKS_SCHEMA,
+    "operators[]": OPERATOR_SCHEMA,
+    "supervisor": SUPERVISOR_SCHEMA,
 }
 
 # --------------------------------------------------------------------------- paths and issues
@@ -394,7 +514,8 @@ def _key(path: str, name: str) -> str:
 class _Context:
     """State of one validation run: the issues found and what sections produced."""
 
-    __slots__ = ("file", "issues", "templates", "sites", "link_names", "dtu_ids", "devices", "endpoints")
+    __slots__ = ("file", "issues", "templates", "sites", "link_names", "dtu_ids", "devices", "endpoints",
+                 "plans", "interlocks", "operators", "settings")
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -406,6 +527,10 @@ class _Context:
         self.dtu_ids: dict[str, str] = {}
         self.devices: dict[str, str] = {}
         self.endpoints: dict[tuple[str, int], str] = {}
+        self.plans: tuple[ReadingPlan, ...] = DEFAULT_PLANS
+        self.interlocks = Interlocks(frozenset(), 10)
+        self.operators: tuple[Operator, ...] = ()
+        self.settings = SupervisorSettings(None, 2, "text", "var")
 
     def error(self, path: str, reason: str) -> None:
         self.issues.append(ConfigIssue(self.file, path, reason))
@@ -1047,12 +1172,160 @@ class _LinkBuild:
         return tuple(result)
 
 
+# --------------------------------------------------------------------------- supervisor sections
+
+
+def _string_list(ctx: _Context, value: list[Any], path: str, what: str,
+                 check: Callable[[str], str | None] | None = None) -> list[str] | None:
+    """The unique strings of an array, or None after recording every bad or repeated item."""
+    seen: dict[str, str] = {}
+    ok = True
+    for _, ipath, item in _items(value, path):
+        if type(item) is not str:
+            ctx.error(ipath, f"wrong type: expected string ({what}), got {_type_name(item)}{_show(item)}")
+            ok = False
+            continue
+        reason = check(item) if check is not None else None
+        if reason is not None:
+            ctx.error(ipath, reason)
+            ok = False
+        elif item in seen:
+            ctx.error(ipath, f"duplicate {what}{_show(item)} (already listed at {seen[item]})")
+            ok = False
+        else:
+            seen[item] = ipath
+    return list(seen) if ok else None
+
+
+def _plans_section(ctx: _Context, value: Any, path: str) -> None:
+    if type(value) is not list:
+        ctx.error(path, f"wrong type: expected array of tables ([[plans]]), got {_type_name(value)}{_show(value)}")
+        return
+    names: dict[str, str] = {}
+    plans: list[ReadingPlan] = []
+    ok = True
+    for _, ppath, item in _items(value, path):
+        values = _table(ctx, item, ppath, PLAN_SCHEMA)
+        if values is None:
+            ok = False
+            continue
+        good = len(values) == len(PLAN_SCHEMA)
+        name = values.get("name")
+        if name is not None:
+            if name in names:
+                ctx.error(_key(ppath, "name"), f"duplicate plan name {name!r} (already used at {names[name]})")
+                good = False
+            else:
+                names[name] = _key(ppath, "name")
+        times: list[_dt.time] = []
+        tpath = _key(ppath, "at")
+        seen: dict[_dt.time, str] = {}
+        for _, ipath, raw in _items(values.get("at", []), tpath):
+            parsed, reason = parse_time(raw)
+            if reason is not None:
+                ctx.error(ipath, reason)
+                good = False
+            elif parsed in seen:
+                ctx.error(ipath, f"duplicate time {parsed:%H:%M:%S} (already listed at {seen[parsed]})")
+                good = False
+            else:
+                seen[parsed] = ipath
+                times.append(parsed)
+        every = values.get("every")
+        every_s = parse_duration(every)[0] if every is not None else None
+        if "at" in values and "every" in values and not values["at"] and every is None:
+            ctx.error(ppath, "a plan needs 'at' (daily times), 'every' (a period), or both")
+            good = False
+        links = values.get("links")
+        if links is not None:
+            lpath = _key(ppath, "links")
+            if not links:
+                ctx.error(lpath, "empty list: name at least one link, or leave 'links' out for every link")
+                good = False
+            names_ok = _string_list(ctx, links, lpath, "link name")
+            if names_ok is None:
+                good = False
+            else:
+                for i, link in enumerate(links):
+                    if link not in ctx.link_names:
+                        known = ", ".join(ctx.link_names) or "none"
+                        ctx.error(f"{lpath}[{i}]", f"unknown link {link!r} (links in this file: {known})")
+                        good = False
+        if good:
+            plans.append(ReadingPlan(name, values["kind"], tuple(sorted(times)), every_s,
+                                     tuple(links) if links is not None else None))
+        ok &= good
+    if ok:
+        ctx.plans = tuple(plans)
+
+
+def _interlocks_section(ctx: _Context, value: Any, path: str) -> None:
+    values = _table(ctx, value, path, INTERLOCKS_SCHEMA)
+    if values is None:
+        return
+    hpath = _key(path, "protected_households")
+    households = _string_list(ctx, values.get("protected_households", []), hpath, "household", _check_text)
+    if households is not None and households:
+        # a typo here would let a protected household be closed: every name must bill a meter,
+        # checked only when the sites themselves loaded cleanly (no cascade of false reports)
+        if not any(i.path.startswith(("sites", "templates")) for i in ctx.issues):
+            known = {meter.household for site in ctx.sites for link in site.links
+                     for _, _, _, meter in link.meters()}
+            for i, household in enumerate(households):
+                if household not in known:
+                    ctx.error(f"{hpath}[{i}]", f"unknown household {household!r} (no meter in the file bills to it)")
+                    households = None
+    if households is not None and "max_closes_per_minute" in values:
+        ctx.interlocks = Interlocks(frozenset(households), values["max_closes_per_minute"])
+
+
+def _operators_section(ctx: _Context, value: Any, path: str) -> None:
+    if type(value) is not list:
+        ctx.error(path, f"wrong type: expected array of tables ([[operators]]), got {_type_name(value)}{_show(value)}")
+        return
+    names: dict[str, str] = {}
+    operators: list[Operator] = []
+    for _, opath, item in _items(value, path):
+        values = _table(ctx, item, opath, OPERATOR_SCHEMA)
+        if values is None:
+            continue
+        name = values.get("name")
+        if name is not None:
+            if name in names:
+                ctx.error(_key(opath, "name"), f"duplicate operator name {name!r} (already used at {names[name]})")
+                continue
+            names[name] = _key(opath, "name")
+        if len(values) == len(OPERATOR_SCHEMA):
+            operators.append(Operator(values["name"], values["role"], values["password_hash"]))
+    ctx.operators = tuple(operators)
+
+
+def _supervisor_section(ctx: _Context, value: Any, path: str) -> None:
+    values = _table(ctx, value, path, SUPERVISOR_SCHEMA)
+    if values is None or len(values) != len(SUPERVISOR_SCHEMA):
+        return
+    stale = values["stale_after"]
+    ctx.settings = SupervisorSettings(
+        gprs_listen=values["gprs_listen"],
+        retries=values["retries"],
+        log_format=values["log_format"],
+        state_dir=values["state_dir"],
+        stale_after_s=parse_duration(stale)[0] if stale is not None else None,
+        command_timeout_s=parse_duration(values["command_timeout"])[0],
+    )
+
+
 # --------------------------------------------------------------------------- entry points
 
 #: top-level sections in processing order: name -> function(ctx, value, path)
 SECTIONS: dict[str, Callable[[_Context, Any, str], None]] = {
     "templates": _templates_section,
     "sites": _sites_section,
+    # after "sites": plans and interlocks refer to link names and households
+    "plans": _plans_section,
+    "interlocks": _interlocks_section,
+    "operators": _operators_section,
+    "supervisor": _supervisor_section,
 }
 
 
@@ -1092,7 +1365,8 @@ def loads(text: str, source: str = "<string>") -> Topology:
     _validate(ctx, data)
     if ctx.issues:
         raise ConfigError(ctx.issues)
-    return Topology(sites=tuple(ctx.sites), source=source)
+    return Topology(sites=tuple(ctx.sites), source=source, plans=ctx.plans, interlocks=ctx.interlocks,
+                    operators=ctx.operators, settings=ctx.settings)
 
 
 def load(path: str | os.PathLike[str]) -> Topology:

@@ -21,6 +21,7 @@ Invariants guaranteed by the loader:
 
 from __future__ import annotations
 
+import datetime as _dt
 import enum
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,13 @@ __all__ = [
     "Summary",
     "summarize",
     "LINK_KINDS",
+    "ReadingPlan",
+    "DEFAULT_PLANS",
+    "PLAN_KINDS",
+    "Interlocks",
+    "Operator",
+    "ROLES",
+    "SupervisorSettings",
 ]
 
 #: link kinds, in the order summaries list them
@@ -309,13 +317,114 @@ def summarize(sites: Iterable[Site]) -> Summary:
     )
 
 
+#: reading plan kinds: a full read (bulk counts of every fitted channel) or a status round
+PLAN_KINDS: tuple[str, ...] = ("full", "status")
+
+#: operator roles, least to most privileged
+ROLES: tuple[str, ...] = ("viewer", "operator", "engineer", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingPlan:
+    """When the supervisor reads the field (``[[plans]]``).
+
+    ``kind``: ``"full"`` (bulk read of every fitted channel) or ``"status"`` (alarms and
+    CDT status).  ``at``: daily local wall-clock times, sorted, unique.  ``every_s``: a
+    period in seconds (>= 1), or None.  At least one of ``at``/``every_s`` is given.
+    ``links``: names of the links the plan applies to, or None for every link.
+    """
+
+    name: str
+    kind: str
+    at: tuple[_dt.time, ...]
+    every_s: int | None
+    links: tuple[str, ...] | None
+
+    def applies_to(self, link: str) -> bool:
+        """True if this plan runs on the link named ``link``."""
+        return self.links is None or link in self.links
+
+    def describe(self) -> str:
+        """One line for humans, e.g. ``"full at 02:00"`` or ``"status every 300 s on bus1"``."""
+        parts = [self.kind]
+        if self.at:
+            parts.append("at " + ", ".join(t.strftime("%H:%M:%S" if t.second else "%H:%M") for t in self.at))
+        if self.every_s is not None:
+            parts.append(f"every {self.every_s} s")
+        if self.links is not None:
+            parts.append("on " + ", ".join(self.links))
+        return " ".join(parts)
+
+
+#: the plans used when a file has no ``[[plans]]``: a full read daily at 02:00 and a
+#: status round every 5 minutes, on every link
+DEFAULT_PLANS: tuple[ReadingPlan, ...] = (
+    ReadingPlan("daily-full", "full", (_dt.time(2, 0),), None, None),
+    ReadingPlan("status", "status", (), 300, None),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Interlocks:
+    """Safety rules of the command path (``[interlocks]``).
+
+    ``protected_households``: household references whose meters are never closed (opening
+    is always allowed).  ``max_closes_per_minute``: valve closes allowed per link in any
+    sliding 60 s window (0 = closing disabled).
+    """
+
+    protected_households: frozenset[str]
+    max_closes_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """A person or service allowed to use the supervisor (``[[operators]]``).
+
+    ``role``: one of ``ROLES``.  ``password_hash``: an argon2 hash string
+    (``"$argon2..."``), or None.
+    """
+
+    name: str
+    role: str
+    password_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    """Process-wide settings of ``st2000r run`` (``[supervisor]``).
+
+    ``gprs_listen``: Twisted server endpoint string for the GPRS DTU server (e.g.
+    ``"tcp:9000"``), or None (no GPRS server).  ``retries``: bus retries per transaction.
+    ``log_format``: ``"text"`` or ``"json"``.  ``state_dir``: folder for state files (audit
+    log ...).  ``stale_after_s``: seconds after which an unrefreshed reading is STALE, or
+    None (2 x the longest plan period, at least 1 h).  ``command_timeout_s``: how long a
+    valve command waits for its read-back confirmation.
+    """
+
+    gprs_listen: str | None
+    retries: int
+    log_format: str
+    state_dir: str
+    stale_after_s: int | None = None
+    command_timeout_s: int = 60
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """A whole validated configuration file.  ``source``: the path it was read from, or
-    the ``source`` given to ``loads`` (``"<string>"`` by default)."""
+    the ``source`` given to ``loads`` (``"<string>"`` by default).
+
+    ``plans``, ``interlocks``, ``operators``, ``settings``: the supervisor sections, with
+    their defaults when the file has none.
+    """
 
     sites: tuple[Site, ...]
     source: str
+    plans: tuple[ReadingPlan, ...] = DEFAULT_PLANS
+    interlocks: Interlocks = Interlocks(frozenset(), 10)
+    operators: tuple[Operator, ...] = ()
+    settings: SupervisorSettings = SupervisorSettings(None, 2, "text", "var")
 
     def links(self) -> Iterator[Link]:
         """Every link of every site, in file order."""
@@ -332,3 +441,10 @@ class Topology:
     def summary(self) -> Summary:
         """Counts over the whole file."""
         return summarize(self.sites)
+
+    def operator(self, name: str) -> Operator:
+        """The operator with this name; raises ``KeyError``."""
+        for operator in self.operators:
+            if operator.name == name:
+                return operator
+        raise KeyError(f"no operator named {name!r}")

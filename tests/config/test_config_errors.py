@@ -231,8 +231,8 @@ def test_unknown_key_names_it_and_lists_the_allowed_keys():
 
 
 def test_unknown_top_level_section():
-    assert issues("[supervisor]\nport = 1\n" + BASE) == [
-        ("supervisor", "unknown key 'supervisor' (allowed: templates, sites)"),
+    assert issues("[modbus]\nport = 1\n" + BASE) == [
+        ("modbus", "unknown key 'modbus' (allowed: templates, sites, plans, interlocks, operators, supervisor)"),
     ]
 
 
