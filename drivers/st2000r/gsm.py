@@ -6,7 +6,7 @@ call up/down, bus bytes).  :class:`GsmLinkService` is the thin Twisted adapter: 
 the modem with ``SerialPort`` (reopened with back-off like a serial link), carries out the
 outputs, hands the call to the bus master and decides *when* to dial and hang up.
 
-Dialogue table (rules: commands end in CR; result lines are matched after stripping CR/LF
+Dialogue table (rules: commands end in CR; a timer is started before the bytes it guards are sent; result lines are matched after stripping CR/LF
 and blank lines; echoed command lines (``AT...``) are ignored; every command state has a
 ``cmd_timeout_s`` timer; ``Failed(reason)`` always leads to UNINITIALISED, from which the
 adapter re-initialises after back-off)::
@@ -208,6 +208,7 @@ class GsmDialer:
         self._step = 0
         self._line = bytearray()
         self._online: HeartbeatFilter | None = None
+        self._skip_lf = False  # the LF of "CONNECT ... CR LF" may come in the next chunk
 
     # -- inputs from the adapter
     def port_opened(self) -> list[Output]:
@@ -238,7 +239,7 @@ class GsmDialer:
             return []
         self.state = _S.DIALING
         self._line.clear()
-        return [Send(f"ATD{self.number}\r".encode("ascii")), StartTimer("dial", self.dial_timeout_s)]
+        return [StartTimer("dial", self.dial_timeout_s), Send(f"ATD{self.number}\r".encode("ascii"))]
 
     def hangup(self) -> list[Output]:
         if self.state is not _S.ONLINE:
@@ -258,7 +259,7 @@ class GsmDialer:
             return [Send(b"\r")] + self._fail(f"no CONNECT within {self.dial_timeout_s:g} s of dialling")
         if name == "guard" and state is _S.GUARD:
             self.state = _S.ESCAPING
-            return [Send(b"+++"), StartTimer("escape", self.guard_s * 2 + self.cmd_timeout_s)]
+            return [StartTimer("escape", self.guard_s * 2 + self.cmd_timeout_s), Send(b"+++")]
         if name == "escape" and state is _S.ESCAPING:
             return self._hang_up_command()
         return []
@@ -277,11 +278,17 @@ class GsmDialer:
             if cut < 0:
                 break
             line = bytes(buf[:cut]).decode("ascii", "replace").strip()
+            ended_by_cr = buf[cut] == 0x0D
             buf = buf[cut + 1 :]
             if not line:
                 continue
             out += self._line_in(line)
-            if self.state is _S.ONLINE:  # the rest after CONNECT is bus data
+            if self.state is _S.ONLINE:  # the rest after "CONNECT ... CR LF" is bus data
+                if ended_by_cr:
+                    if buf[:1] == b"\n":
+                        buf = buf[1:]
+                    else:
+                        self._skip_lf = not buf
                 if buf:
                     out += self._online_bytes(bytes(buf))
                 return out
@@ -291,7 +298,7 @@ class GsmDialer:
 
     # -- internals
     def _command(self, cmd: str) -> list[Output]:
-        return [Send(cmd.encode("ascii") + b"\r"), StartTimer("cmd", self.cmd_timeout_s)]
+        return [StartTimer("cmd", self.cmd_timeout_s), Send(cmd.encode("ascii") + b"\r")]
 
     def _fail(self, reason: str) -> list[Output]:
         self.state = _S.UNINITIALISED
@@ -352,6 +359,10 @@ class GsmDialer:
 
     def _online_bytes(self, data: bytes) -> list[Output]:
         assert self._online is not None
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
         out: list[Output] = []
         parts = self._online.feed(data)
         for i, (packet, chunk) in enumerate(parts):
@@ -544,7 +555,7 @@ class GsmLinkService(LinkObservers, Service):
                 self.master.connection_made(self._bus_write)
                 self._notify("connected", where=f"GSM {self.dialer.number}", rate=o.rate)
                 if self.idle_hangup_s is not None:
-                    self._start_watch(self.idle_hangup_s / 4 if self.idle_hangup_s > 0 else self.demand_check_s)
+                    self._start_watch(max(0.5, min(self.idle_hangup_s / 10, self.demand_check_s * 10)))
             elif isinstance(o, CallDown):
                 self.connected = False
                 self._stop_watch()
