@@ -187,16 +187,22 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-async def measure(sim: Simulator, pollers, seconds: float) -> tuple[float, float]:
+async def measure(sim: Simulator, pollers, seconds: float) -> tuple[float, float, int, int]:
+    """Poll for ``seconds`` after a 1 s settling time; the simulator's CPU seconds, the
+    wall seconds, and the replies and heartbeats received within that window."""
     for p in pollers:
         p.start()
     await sleep(1.0)  # settle
+    r0 = sum(p.replies for p in pollers)
+    h0 = sum(getattr(p, "heartbeats", 0) for p in pollers)
     c0, w0 = cpu_seconds(sim.proc.pid), time.monotonic()
     await sleep(seconds)
     c1, w1 = cpu_seconds(sim.proc.pid), time.monotonic()
+    r1 = sum(p.replies for p in pollers)
+    h1 = sum(getattr(p, "heartbeats", 0) for p in pollers)
     for p in pollers:
         p.stop()
-    return c1 - c0, w1 - w0
+    return c1 - c0, w1 - w0, r1 - r0, h1 - h0
 
 
 async def run_big_link(baud: int, seconds: float) -> float:
@@ -206,9 +212,8 @@ async def run_big_link(baud: int, seconds: float) -> float:
         host, port = re.search(r"^endpoint: big -> tcp ([\d.]+):(\d+)", "\n".join(lines), re.M).groups()
         poller = Poller(256)
         await connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)), poller)
-        cpu, wall = await measure(sim, [poller], seconds)
+        cpu, wall, exchanges, _ = await measure(sim, [poller], seconds)
         frac = cpu / wall
-        exchanges = poller.replies
         print(f"256 CDTs / 24,576 meters, {baud} baud 8E1, physical timing: {exchanges} bulk reads "
               f"({exchanges / wall:.2f}/s, {poller.timeouts} timeouts) in {wall:.1f} s; "
               f"simulator CPU {cpu:.2f} s = {frac:.3f} core (bound {BOUND})")
@@ -272,10 +277,8 @@ async def run_dtus(n: int, cdts: int, seconds: float) -> float:
             await sleep(0.1)
         if len(bench.registered) < n:
             raise SystemExit(f"only {len(bench.registered)} of {n} DTUs registered")
-        cpu, wall = await measure(sim, bench.connections, seconds)
+        cpu, wall, replies, heartbeats = await measure(sim, bench.connections, seconds)
         frac = cpu / wall
-        replies = sum(c.replies for c in bench.connections)
-        heartbeats = sum(c.heartbeats for c in bench.connections)
         print(f"{n} GPRS DTU links x {cdts} CDTs ({n * cdts * 96:,} meters), all registered, "
               f"{heartbeats} heartbeats, {replies} bulk reads ({replies / wall:.1f}/s) in {wall:.1f} s; "
               f"simulator CPU {cpu:.2f} s = {frac:.3f} core (bound {BOUND})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -88,7 +89,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, control_default: int) ->
                         help="run the world clock N times faster (consumption, battery, heartbeats)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the consumption models (default 0)")
     parser.add_argument("--start", type=_when, metavar="ISO", help="world start time (default: now)")
-    parser.add_argument("--scenario", metavar="FILE", help="scenario file: a timeline of faults")
+    parser.add_argument("--scenario", metavar="FILE",
+                        help="scenario file (a timeline of faults), or the name of a packaged one: commissioning, power-cut")
     parser.add_argument("--control", type=_port, default=control_default, metavar="PORT",
                         help=f"control interface port on 127.0.0.1 (0: any free port; default {control_default})")
     parser.add_argument("--no-control", action="store_true", help="no control interface")
@@ -119,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def scenario_path(name: str | None) -> str | None:
+    """``name`` as given if it is a file; else the packaged scenario ``name`` (with or
+    without ``.toml``) from ``st2000r.simulation/scenarios/`` if there is one; else ``name``
+    unchanged (loading it then reports the missing file)."""
+    if name is None or os.path.exists(name) or os.sep in name:
+        return name
+    import importlib.resources
+
+    stem = name.removesuffix(".toml")
+    packaged = importlib.resources.files("st2000r.simulation") / "scenarios" / f"{stem}.toml"
+    return str(packaged) if packaged.is_file() else name
+
+
 def options_from_args(args: argparse.Namespace, **extra):
     from st2000r.simulation.service import SimulatorOptions
 
@@ -127,7 +142,7 @@ def options_from_args(args: argparse.Namespace, **extra):
         seed=args.seed,
         start=args.start,
         physical_timing=args.physical_timing,
-        scenario=args.scenario,
+        scenario=scenario_path(args.scenario),
         links=tuple(name for group in getattr(args, "link", []) for name in group),
         devices=tuple(getattr(args, "device", [])),
         bind=getattr(args, "bind", "127.0.0.1"),
@@ -190,22 +205,30 @@ def run(
         _stop_quietly(service)
         return _fail(prog, str(exc))
     summary = topology.summary()
-    print(f"simulating {topology.source}: {len(service.buses)} link(s), {summary.cdts} CDTs, "
-          f"{summary.meters} meters; speedup {options.speedup:g}x, seed {options.seed}", flush=True)
+    _say(f"simulating {topology.source}: {len(service.buses)} link(s), {summary.cdts} CDTs, "
+          f"{summary.meters} meters; speedup {options.speedup:g}x, seed {options.seed}")
     for info in service.endpoints():
-        print(f"endpoint: {info.line()}", flush=True)
+        _say(f"endpoint: {info.line()}")
     if service.control is not None:
-        print(f"control: {service.control.url}", flush=True)
+        _say(f"control: {service.control.url}")
     for line in banner(service) if banner else ():
-        print(line, flush=True)
-    print("ready (Ctrl-C stops)" if duration is None else f"ready (stopping after {duration:g} s)", flush=True)
+        _say(line)
+    _say("ready (Ctrl-C stops)" if duration is None else f"ready (stopping after {duration:g} s)")
 
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if duration is not None:
         reactor.callLater(duration, reactor.stop)
     reactor.run()
-    print("stopped", flush=True)
+    _say("stopped")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print one line now; a closed stdout (``| head``) must not stop the simulator."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _stop_quietly(service) -> None:

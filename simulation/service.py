@@ -35,7 +35,7 @@ from st2000r.config.model import Link, Topology
 from st2000r.simulation import faults
 from st2000r.simulation.bus import SimulatedBus
 from st2000r.simulation.control import ControlError, ControlService, to_json
-from st2000r.simulation.dtu import DtuClient
+from st2000r.simulation.dtu import DtuClient, DtuFormat, DtuFormatError
 from st2000r.simulation.endpoints import (
     DeviceEndpoint,
     EndpointInfo,
@@ -174,6 +174,10 @@ class SimulatorService(MultiService):
                 self.skipped[link.name] = "GPRS DTU not started: give --supervisor HOST:PORT for it to dial"
                 return None
             ep = link.endpoint
+            try:
+                DtuFormat(ep.registration, ep.dtu_id)
+            except DtuFormatError as exc:
+                raise SimulatorError(f"link {link.name!r}: {exc}") from None
             dtu = DtuClient(
                 link.name, shared.port(), reactor,
                 dtu_id=ep.dtu_id, registration=ep.registration, heartbeat_s=ep.heartbeat_s,
