@@ -302,3 +302,49 @@ async def test_storm_of_300_dtus_all_register_and_answer(kit):
         for svc in services:
             svc.stopService()
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_registration_over_tcp_takes_over_and_closes_the_old_connection(kit):
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    class Dtu(Protocol):
+        def __init__(self) -> None:
+            self.received = bytearray()
+            self.closed: Deferred = Deferred()
+
+        def connectionMade(self) -> None:
+            self.transport.write(b"USR-0007\r\n")
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
+
+        def connectionLost(self, reason=None) -> None:
+            self.closed.callback(None)
+
+    link = kit.topology([LINKS[1]]).link("usr-link")
+    server = GprsServer("tcp:0:interface=127.0.0.1", reactor)
+    master = kit.Master()
+    svc = link_service(link, master, reactor, gprs_server=server)
+    server.startService()
+    port = (await server.when_listening()).getHost().port
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    try:
+        first = await connectProtocol(ep, Dtu())
+        await master.when(lambda: master.connected).addTimeout(TIMEOUT, reactor)
+        second = await connectProtocol(ep, Dtu())
+        await first.closed.addTimeout(TIMEOUT, reactor)  # the server closed the old session
+        await master.when(lambda: master.count("made") == 2).addTimeout(TIMEOUT, reactor)
+        assert [e[0] for e in master.events] == ["made", "lost", "made"]
+        second.transport.write(b"from-new")
+        await master.when(lambda: bytes(master.received) == b"from-new").addTimeout(TIMEOUT, reactor)
+        assert server.stats.takeovers == 1 and bytes(first.received) == b""
+        second.transport.loseConnection()
+        await second.closed.addTimeout(TIMEOUT, reactor)
+        await master.when(lambda: master.count("lost") == 2).addTimeout(TIMEOUT, reactor)
+        assert server.sessions() == {}
+    finally:
+        svc.stopService()
+        await server.stopService()
