@@ -434,13 +434,14 @@ class DtuClient(MultiService):
 
     ``clock``: time for heartbeats, registration retries, back-off and link drops
     (default: ``reactor``).  ``heartbeat_s``: world seconds between heartbeats, divided by
-    ``speedup`` for real time.  ``endpoint``: an ``IStreamClientEndpoint`` to dial instead of
+    ``speedup`` for real time (at least ``MIN_HEARTBEAT_S``).  ``endpoint``: an ``IStreamClientEndpoint`` to dial instead of
     ``HostnameEndpoint(reactor, host, port)`` (tests).  ``retry``: a back-off policy
     ``(attempt) -> seconds`` (default: 1 s doubling to 60 s, with jitter).
     """
 
     kind = "dtu"
     REGISTER_RETRY_S = 10.0
+    MIN_HEARTBEAT_S = 1.0  # a large --speedup must not flood the supervisor
 
     def __init__(
         self,
@@ -466,7 +467,7 @@ class DtuClient(MultiService):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.format = DtuFormat(registration, dtu_id, heartbeat)
-        self.heartbeat_interval = heartbeat_s / speedup
+        self.heartbeat_interval = max(self.MIN_HEARTBEAT_S, heartbeat_s / speedup)
         self.register_retry_s = min(self.REGISTER_RETRY_S, self.heartbeat_interval)
         self.host, self.port = host, port
         self.target_text = f"{host}:{port}"
