@@ -348,3 +348,67 @@ async def test_duplicate_registration_over_tcp_takes_over_and_closes_the_old_con
     finally:
         svc.stopService()
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_simulated_dtus_polled_dropped_reconnected_polled_again(kit):
+    """The issue's GPRS criterion with the real BusMaster: 100 simulated DTUs register, are
+    polled, drop (link_drop), reconnect and are polled again."""
+    from st2000r.drivers.st2000r.master import BusMaster
+    from st2000r.simulation.bus import SimulatedBus
+    from st2000r.simulation.dtu import DtuClient
+    from st2000r.simulation.faults import parse_action
+    from st2000r.simulation.world import World
+
+    n = 100
+    fmts = ("plain", "usr", "ddp")
+    bodies = [
+        f'name = "g{i}"\nkind = "gprs"\ndtu_id = "DTU{i:04d}"\nregistration = "{fmts[i % 3]}"\nheartbeat_s = 1'
+        for i in range(n)
+    ]
+    topo = kit.topology(bodies)
+    links = list(topo.links())
+    world = World(topo, reactor, seed=5)
+    server = GprsServer("tcp:0:interface=127.0.0.1:backlog=512", reactor)
+    masters = [BusMaster(link, reactor, retries=2, queue_timeout_s=20) for link in links]
+    services = [link_service(link, mm, reactor, gprs_server=server) for link, mm in zip(links, masters)]
+    server.startService()
+    port = (await server.when_listening()).getHost().port
+    buses = [SimulatedBus(world, link.name, reactor, physical_timing=False) for link in links]
+    dtus = [
+        DtuClient(
+            link.name, bus, reactor, dtu_id=link.endpoint.dtu_id, registration=link.endpoint.registration,
+            heartbeat_s=1, host="127.0.0.1", port=port, retry=lambda attempt: 0.1,
+        )  # fmt: skip
+        for link, bus in zip(links, buses)
+    ]
+
+    async def poll_all():
+        ds = [
+            mm.transact(kit.read_status(link)).addTimeout(TIMEOUT, reactor)
+            for mm, link in zip(masters, links)
+        ]
+        replies = await gatherResults(ds)
+        assert all(isinstance(r, m.CdtStatus) for r in replies)
+
+    t0 = time.perf_counter()
+    try:
+        for dtu in dtus:
+            dtu.startService()
+        await poll_all()  # requests wait for their link to register
+        first = time.perf_counter() - t0
+        for link in links:
+            world.apply(parse_action({"action": "link_drop", "link": link.name, "seconds": 0.3}))
+        t1 = time.perf_counter()
+        await poll_all()  # queued until each DTU is back
+        again = time.perf_counter() - t1
+        print(f"\n{n} DTUs: registered and polled in {first:.2f} s; dropped, back and polled again in {again:.2f} s")
+        assert server.stats.registrations >= 2 * n
+        assert all(mm.stats.disconnects >= 1 for mm in masters)
+    finally:
+        await DeferredList([d.stopService() for d in dtus])
+        for svc in services:
+            svc.stopService()
+        for mm in masters:
+            mm.shutdown()
+        await server.stopService()
