@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from st2000r.drivers.st2000r import messages as m
+from st2000r.drivers.st2000r.frame import NEED_DATA, Frame, FrameDecoder
 from st2000r.drivers.st2000r.gprs import GprsServer
 from st2000r.drivers.st2000r.links import link_service
 from st2000r.drivers.st2000r.registration import ddp_ack, ddp_heartbeat, ddp_register
@@ -217,22 +218,35 @@ async def test_simulated_dtu_is_polled_drops_reconnects_and_is_polled_again(kit)
     svc.startService()
     port = await server.when_listening()
     dtu = DtuClient(
-        "ddp-link", bus, reactor, dtu_id="13900000001", registration="ddp", heartbeat_s=0.05,
+        "ddp-link", bus, reactor, dtu_id="13900000001", registration="ddp", heartbeat_s=1,
         host="127.0.0.1", port=port.getHost().port, retry=lambda attempt: 0.05,
     )  # fmt: skip
     dtu.startService()
     try:
         await master.when(lambda: master.connected).addTimeout(TIMEOUT, reactor)
-        for _ in range(5):  # heartbeats every 50 ms interleave with the replies
+        # poll back to back until heartbeats (the simulator's floor: one per second) have
+        # interleaved with the replies
+        deadline = reactor.seconds() + TIMEOUT
+        polls = 0
+        while server.stats.heartbeats < 2 and reactor.seconds() < deadline:
             reply = await master.request(kit.read_status(link)).addTimeout(TIMEOUT, reactor)
             assert isinstance(reply, m.CdtStatus) and reply.modules == frozenset({1})
+            polls += 1
+        assert server.stats.heartbeats >= 2 and polls > 10
         world.apply(parse_action({"action": "link_drop", "link": "ddp-link", "seconds": 0.2}))
         await master.when(lambda: master.count("lost") == 1).addTimeout(TIMEOUT, reactor)
         await master.when(lambda: master.connected).addTimeout(TIMEOUT, reactor)
         reply = await master.request(kit.read_status(link)).addTimeout(TIMEOUT, reactor)
         assert isinstance(reply, m.CdtStatus)
-        assert server.stats.heartbeats > 0 and server.stats.registrations == 2
-        assert master.received.count(b"\x7b") == 0  # no heartbeat or DDP byte reached the master
+        assert server.stats.registrations == 2
+        # no heartbeat or DDP byte reached the master: its stream is frames and nothing else
+        decoder = FrameDecoder()
+        decoder.feed(bytes(master.received))
+        events = []
+        while (event := decoder.next_event()) is not NEED_DATA:
+            events.append(event)
+        assert events and all(isinstance(e, Frame) for e in events)
+        assert len(events) == len(master.replies) == polls + 1
     finally:
         await dtu.stopService()
         svc.stopService()
