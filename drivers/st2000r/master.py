@@ -92,7 +92,14 @@ class TransactionError(Exception):
 
 
 class TransactionTimeout(TransactionError):
-    """No valid reply after all retries (silence or only corrupted replies)."""
+    """No valid reply after all retries (silence or only corrupted replies).
+    ``attempts``: frames sent; ``corrupted``: attempts spoiled by a corrupted reply (the
+    device is there, the line is noisy) rather than silence."""
+
+    def __init__(self, message: str, request: m.Message, attempts: int = 0, corrupted: int = 0) -> None:
+        super().__init__(message, request)
+        self.attempts = attempts
+        self.corrupted = corrupted
 
 
 class LinkDown(TransactionError):
@@ -694,6 +701,8 @@ class BusMaster:
                 f"link {self.name}: no valid reply from {address} to {type(pending.request).__name__} "
                 f"after {pending.attempts} attempts ({detail})",
                 pending.request,
+                pending.attempts,
+                pending.corrupted,
             ),
         )
         self._kick()

@@ -14,6 +14,9 @@ result to a :class:`PollSink` (the supervisor's point database).  Rules:
 - **fairness**: a round's transactions are interleaved round-robin across CDTs (every
   CDT's first request, then every CDT's second ...), and at most ``window`` of them are in
   the master's queue at a time, so a command or a status poll never queues behind a sweep;
+- **noise**: a bulk read that failed after the master's retries with corrupted replies
+  (the CDT is there, the line is noisy) is read again at once as two tight halves, down
+  to ranges of ``MIN_SPLIT`` channels: a shorter frame is likelier to pass the noise;
 - **unreachable**: a CDT whose transaction fails after the master's retries
   (``TransactionTimeout``) is reported once per round (``on_cdt_unreachable``) and its
   remaining requests of the round are skipped;
@@ -33,7 +36,7 @@ from __future__ import annotations
 import typing
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -56,6 +59,7 @@ __all__ = ["PollSink", "Poller", "RoundResult", "CdtRead", "bulk_ranges", "KINDS
 log = Logger()
 
 KINDS: Final = ("full", "status")
+MIN_SPLIT: Final = 4  # a noisy bulk read is split in halves while it has at least 2 x this
 _DST_SLACK_S: Final = 1.0
 
 
@@ -112,13 +116,24 @@ def bulk_ranges(cdt: Cdt) -> tuple[tuple[int, int], ...]:
 
 
 class _CdtPlan:
-    __slots__ = ("address", "bcd", "hops", "ranges")
+    __slots__ = ("address", "bcd", "hops", "ranges", "fitted")
 
     def __init__(self, link: Link, cdt: Cdt) -> None:
         self.address = cdt.address
         self.bcd = cdt.bcd_address
         self.hops = hops_latency_s(link, cdt.repeater)
         self.ranges = bulk_ranges(cdt)
+        self.fitted = tuple(sorted({(mod - 1) * 3 + inp for mod, inp, _ in cdt.meters()}))
+
+    def halves(self, first: int, count: int) -> tuple[tuple[int, int], ...]:
+        """The fitted channels of ``first .. first+count-1`` as two tight ranges (one if
+        there is a single fitted channel)."""
+        chans = [c for c in self.fitted if first <= c < first + count]
+        if len(chans) < 2:
+            return ((first, count),)
+        mid = len(chans) // 2
+        lo, hi = chans[:mid], chans[mid:]
+        return ((lo[0], lo[-1] - lo[0] + 1), (hi[0], hi[-1] - hi[0] + 1))
 
 
 class _Round:
@@ -192,6 +207,7 @@ class Poller(Service):
         self._next_try: dict[int, int] = {}
         self.rounds_done = 0
         self.rounds_skipped = 0
+        self.splits = 0
 
     # ---------------------------------------------------------------- service
 
@@ -368,15 +384,17 @@ class Poller(Service):
             rnd.outstanding += 1
             d = self._master.transact(req, priority=rnd.priority, hops_latency_s=cdt.hops)
             rnd.calls.add(d)
-            d.addBoth(self._round_reply, rnd, cdt, d)
+            d.addBoth(self._round_reply, rnd, cdt, d, req)
         if rnd.outstanding == 0 and (not rnd.jobs or rnd.aborted is not None):
             self._finish(rnd)
 
-    def _round_reply(self, result, rnd: _Round, cdt: _CdtPlan, d: defer.Deferred) -> None:
+    def _round_reply(self, result, rnd: _Round, cdt: _CdtPlan, d: defer.Deferred, req: m.Message) -> None:
         rnd.calls.discard(d)
         rnd.outstanding -= 1
         if isinstance(result, Failure):
-            if result.check(TransactionTimeout):
+            if result.check(TransactionTimeout) and self._split(rnd, cdt, req, result.value):
+                pass
+            elif result.check(TransactionTimeout):
                 if cdt.address not in rnd.failed:
                     rnd.failed.add(cdt.address)
                     self._unreachable(cdt)
@@ -391,6 +409,24 @@ class Poller(Service):
         else:
             self._deliver(cdt, result)
         self._pump(rnd)
+
+    def _split(self, rnd: _Round, cdt: _CdtPlan, req: m.Message, error: TransactionTimeout) -> bool:
+        """A bulk read spoiled by line noise (corrupted replies, not silence) is read again
+        at once as two shorter ranges, each with a better chance to pass the noise."""
+        if not isinstance(req, m.BulkRead) or not error.corrupted or req.count < 2 * MIN_SPLIT:
+            return False
+        if rnd.aborted is not None or cdt.address in rnd.failed:
+            return False
+        parts = cdt.halves(req.first_channel, req.count)
+        if len(parts) < 2:
+            return False
+        for first, count in reversed(parts):
+            rnd.jobs.appendleft((cdt, replace(req, first_channel=first, count=count)))
+        self.splits += 1
+        log.info("link {link}: CDT {cdt} channels {first}+{count}: corrupted replies; read as {parts}",
+                 link=self.link.name, cdt=cdt.address, first=req.first_channel, count=req.count,
+                 parts=parts)  # fmt: skip
+        return True
 
     def _finish(self, rnd: _Round) -> None:
         if self._rounds.get(rnd.plan) is not rnd:
