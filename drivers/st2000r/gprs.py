@@ -121,6 +121,7 @@ class _DtuSession(Protocol):
         self.server = server
         self.clock = server.clock
         self.decoder: RegistrationDecoder | None = RegistrationDecoder(server._known, server.formats)
+        # (the decoder knows the links configured when the connection arrived)
         self.handle: GprsLinkService | None = None
         self.filter: HeartbeatFilter | None = None
         self.heartbeat = b""
@@ -265,7 +266,10 @@ class _DtuSession(Protocol):
         self.decoder = None
         self._cancel("_reg_call")
         server = self.server
-        handle = server._links[reg.dtu_id]
+        handle = server._links.get(reg.dtu_id)
+        if handle is None:  # its link was removed while this connection registered
+            self._refuse(UnknownDtu(reg.dtu_id, reg.format or "?"), unknown=True)
+            return
         fmt = handle.format
         self.heartbeat = fmt.heartbeat_packet()
         packets = [self.heartbeat]

@@ -181,6 +181,18 @@ def test_observers_and_stopping_the_link_service(rig):
     assert seen == [("connected", "10.0.0.9:40001"), ("disconnected", "link service stopped")]
 
 
+def test_remove_link_closes_its_session_and_refuses_its_dtu(rig):
+    proto, tr = rig.connect()
+    late, late_tr = rig.connect()  # connected before the removal, registers after it
+    proto.dataReceived(b"RVS-SOUTH-02")
+    rig.server.remove_link("RVS-SOUTH-02")
+    master = rig.masters["plain-link"]
+    assert tr.disconnecting and [e[0] for e in master.events] == ["made", "lost"]
+    late.dataReceived(b"RVS-SOUTH-02")
+    assert late_tr.disconnecting and rig.server.stats.unknown == 1
+    assert master.count("made") == 1
+
+
 def test_add_link_refusals(kit):
     topo = kit.topology(LINKS + ['name = "s"\nkind = "serial"\ndevice = "/dev/null"'])
     server = GprsServer("tcp:0", reactor, formats=("plain", "usr"))
