@@ -394,27 +394,33 @@ class TcpLinkService(LinkObservers, Service):
 # --------------------------------------------------------------------------- factory
 
 
-def link_service(link: Link, master: MasterLike, clock_reactor, *, gprs_server: GprsServer | None = None) -> IService:
+def link_service(
+    link: Link, master: MasterLike, clock_reactor, *, gprs_server: GprsServer | None = None, **options: Any
+) -> IService:
     """The service that carries ``link``'s bus to ``master``.
 
     ``clock_reactor``: the reactor (also its clock).  serial -> :class:`SerialLinkService`,
     tcp -> :class:`TcpLinkService`, gsm -> ``gsm.GsmLinkService``, gprs -> the per-link
     service of ``gprs_server.add_link`` (the server itself must be in the service tree too).
-    Raises ``ValueError`` for a GPRS link without a server, or an unknown kind.
+    ``options`` go to the service's constructor (e.g. ``retry=``, GSM ``idle_hangup_s=``;
+    none for GPRS).  Raises ``ValueError`` for a GPRS link without a server, or an unknown
+    kind; ``TypeError`` for an option the service does not take.
     """
     if link.kind == "serial":
-        return SerialLinkService(link, master, clock_reactor)
+        return SerialLinkService(link, master, clock_reactor, **options)
     if link.kind == "tcp":
-        return TcpLinkService(link, master, clock_reactor)
+        return TcpLinkService(link, master, clock_reactor, **options)
     if link.kind == "gprs":
         if gprs_server is None:
             raise ValueError(
                 f"link {link.name!r} is a GPRS link but no GPRS server is configured "
                 "(set [supervisor] gprs_listen)"
             )
+        if options:
+            raise TypeError(f"link {link.name!r}: a GPRS link takes no options, got {', '.join(sorted(options))}")
         return gprs_server.add_link(link, master)
     if link.kind == "gsm":
         from st2000r.drivers.st2000r.gsm import GsmLinkService
 
-        return GsmLinkService(link, master, clock_reactor)
+        return GsmLinkService(link, master, clock_reactor, **options)
     raise ValueError(f"link {link.name!r}: unknown link kind {link.kind!r}")

@@ -179,9 +179,8 @@ async def test_serial_link_reads_the_simulator_over_a_pty_that_disappears_and_re
     pty = PtyEndpoint("bus", bus, reactor, link_dir=str(tmp_path))
     pty.startService()
     master = BusMaster(link, reactor, retries=2)
-    svc = link_service(link, master, reactor)
+    svc = link_service(link, master, reactor, retry=lambda n: 0.05)
     assert isinstance(svc, SerialLinkService)
-    svc.opener.retry = lambda n: 0.05
     events = []
     svc.add_observer(lambda e, d: events.append(e))
     svc.startService()
