@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -204,6 +205,9 @@ def run(
     except OSError as exc:
         _stop_quietly(service)
         return _fail(prog, str(exc))
+    # SIGINT/SIGTERM stop cleanly even before reactor.run() installs its own handlers
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: reactor.callFromThread(reactor.stop))
     summary = topology.summary()
     _say(f"simulating {topology.source}: {len(service.buses)} link(s), {summary.cdts} CDTs, "
           f"{summary.meters} meters; speedup {options.speedup:g}x, seed {options.seed}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import tty
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 

@@ -22,11 +22,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
-from twisted.internet.testing import StringTransport  # noqa: F401  (documented double)
 
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
-from st2000r.drivers.st2000r.frame import Frame, FrameDecoder, Junk, NEED_DATA
+from st2000r.drivers.st2000r.frame import Frame, FrameDecoder, NEED_DATA
 from st2000r.simulation.service import SimulatorOptions, SimulatorService
 
 TIMEOUT = 5.0
