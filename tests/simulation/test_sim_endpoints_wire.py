@@ -207,11 +207,13 @@ class Sim:
         master.send(m.encode(msg))
         await poll(lambda: bus.stats.requests > before)
 
-    async def http(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        from twisted.web.client import FileBodyProducer
+    async def http(self, method: str, path: str, body: dict | bytes | None = None) -> tuple[int, dict]:
         from io import BytesIO
 
-        producer = None if body is None else FileBodyProducer(BytesIO(json.dumps(body).encode()))
+        from twisted.web.client import FileBodyProducer
+
+        raw = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+        producer = None if raw is None else FileBodyProducer(BytesIO(raw))
         response = await self.agent.request(method.encode(), (self.service.control.url + path).encode(),
                                             Headers({b"content-type": [b"application/json"]}), producer)
         return response.code, json.loads(await readBody(response))
@@ -330,6 +332,9 @@ async def test_control_truth_endpoints_and_bad_input(sim):
         ({"action": "no_answer", "link": "net", "cdt": 99, "on": True}, "99"),
     ):
         code, answer = await sim.http("POST", "/fault", body)
+        assert code == 400 and reason in answer["error"], answer
+    for raw, reason in ((b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"", "empty")):
+        code, answer = await sim.http("POST", "/fault", raw)
         assert code == 400 and reason in answer["error"], answer
     code, answer = await sim.http("GET", "/fault")
     assert code == 405
