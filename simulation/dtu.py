@@ -2,7 +2,8 @@
 
 Two halves:
 
-**Formats (sans-I/O, no Twisted)** -- the registration and heartbeat packets of the three
+**Formats (sans-I/O, no Twisted; defined in ``st2000r.drivers.st2000r.registration``)** --
+the registration and heartbeat packets of the three
 ``registration`` formats a ``GprsEndpoint`` names, their encoders, and stream decoders for
 both directions, so the supervisor's side of a DTU session reuses exactly this code::
 
@@ -25,9 +26,7 @@ then attaches the bus and heartbeats every ``heartbeat_s / speedup`` real second
 
 from __future__ import annotations
 
-import ipaddress
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -38,6 +37,22 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from st2000r.drivers.st2000r.registration import (
+    DDP_ID_LEN,
+    FORMATS,
+    Data,
+    DdpPacket,
+    DownlinkDecoder,
+    DtuFormat,
+    DtuFormatError,
+    Heartbeat,
+    Registered,
+    UplinkDecoder,
+    ddp_ack,
+    ddp_heartbeat,
+    ddp_register,
+    parse_ddp,
+)
 from st2000r.simulation.endpoints import BusLike, EndpointInfo
 
 __all__ = [
@@ -60,277 +75,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="st2000r.simulation.dtu")
-
-# =========================================================================== formats (sans-I/O)
-
-FORMATS = ("plain", "usr", "ddp")
-DDP_ID_LEN = 11
-DDP_FLAG = 0x7B
-DDP_REGISTER = 0x01
-DDP_HEARTBEAT = 0x02
-DDP_ACK = 0x81
-DDP_REGISTER_LEN = 0x16  # 22 bytes
-DDP_SHORT_LEN = 0x10  # 16 bytes: heartbeat and acknowledgement
-
-
-class DtuFormatError(ValueError):
-    """A registration/heartbeat packet that cannot be built or parsed; the message says why."""
-
-
-def _ddp_id(dtu_id: str) -> bytes:
-    raw = dtu_id.encode("ascii", "strict") if dtu_id.isascii() else None
-    if raw is None or not raw or len(raw) > DDP_ID_LEN:
-        raise DtuFormatError(f"DDP identity {dtu_id!r} must be 1..{DDP_ID_LEN} ASCII characters")
-    return raw.ljust(DDP_ID_LEN, b"\x00")
-
-
-def ddp_register(dtu_id: str, ip: str = "0.0.0.0", port: int = 0) -> bytes:
-    """``7B 01 00 16 <ID 11> <IP 4> <port 2> 7B``; raises DtuFormatError for a bad ID/IP."""
-    try:
-        ip_raw = ipaddress.IPv4Address(ip).packed
-    except ValueError:
-        ip_raw = bytes(4)  # IPv6 or a name: the DTU reports 0.0.0.0
-    if not 0 <= port <= 0xFFFF:
-        raise DtuFormatError(f"port {port} is outside 0..65535")
-    return bytes((DDP_FLAG, DDP_REGISTER)) + struct.pack(">H", DDP_REGISTER_LEN) + _ddp_id(dtu_id) + ip_raw + struct.pack(">H", port) + bytes((DDP_FLAG,))
-
-
-def ddp_heartbeat(dtu_id: str) -> bytes:
-    """``7B 02 00 10 <ID 11> 7B``."""
-    return bytes((DDP_FLAG, DDP_HEARTBEAT)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
-
-
-def ddp_ack(dtu_id: str) -> bytes:
-    """The server's acknowledgement of a registration: ``7B 81 00 10 <ID 11> 7B``."""
-    return bytes((DDP_FLAG, DDP_ACK)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
-
-
-@dataclass(frozen=True, slots=True)
-class DdpPacket:
-    """One parsed DDP packet.  ``kind``: 01h register, 02h heartbeat, 81h acknowledgement.
-    ``ip``/``port`` only for a registration (else None)."""
-
-    kind: int
-    dtu_id: str
-    ip: str | None = None
-    port: int | None = None
-
-
-def parse_ddp(data: bytes) -> tuple[DdpPacket, int] | None:
-    """Parse one DDP packet at the start of ``data``.
-
-    Returns ``(packet, bytes used)``, or None when ``data`` is a proper prefix of a packet
-    (need more bytes).  Raises DtuFormatError when ``data`` does not start a valid packet
-    (wrong flag, unknown type, length not matching the type, missing end flag).
-    """
-    if not data:
-        return None
-    if data[0] != DDP_FLAG:
-        raise DtuFormatError(f"DDP packet must start with 7Bh, got {data[0]:02X}h")
-    if len(data) < 4:
-        return None
-    kind = data[1]
-    length = data[2] << 8 | data[3]
-    want = {DDP_REGISTER: DDP_REGISTER_LEN, DDP_HEARTBEAT: DDP_SHORT_LEN, DDP_ACK: DDP_SHORT_LEN}.get(kind)
-    if want is None:
-        raise DtuFormatError(f"unknown DDP packet type {kind:02X}h")
-    if length != want:
-        raise DtuFormatError(f"DDP packet type {kind:02X}h must be {want} bytes long, length field says {length}")
-    if len(data) < length:
-        return None
-    if data[length - 1] != DDP_FLAG:
-        raise DtuFormatError(f"DDP packet must end with 7Bh, got {data[length - 1]:02X}h")
-    dtu_id = data[4 : 4 + DDP_ID_LEN].rstrip(b"\x00").decode("ascii", "replace")
-    if kind == DDP_REGISTER:
-        ip = str(ipaddress.IPv4Address(data[15:19]))
-        port = data[19] << 8 | data[20]
-        return DdpPacket(kind, dtu_id, ip, port), length
-    return DdpPacket(kind, dtu_id), length
-
-
-@dataclass(frozen=True, slots=True)
-class DtuFormat:
-    """The packets one DTU sends.  ``registration``: ``"plain"``, ``"usr"`` or ``"ddp"``.
-    ``heartbeat``: the heartbeat bytes for plain/usr (None = the default of the format);
-    ignored for DDP.  Construction raises DtuFormatError for an unknown format or an ID
-    DDP cannot carry."""
-
-    registration: str
-    dtu_id: str
-    heartbeat: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if self.registration not in FORMATS:
-            raise DtuFormatError(f"registration format {self.registration!r} is not one of {', '.join(FORMATS)}")
-        if not self.dtu_id:
-            raise DtuFormatError("DTU identity must not be empty")
-        if self.registration == "ddp":
-            _ddp_id(self.dtu_id)
-        if self.heartbeat is not None and not self.heartbeat:
-            raise DtuFormatError("heartbeat must not be empty")
-
-    def registration_packet(self, ip: str = "0.0.0.0", port: int = 0) -> bytes:
-        """What the DTU sends first on every connection (``ip``/``port``: its local address)."""
-        if self.registration == "ddp":
-            return ddp_register(self.dtu_id, ip, port)
-        ident = self.dtu_id.encode("utf-8")
-        return ident + b"\r\n" if self.registration == "usr" else ident
-
-    def heartbeat_packet(self) -> bytes:
-        if self.registration == "ddp":
-            return ddp_heartbeat(self.dtu_id)
-        if self.heartbeat is not None:
-            return self.heartbeat
-        return self.registration_packet()
-
-
-@dataclass(frozen=True, slots=True)
-class Registered:
-    """A DTU identified itself.  ``ip``/``port``: as reported in a DDP registration."""
-
-    dtu_id: str
-    ip: str | None = None
-    port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    dtu_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    """Bus bytes (frames) carried by the DTU, heartbeats removed."""
-
-    data: bytes
-
-
-class _Stripper:
-    """Cuts exact occurrences of ``patterns`` out of a byte stream, holding back a tail that
-    could be the start of one.  ``feed`` returns ``[(pattern | None, bytes)]``: None marks
-    pass-through data."""
-
-    def __init__(self, patterns: Sequence[bytes]) -> None:
-        self.patterns = tuple(p for p in patterns if p)
-        self._buf = b""
-
-    def feed(self, data: bytes) -> list[tuple[bytes | None, bytes]]:
-        buf = self._buf + data
-        out: list[tuple[bytes | None, bytes]] = []
-        while buf:
-            hits = [(buf.find(p), p) for p in self.patterns]
-            hits = [(i, p) for i, p in hits if i >= 0]
-            if not hits:
-                break
-            i, p = min(hits, key=lambda h: (h[0], -len(h[1])))
-            if i:
-                out.append((None, buf[:i]))
-            out.append((p, p))
-            buf = buf[i + len(p) :]
-        keep = 0
-        for p in self.patterns:
-            for n in range(min(len(p) - 1, len(buf)), keep, -1):
-                if buf.endswith(p[:n]):
-                    keep = n
-                    break
-        if len(buf) > keep:
-            out.append((None, buf[: len(buf) - keep]))
-        self._buf = buf[len(buf) - keep :] if keep else b""
-        return out
-
-
-class UplinkDecoder:
-    """Supervisor side of one DTU connection: bytes from the DTU in, events out.
-
-    ``fmt``: the format expected.  ``known_ids``: identities the supervisor accepts; for
-    ``plain`` (which has no terminator) the registration is the longest known ID the
-    stream starts with, or -- without ``known_ids`` -- every byte of the first chunk fed.
-    ``heartbeat``: the plain/usr heartbeat bytes if not the format's default.
-
-    :meth:`feed` returns a list of :class:`Registered`, :class:`Heartbeat` and :class:`Data`
-    events; it raises DtuFormatError when the first bytes are not a registration of ``fmt``
-    (the supervisor should close the connection).
-    """
-
-    def __init__(self, fmt: str, *, known_ids: Sequence[str] = (), heartbeat: bytes | None = None) -> None:
-        if fmt not in FORMATS:
-            raise DtuFormatError(f"registration format {fmt!r} is not one of {', '.join(FORMATS)}")
-        self.fmt = fmt
-        self.known_ids = tuple(known_ids)
-        self.heartbeat = heartbeat
-        self.dtu_id: str | None = None
-        self._head = b""
-        self._stripper: _Stripper | None = None
-
-    def feed(self, data: bytes) -> list[Registered | Heartbeat | Data]:
-        events: list[Registered | Heartbeat | Data] = []
-        if self.dtu_id is None:
-            self._head += data
-            reg = self._registration()
-            if reg is None:
-                return events
-            event, used = reg
-            events.append(event)
-            self.dtu_id = event.dtu_id
-            fmt = DtuFormat(self.fmt, event.dtu_id, self.heartbeat)
-            self._stripper = _Stripper([fmt.heartbeat_packet()])
-            data, self._head = self._head[used:], b""
-        assert self._stripper is not None
-        for pattern, chunk in self._stripper.feed(data):
-            events.append(Data(chunk) if pattern is None else Heartbeat(self.dtu_id))
-        return events
-
-    def _registration(self) -> tuple[Registered, int] | None:
-        head = self._head
-        if self.fmt == "ddp":
-            parsed = parse_ddp(head)
-            if parsed is None:
-                return None
-            packet, used = parsed
-            if packet.kind != DDP_REGISTER:
-                raise DtuFormatError(f"expected a DDP registration (01h), got packet type {packet.kind:02X}h")
-            return Registered(packet.dtu_id, packet.ip, packet.port), used
-        if self.fmt == "usr":
-            end = head.find(b"\r\n")
-            if end < 0:
-                if len(head) > 256:
-                    raise DtuFormatError("USR registration: no CR LF within 256 bytes")
-                return None
-            return Registered(head[:end].decode("utf-8", "replace")), end + 2
-        for ident in sorted(self.known_ids, key=len, reverse=True):
-            raw = ident.encode("utf-8")
-            if head.startswith(raw):
-                return Registered(ident), len(raw)
-            if raw.startswith(head):
-                return None
-        if self.known_ids:
-            raise DtuFormatError(f"plain registration {head[:40]!r} is none of the known DTU identities")
-        return Registered(head.decode("utf-8", "replace")), len(head)
-
-
-class DownlinkDecoder:
-    """DTU side: bytes from the server in; ``feed`` returns ``(acknowledged, bus_bytes)``.
-
-    For DDP, acknowledgement packets for this DTU are removed from the stream and set
-    ``acknowledged``; for plain and usr every byte is bus data and ``acknowledged`` is
-    always True."""
-
-    def __init__(self, fmt: DtuFormat) -> None:
-        self.fmt = fmt
-        self._stripper = _Stripper([ddp_ack(fmt.dtu_id)]) if fmt.registration == "ddp" else None
-
-    def feed(self, data: bytes) -> tuple[bool, bytes]:
-        if self._stripper is None:
-            return True, data
-        acked = False
-        bus = bytearray()
-        for pattern, chunk in self._stripper.feed(data):
-            if pattern is None:
-                bus += chunk
-            else:
-                acked = True
-        return acked, bytes(bus)
-
 
 # =========================================================================== Twisted
 
