@@ -237,7 +237,7 @@ class CommandDispatcher:
         except KeyError:
             return f"no meter {mid} in the configuration"
         command.mid = mid
-        if mid not in self.masters:
+        if mid.link not in self.masters:
             return f"link {mid.link!r} has no bus master (not running)"
         if mid in self._running:
             return f"busy: command {self._running[mid].id} for meter {mid} is still running"
