@@ -279,3 +279,35 @@ def test_a_full_community_sweep_applies_fast():
     same_sweep = time.perf_counter() - started
     assert rec.events == []
     assert first_sweep < 1.0 and same_sweep < 1.0, (first_sweep, same_sweep)
+
+
+def measure(repeats: int = 5) -> None:  # pragma: no cover - the figure in docs/performance.md
+    """Print the best-of-``repeats`` time to apply one 12,288-meter sweep (256 bulk replies of
+    48 channels): first read, a read where every count changed, an identical re-read; alone and
+    with the alarm manager and one more subscriber on the bus."""
+    from st2000r.supervisor.alarms import AlarmManager
+
+    topology = load(example_path("community.toml"))
+    link = next(topology.links())
+    for label, extras in (("point DB alone", False), ("with alarm manager + 1 subscriber", True)):
+        best: dict[str, float] = {}
+        for _ in range(repeats):
+            clock = Clock()
+            bus = EventBus()
+            db = PointDatabase(topology, clock, bus)
+            if extras:
+                AlarmManager(topology, clock, bus)
+                bus.subscribe(lambda event: None)
+            for name, base in (("first sweep", 0), ("every count changed", 1), ("identical re-read", 1)):
+                replies = [(c.address, bulk(c.address, list(range(base + f, base + f + 48)), first=f))
+                           for c in link.cdts for f in (1, 49)]
+                started = time.perf_counter()
+                for address, reply in replies:
+                    db.on_bulk(link.name, address, reply, 0.0)
+                best[name] = min(best.get(name, 1e9), time.perf_counter() - started)
+        for name, seconds in best.items():
+            print(f"{label}: {name}: {seconds * 1000:.1f} ms per 12,288-meter sweep (best of {repeats})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    measure()
