@@ -348,10 +348,13 @@ class BusMaster:
 
         Fires with the reply message (an :class:`~messages.ErrorReply` is a reply) or
         errbacks with :class:`TransactionTimeout` / :class:`LinkDown`; a request that cannot
-        be encoded fails at once with ``CodecError``.  ``hops_latency_s``: one-way repeater
-        latency to the device (``timing.hops_latency_s``).  Cancelling the Deferred removes a
-        queued request; an in-flight one still finishes on the wire (its result is dropped).
+        be encoded fails at once with ``CodecError`` (``TypeError`` for a non-message).
+        ``hops_latency_s``: one-way repeater latency to the device (``timing.hops_latency_s``).
+        Cancelling the Deferred removes a queued request; an in-flight one still finishes on
+        the wire (its result is dropped).
         """
+        if not isinstance(request, m.Message):
+            return defer.fail(TypeError(f"transact needs a messages.Message, got {type(request).__name__} {request!r}"))
         try:
             m.encode(replace(request, ser=0))
         except CodecError as exc:
