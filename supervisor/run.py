@@ -1,0 +1,128 @@
+"""``st2000r run CONFIG``: run the supervisor for a topology until stopped.
+
+Exit status: 0 after a clean stop (SIGTERM, SIGINT, or ``--duration`` elapsed); 2 for bad
+arguments or an invalid configuration (every issue on stderr, one per line, as ``config
+check`` prints them) or a topology the supervisor cannot run; 1 if it cannot start (e.g.
+the GPRS port is taken).  Logs go to stdout, one line per event: text, or one JSON object
+per line with ``--log-format json`` (default: ``[supervisor] log_format``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+PROG = "st2000r run"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with one line, not the usage block
+        raise SystemExit(_fail(f"{message} (see '{PROG} --help')"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Run the ST2000R supervisor: poll the field links of a topology, keep "
+                                            "the point database, raise alarms, carry valve commands.")
+    parser.add_argument("config", metavar="CONFIG", help="TOML topology file (see 'st2000r config check')")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="log line format (default: [supervisor] log_format)")
+    parser.add_argument("--state-dir", default=None, help="folder for the audit log (default: [supervisor] state_dir)")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this many seconds (tests, demos)")
+    return parser
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def _install_reactor() -> Any:
+    """Install Twisted's asyncio reactor (unless a reactor is installed already); return it."""
+    if "twisted.internet.reactor" not in sys.modules:
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _observer(log_format: str) -> Any:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        jsonFileLogObserver,
+        textFileLogObserver,
+    )
+
+    base = jsonFileLogObserver(sys.stdout, recordSeparator="") if log_format == "json" else \
+        textFileLogObserver(sys.stdout)
+    return FilteringLogObserver(base, [LogLevelFilterPredicate(LogLevel.info)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``st2000r run ARGV``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from dataclasses import replace
+
+    from st2000r.config.errors import ConfigError
+    from st2000r.config.loader import load
+
+    try:
+        topology = load(args.config)
+    except ConfigError as exc:
+        for issue in exc.errors:
+            print(issue, file=sys.stderr)
+        return 2
+    if args.state_dir is not None:
+        topology = replace(topology, settings=replace(topology.settings, state_dir=args.state_dir))
+    log_format = args.log_format or topology.settings.log_format
+
+    reactor = _install_reactor()
+    from twisted.logger import Logger, globalLogBeginner
+
+    from st2000r.supervisor.service import SupervisorError, SupervisorService
+
+    try:
+        service = SupervisorService(topology, reactor)
+    except SupervisorError as exc:
+        return _fail(str(exc))
+    globalLogBeginner.beginLoggingTo([_observer(log_format)], redirectStandardIO=False)
+    log = Logger(namespace="st2000r.supervisor.run")
+    try:
+        service.startService()
+    except Exception as exc:  # cannot listen, device problems at start ...
+        try:
+            service.stopService()
+        except Exception:  # pragma: no cover - best effort
+            pass
+        return _fail(f"cannot start: {exc}", 1)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: reactor.callFromThread(reactor.stop))
+    summary = topology.summary()
+    log.info("supervising {source}: {links} link(s), {cdts} CDTs, {meters} meters; plans: {plans}",
+             source=topology.source, links=summary.links, cdts=summary.cdts, meters=summary.meters,
+             plans="; ".join(f"{p.name} ({p.describe()})" for p in topology.plans) or "none")
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if args.duration is not None:
+        reactor.callLater(args.duration, reactor.stop)
+    reactor.run()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

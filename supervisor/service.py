@@ -1,0 +1,124 @@
+"""The supervisor assembled: one ``MultiService`` for a whole topology.
+
+:class:`SupervisorService` builds, for a validated ``Topology``:
+
+- one :class:`~st2000r.supervisor.events.EventBus` (``.bus``);
+- the :class:`~st2000r.supervisor.points.PointDatabase` (``.points``) and the
+  :class:`~st2000r.supervisor.alarms.AlarmManager` (``.alarms``) on that bus;
+- per link: a ``BusMaster`` (``.masters[name]``, retries from ``[supervisor] retries``),
+  the link service that carries its bytes (``link_service``; GPRS links through one shared
+  ``GprsServer`` on ``[supervisor] gprs_listen``), a ``Poller`` running the reading plans
+  with the point database as its sink (``.pollers[name]``);
+- the :class:`~st2000r.supervisor.commands.CommandDispatcher` (``.commands``), auditing to
+  ``audit_path`` (default ``STATE_DIR/audit.jsonl``).
+
+Children start in that order and stop in reverse (links and pollers before the point
+database); on stop, running commands finish as ``failed`` and every master fails what it
+still has queued.  Nothing here reads the wall clock: ``reactor`` is the clock too.
+Raises ``SupervisorError`` for a topology the supervisor cannot run (a GPRS link without
+``gprs_listen``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from st2000r.config.model import Topology
+from st2000r.drivers.st2000r.master import BusMaster
+from st2000r.drivers.st2000r.poller import Poller
+from st2000r.supervisor.alarms import AlarmManager
+from st2000r.supervisor.commands import CommandDispatcher
+from st2000r.supervisor.events import EventBus
+from st2000r.supervisor.points import PointDatabase
+
+__all__ = ["SupervisorService", "SupervisorError"]
+
+log = Logger()
+
+
+class SupervisorError(Exception):
+    """The topology cannot be run as configured; the message says why."""
+
+
+class SupervisorService(MultiService):
+    """Everything of ``st2000r run`` for ``topology`` (see the module docstring).
+
+    ``reactor``: the reactor (clock, TCP, serial).  ``link_factory(link, master, reactor,
+    gprs_server=...) -> IService``: how link services are made (default
+    ``links.link_service``; tests pass their own).  ``audit_path``: the command audit file,
+    or ``False`` for none.  ``local_time``: for the pollers' daily plan times.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        reactor: Any,
+        *,
+        link_factory: Callable[..., Any] | None = None,
+        audit_path: str | os.PathLike[str] | None | bool = None,
+        local_time: Callable[[float], datetime] | None = None,
+        poller_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.topology = topology
+        self.reactor = reactor
+        settings = topology.settings
+        self.bus = EventBus()
+        self.points = PointDatabase(topology, reactor, self.bus)
+        self.alarms = AlarmManager(topology, reactor, self.bus)
+        self.points.setServiceParent(self)
+        self.alarms.setServiceParent(self)
+        links = list(topology.links())
+        self.gprs_server = None
+        if any(link.kind == "gprs" for link in links):
+            if settings.gprs_listen is None:
+                names = ", ".join(link.name for link in links if link.kind == "gprs")
+                raise SupervisorError(f"GPRS link(s) {names} need a GPRS server: set [supervisor] gprs_listen "
+                                      "(e.g. \"tcp:9000\")")
+            from st2000r.drivers.st2000r.gprs import GprsServer
+
+            self.gprs_server = GprsServer(settings.gprs_listen, reactor)
+            self.gprs_server.setServiceParent(self)
+        if link_factory is None:
+            from st2000r.drivers.st2000r.links import link_service as link_factory
+        self.masters: dict[str, BusMaster] = {}
+        self.link_services: dict[str, Any] = {}
+        self.pollers: dict[str, Poller] = {}
+        for link in links:
+            master = BusMaster(link, reactor, retries=settings.retries)
+            self.masters[link.name] = master
+            self.points.attach_master(master)
+            service = link_factory(link, master, reactor, gprs_server=self.gprs_server)
+            add_observer = getattr(service, "add_observer", None)
+            if add_observer is not None:
+                add_observer(self.points.link_observer(link.name))
+            self.link_services[link.name] = service
+            if service.parent is None:
+                service.setServiceParent(self)
+        for link in links:
+            poller = Poller(link, self.masters[link.name], reactor, self.points, topology.plans,
+                            local_time=local_time, **(poller_options or {}))
+            self.pollers[link.name] = poller
+            poller.setServiceParent(self)
+        if audit_path is None:
+            audit_path = os.path.join(settings.state_dir, "audit.jsonl")
+        self.commands = CommandDispatcher(topology, reactor, self.masters, self.points, self.bus,
+                                          audit_path=audit_path or None)
+
+    def stopService(self) -> defer.Deferred:
+        self.commands.shutdown()
+        d = defer.maybeDeferred(super().stopService)
+
+        def masters_down(result: Any) -> Any:
+            for master in self.masters.values():
+                master.shutdown("supervisor stopping")
+            return result
+
+        return d.addBoth(masters_down)
