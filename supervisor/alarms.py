@@ -43,7 +43,8 @@ when every CDT of a link (two or more) is offline, one ``link ... no_answer``.  
 already raised for CDTs now covered are cleared.  When a CDT answers again, the alarms
 covering it clear at once; CDTs still offline come back as individual alarms at the next
 round end.  While a link is disconnected no offline alarm is raised on it (the link alarm
-says it all).  Transitions are logged once, never repeats.
+says it all).  A link that has not connected ``connect_grace_s`` (60 s) after the service
+started gets its ``disconnected`` alarm then.  Transitions are logged once, never repeats.
 """
 
 from __future__ import annotations
@@ -172,18 +173,29 @@ class AlarmManager(Service):
     ``bus`` on construction (so no event is missed before the service starts); stopping the
     service unsubscribes and cancels the shelf timers."""
 
-    def __init__(self, topology: Topology, clock: IReactorTime, bus: EventBus) -> None:
+    def __init__(self, topology: Topology, clock: IReactorTime, bus: EventBus, *,
+                 connect_grace_s: float = 60.0) -> None:
         self.topology = topology
+        self.connect_grace_s = connect_grace_s
         self.clock = clock
         self.bus = bus
         self._alarms: dict[str, _Alarm] = {}
         self._shapes = {link.name: _shape(link) for link in topology.links()}
         self._offline: dict[str, set[int]] = {name: set() for name in self._shapes}
         self._disconnected: set[str] = set()
+        self._connected: set[str] = set()
+        self._grace: IDelayedCall | None = None
         self._meters_alarmed: set[MeterId] = set()
         self._unsubscribe = bus.subscribe(self._on_event)
 
+    def startService(self) -> None:
+        super().startService()
+        self._grace = self.clock.callLater(self.connect_grace_s, self._never_connected)
+
     def stopService(self) -> Any:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
         self._unsubscribe()
         for alarm in self._alarms.values():
             if alarm.shelf is not None and alarm.shelf.active():
@@ -352,12 +364,24 @@ class AlarmManager(Service):
         else:
             offline.add(event.cdt)  # decided at the end of the round
 
+    def _never_connected(self) -> None:
+        """``connect_grace_s`` after start: a link that never reported a connection is as
+        good as disconnected (wrong device path, DTU never registered ...)."""
+        self._grace = None
+        for link in self._shapes:
+            if link not in self._connected and link not in self._disconnected:
+                self._disconnected.add(link)
+                self.raise_alarm(f"link:{link}:disconnected", link, "disconnected",
+                                 f"link {link}: not connected {self.connect_grace_s:g} s after start")
+
     def _on_link(self, event: LinkChanged) -> None:
         aid = f"link:{event.link}:disconnected"
         if event.connected:
+            self._connected.add(event.link)
             self._disconnected.discard(event.link)
             self.clear_alarm(aid)
         else:
+            self._connected.discard(event.link)
             self._disconnected.add(event.link)
             self.raise_alarm(aid, event.link, "disconnected", f"link {event.link}: disconnected")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sup_support import T0, Recorder, bulk, cdt_status, make_topology, repeater_topology, status
+from sup_support import T0, Recorder, bulk, cdt_status, make_link, make_topology, repeater_topology, status
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
 from st2000r.supervisor.alarms import AlarmError, AlarmManager
 from st2000r.supervisor.events import AlarmChanged, EventBus
@@ -207,3 +207,18 @@ def test_whole_link_silent_is_one_link_alarm_and_disconnected_link_raises_no_off
     rig2.round(offline=[1])
     assert {a.id: a.state for a in rig2.alarms.alarms()} == {"link:bus:disconnected": "cleared-unacked",
                                                              "cdt:bus/1:offline": "active-unacked"}
+
+
+def test_a_link_that_never_connects_is_alarmed_after_the_grace_time():
+    rig = Rig(make_topology(make_link(), make_link("other", cdts=())))
+    rig.alarms.startService()
+    rig.points.on_link_state("bus", "connected", {})
+    rig.clock.advance(59)
+    assert rig.ids() == set()
+    rig.clock.advance(1)
+    assert rig.ids() == {"link:other:disconnected"}
+    assert rig.alarms.alarm("link:other:disconnected").text == "link other: not connected 60 s after start"
+    rig.points.on_link_state("other", "connected", {})
+    assert rig.alarms.alarm("link:other:disconnected").state == "cleared-unacked"
+    rig.alarms.stopService()
+    assert rig.clock.getDelayedCalls() == []
