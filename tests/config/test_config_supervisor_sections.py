@@ -313,7 +313,8 @@ def test_all_sections_report_together():
 
 def test_config_check_prints_the_plans(capsys, tmp_path):
     assert main(["check", str(example_path("small.toml"))]) == 0
-    assert "  plans      daily-full (full at 02:00); status (status every 300 s)" in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert "  plans      daily-full (full at 02:00); status (status every 300 s)" in lines
     path = tmp_path / "p.toml"
     path.write_text(BASE + '[[plans]]\nname = "n"\nkind = "full"\nat = ["01:00"]\nlinks = ["dtu"]\n', encoding="utf-8")
     assert main(["check", str(path), "--json"]) == 0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time as dtime
 import pytest
 from twisted.internet.task import Clock
 
-from sup_support import T0, Recorder, bulk, cdt_status, make_cdt, make_link, make_topology, status
+from sup_support import T0, Recorder, bulk, cdt_status, make_topology, status
 from st2000r.config import example_path
 from st2000r.config.loader import load
 from st2000r.config.model import ReadingPlan, SupervisorSettings
