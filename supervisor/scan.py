@@ -13,10 +13,12 @@ The walk, one transaction at a time:
 2. **Each CDT found** -- module inventory (``CdtStatus.modules``), ``ReadChannelInfo`` over
    the channels of its modules present (meter type, serial, pulse constant), ``ReadAlarms``.
 3. **Standard CJ/T 188 meters** -- ``ReadData`` of a sample of the configured meter serials
-   (all with ``meters="all"``) behind the CDTs found, and one broadcast ``ReadAddress``
-   (810A, type AAh) that finds a lone standard meter; a garbled reply means several devices
-   answer at once (normal on an ST2000R bus, where every CDT answers for its meters: a note,
-   not a difference).
+   (all with ``meters="all"``) whose channel the CDT reports as configured, and a broadcast
+   ``ReadAddress`` (810A) per meter type (10h water, 30h gas, 40h electricity; not AAh,
+   which every CDT answers too) that finds a lone standard meter.  A garbled reply means
+   several meters answer at once -- normal on an ST2000R bus, where each CDT answers for
+   its meters: a note, not a difference.  A single answer from an address that is neither
+   configured nor found behind a CDT is an unexpected standard meter.
 
 The :class:`ScanReport` lists :class:`Difference` s (exit status 1 when there is any) and
 notes; alarms present (tamper / short / open per channel, mains lost or battery low per CDT)
@@ -78,7 +80,7 @@ log = Logger()
 
 ADDRESS_MAX: Final = 99_999_999
 DEFAULT_SAMPLE: Final = 8  # configured meters verified with ReadData unless meters="all"
-_ANY_TYPE: Final = 0xAA
+_BROADCAST_TYPES: Final = (0x10, 0x30, 0x40)  # water, gas, electricity (AAh: every CDT answers too)
 _METER_TYPE: Final = {MeterKind.WATER: 0x10, MeterKind.GAS: 0x30, MeterKind.ELECTRICITY: 0x40}
 _ALARM_NAMES: Final = ((m.AlarmFlag.TAMPER, "tamper"), (m.AlarmFlag.SHORT, "short"), (m.AlarmFlag.OPEN, "open"))
 
@@ -181,6 +183,16 @@ class DeviceQuality:
 
 
 @dataclass(frozen=True, slots=True)
+class BroadcastResult:
+    """The 810A broadcast to ``meter_type``: ``outcome`` ``"none"`` (silence), ``"one"``
+    (``address`` answered) or ``"several"`` (a garbled reply: several meters answer)."""
+
+    meter_type: int
+    outcome: str
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Difference:
     """One way the bus differs from the configuration.
 
@@ -213,9 +225,8 @@ class Difference:
 @dataclass(frozen=True, slots=True)
 class ScanReport:
     """The outcome of one scan of ``link``.  ``started``/``ended``: clock seconds;
-    ``addresses``: how many CDT addresses were tried; ``broadcast``: ``"none"`` (no answer),
-    ``"one"`` (``broadcast_address`` answered), ``"several"`` (garbled: several answer),
-    ``"skipped"``.  ``matches`` is true when there is no difference."""
+    ``addresses``: how many CDT addresses were tried; ``broadcasts``: the 810A broadcasts
+    (empty when skipped).  ``matches`` is true when there is no difference."""
 
     link: str
     started: float
@@ -223,8 +234,7 @@ class ScanReport:
     addresses: int
     cdts: tuple[FoundCdt, ...]
     meter_checks: tuple[MeterCheck, ...]
-    broadcast: str
-    broadcast_address: str | None
+    broadcasts: tuple[BroadcastResult, ...]
     differences: tuple[Difference, ...]
     notes: tuple[str, ...]
     quality: tuple[DeviceQuality, ...]
@@ -312,7 +322,7 @@ class Scanner:
     ``addresses``: the search range (configured addresses are always tried, first);
     ``on_progress``: called with a :class:`Progress` after each transaction (must not
     raise; errors are logged); ``meters``: ``"sample"`` (up to ``sample`` configured
-    meters spread over the CDTs found) or ``"all"``; ``broadcast``: send the 810A broadcast.
+    meters spread over the CDTs found) or ``"all"``; ``broadcast``: send the 810A broadcasts.
     :meth:`run` never errbacks for bus problems: silence is a finding.
     """
 
@@ -421,7 +431,8 @@ class Scanner:
         expected_checks = n_meters if self.meters == "all" else min(self.sample, n_meters)
         self._total += expected_checks * self._meter_cost()
         if self.broadcast:
-            self._total += self._cost(m.ReadAddress(meter_type=_ANY_TYPE, address=BROADCAST), answered=False)
+            req = m.ReadAddress(meter_type=0x10, address=BROADCAST)
+            self._total += len(_BROADCAST_TYPES) * self._cost(req, answered=False)
         self._progress("CDT addresses")
 
         statuses: dict[int, m.CdtStatus] = {}
@@ -432,14 +443,18 @@ class Scanner:
                 hops = self._max_hops
             req = m.ReadCdtStatus(meter_type=m.CDT_TYPE, address=f"{address:014d}", di_order=_order(link))
             reply = await self._transact(req, retries=1, hops=hops)
-            if isinstance(reply, m.CdtStatus):
+            answered = isinstance(reply, m.CdtStatus)
+            expected = self._status_cost(address)
+            actual = self._cost(req, answered=answered, hops=hops)
+            self._total += actual - expected
+            self._done += actual
+            if answered:
                 statuses[address] = reply
                 if not _configured(link, address):
                     self._total += self._cdt_detail_cost(reply.modules, hops)
             elif _configured(link, address):
                 cdt = link.cdt(address)
                 self._total -= self._cdt_detail_cost((mod.number for mod in cdt.modules), hops)
-            self._done += self._status_cost(address)
             self._progress()
 
         found: list[FoundCdt] = []
@@ -448,13 +463,16 @@ class Scanner:
             found.append(await self._detail(address, status))
 
         checks = await self._check_meters(found)
-        broadcast, broadcast_address = "skipped", None
+        broadcasts: list[BroadcastResult] = []
         if self.broadcast:
             self._progress("broadcast read-address")
-            broadcast, broadcast_address = await self._broadcast()
-            self._done = self._total
-            self._progress()
-        return self._report(found, checks, broadcast, broadcast_address)
+            for meter_type in _BROADCAST_TYPES:
+                broadcasts.append(await self._broadcast(meter_type))
+                self._done += self._cost(m.ReadAddress(meter_type=meter_type, address=BROADCAST), answered=False)
+                self._progress()
+        self._done = self._total
+        self._progress()
+        return self._report(found, checks, tuple(broadcasts))
 
     async def _detail(self, address: int, status: m.CdtStatus) -> FoundCdt:
         link = self.link
@@ -494,8 +512,10 @@ class Scanner:
         )  # fmt: skip
 
     def _meters_to_check(self, found: list[FoundCdt]) -> list[tuple[int, int, int, Meter]]:
-        answering = {c.address for c in found}
-        candidates = [item for item in self.link.meters() if item[0] in answering]
+        # only meters the CDT reports as configured: the other channels are reported already
+        fitted = {(c.address, ch.module, ch.input, ch.serial, ch.kind) for c in found for ch in c.channels or ()}
+        candidates = [(a, mod, inp, meter) for a, mod, inp, meter in self.link.meters()
+                      if (a, mod, inp, meter.serial, meter.kind) in fitted]  # fmt: skip
         if self.meters == "all" or len(candidates) <= self.sample:
             return candidates
         if self.sample <= 0:
@@ -532,21 +552,31 @@ class Scanner:
                                       f"unexpected reply {type(reply).__name__}"))  # fmt: skip
         return out
 
-    async def _broadcast(self) -> tuple[str, str | None]:
-        req = m.ReadAddress(meter_type=_ANY_TYPE, address=BROADCAST, di_order=_order(self.link))
+    async def _broadcast(self, meter_type: int) -> BroadcastResult:
+        req = m.ReadAddress(meter_type=meter_type, address=BROADCAST, di_order=_order(self.link))
+        before = self.master.device_stats(BROADCAST)
+        garbled_before = before.checksum_errors + before.crc_errors
         reply = await self._transact(req, retries=1, hops=self._max_hops)
-        if isinstance(reply, m.AddressReply):
-            return "one", reply.address
-        if isinstance(reply, TransactionTimeout) and reply.corrupted:
-            return "several", None
-        if isinstance(reply, m.ErrorReply):
-            return "one", reply.address
-        return "none", None
+        if isinstance(reply, (m.AddressReply, m.ErrorReply)):
+            # colliding replies AND-ed on the line can still pass the additive checksum:
+            # a single answer counts only if that address answers again when asked directly
+            direct = m.ReadAddress(meter_type=meter_type, address=reply.address, di_order=_order(self.link))
+            again = await self._transact(direct, retries=1, hops=self._max_hops)
+            if isinstance(again, (m.AddressReply, m.ErrorReply)) and again.address == reply.address:
+                return BroadcastResult(meter_type, "one", reply.address)
+            return BroadcastResult(meter_type, "several", None)
+        after = self.master.device_stats(BROADCAST)
+        # a collided reply often ends as a truncated frame found only when the attempt
+        # times out (TransactionTimeout.corrupted stays 0): count the junk instead
+        garbled = after.checksum_errors + after.crc_errors > garbled_before
+        if isinstance(reply, TransactionTimeout) and (reply.corrupted or garbled):
+            return BroadcastResult(meter_type, "several", None)
+        return BroadcastResult(meter_type, "none", None)
 
     # ---------------------------------------------------------------- comparison
 
-    def _report(self, found: list[FoundCdt], checks: list[MeterCheck], broadcast: str,
-                broadcast_address: str | None) -> ScanReport:  # fmt: skip
+    def _report(self, found: list[FoundCdt], checks: list[MeterCheck],
+                broadcasts: tuple[BroadcastResult, ...]) -> ScanReport:  # fmt: skip
         link = self.link
         diffs: list[Difference] = []
         notes: list[str] = []
@@ -576,25 +606,27 @@ class Scanner:
         known = {meter.serial for _, _, _, meter in link.meters()} | {c.bcd_address for c in link.cdts}
         known |= {ch.serial for fc in found for ch in fc.channels or ()}
         known |= {f"{fc.address:014d}" for fc in found}
-        if broadcast == "one" and broadcast_address is not None:
-            if broadcast_address in known:
-                notes.append(f"one device answers the broadcast read-address: {broadcast_address} (known)")
+        for b in broadcasts:
+            what = f"broadcast read-address to meter type {b.meter_type:02X}h"
+            if b.outcome == "one" and b.address is not None:
+                if b.address in known:
+                    notes.append(f"{what}: one meter answers, {b.address} (known)")
+                else:
+                    diffs.append(Difference("unexpected_standard_meter", None, None, None,
+                                            f"{what}: standard meter {b.address} answers but is neither "
+                                            "configured nor behind a CDT found"))  # fmt: skip
+            elif b.outcome == "several":
+                notes.append(f"{what}: several meters answer (garbled reply; expected on an ST2000R bus, "
+                             "where each CDT answers for its meters)")  # fmt: skip
             else:
-                diffs.append(Difference("unexpected_standard_meter", None, None, None,
-                                        f"a standard meter {broadcast_address} answers the broadcast "
-                                        "read-address but is not configured"))  # fmt: skip
-        elif broadcast == "several":
-            notes.append("several standard meters answer the broadcast read-address (garbled reply; "
-                         "expected on an ST2000R bus, where the CDTs answer for their meters)")  # fmt: skip
-        elif broadcast == "none":
-            notes.append("no device answers the broadcast read-address")
+                notes.append(f"{what}: no answer")
         if len(checks) and self.meters == "sample":
             notes.append(f"{len(checks)} configured meters verified with ReadData (a sample; --meters for all)")
         quality = self._quality(found, checks)
         return ScanReport(
             link=link.name, started=self._started, ended=self.clock.seconds(), addresses=len(self.addresses),
-            cdts=tuple(found), meter_checks=tuple(checks), broadcast=broadcast,
-            broadcast_address=broadcast_address, differences=tuple(diffs), notes=tuple(notes),
+            cdts=tuple(found), meter_checks=tuple(checks), broadcasts=broadcasts,
+            differences=tuple(diffs), notes=tuple(notes),
             quality=quality, transactions=self._transactions,
         )  # fmt: skip
 
@@ -743,7 +775,9 @@ def render_text(report: ScanReport, *, when: str = "") -> str:
         for mc in report.meter_checks:
             lines.append(f"  {mc.serial}  CDT {mc.cdt} module {mc.module} channel {mc.input}: {mc.outcome}  {mc.detail}")
     lines.append("")
-    lines.append(f"Broadcast read-address: {report.broadcast}" + (f" ({report.broadcast_address})" if report.broadcast_address else ""))
+    for b in report.broadcasts:
+        lines.append(f"Broadcast read-address, meter type {b.meter_type:02X}h: {b.outcome}"
+                     + (f" ({b.address})" if b.address else ""))  # fmt: skip
     lines.append("")
     lines.append("Reply quality per device:")
     lines.append(f"  {'address':<14}  {'role':<9} {'req':>5} {'rep':>5} {'tmo':>5} {'retry':>5} {'cksum':>5} {'crc':>5}  {'rtt p50':>8}  {'rtt p99':>8}")
