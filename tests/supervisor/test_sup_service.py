@@ -164,3 +164,22 @@ def test_run_logs_json_and_stops_cleanly_on_sigterm(tmp_path):
     assert proc.returncode == 0, err
     assert any("supervising" in entry.get("log_format", "") for entry in lines)
     assert json.loads(rest.splitlines()[-1])["log_format"] == "stopped"
+
+
+def test_gprs_links_share_one_server_on_gprs_listen(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from st2000r.config.model import GprsEndpoint, Link
+
+    line = make_link().line
+    links = [Link(f"dtu{i}", "gprs", GprsEndpoint(f"1390000000{i}", "plain", 60), line, 20, "901F", (),
+                  (make_cdt(1),)) for i in (1, 2)]
+    reactor = MemoryReactorClock()
+    reactor.advance(T0)
+    topology = make_topology(*links, settings=SupervisorSettings("tcp:9000", 2, "text", str(tmp_path)))
+    service = SupervisorService(topology, reactor)
+    service.startService()
+    assert [port for port, *_ in reactor.tcpServers] == [9000]
+    assert set(service.gprs_server.sessions()) == set()  # no DTU registered yet
+    assert {lk.name: lk.connected for lk in service.points.links()} == {"dtu1": False, "dtu2": False}
+    service.stopService()
