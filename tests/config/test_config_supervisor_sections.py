@@ -9,11 +9,22 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from st2000r.config import example_path
 from st2000r.config.cli import main
 from st2000r.config.errors import ConfigError
-from st2000r.config.loader import load, loads, parse_duration, parse_time
+from st2000r.config.loader import (
+    INTERLOCKS_SCHEMA,
+    OPERATOR_SCHEMA,
+    PLAN_SCHEMA,
+    SUPERVISOR_SCHEMA,
+    load,
+    loads,
+    parse_duration,
+    parse_time,
+)
 from st2000r.config.model import (
     DEFAULT_PLANS,
     Interlocks,
@@ -325,3 +336,48 @@ def test_config_check_prints_the_plans(capsys, tmp_path):
 @pytest.mark.parametrize("name", ["small.toml", "community.toml", "city.toml"])
 def test_examples_still_load(name):
     assert load(example_path(name)).plans
+
+
+# ---- fuzz: any values in the supervisor sections give a Topology or a ConfigError, nothing else
+
+_SCALARS = st.one_of(
+    st.integers(min_value=-10**12, max_value=10**12),
+    st.sampled_from(["", "5m", "1h30m", "02:00", "25:00", "tcp:9000", "tcp:port=x", "full", "status", "bus", "dtu",
+                     "A-101", "viewer", "admin", "$argon2id$x", "json", "9" * 30, "1d" * 5, "\x00", "p"]),
+    st.text(max_size=12),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=4))
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def _table(schema, draw_values) -> str:
+    return "".join(f"{key} = {_toml(value)}\n" for key, value in draw_values.items() if key in schema or key == "x")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from([*PLAN_SCHEMA, "x"]), _VALUES),
+       st.dictionaries(st.sampled_from([*INTERLOCKS_SCHEMA, "x"]), _VALUES),
+       st.dictionaries(st.sampled_from([*OPERATOR_SCHEMA, "x"]), _VALUES),
+       st.dictionaries(st.sampled_from([*SUPERVISOR_SCHEMA, "x"]), _VALUES))
+def test_fuzz_supervisor_sections(plan, interlocks, operator, supervisor):
+    text = (BASE + "[[plans]]\n" + _table(PLAN_SCHEMA, plan) + "[interlocks]\n" + _table(INTERLOCKS_SCHEMA, interlocks)
+            + "[[operators]]\n" + _table(OPERATOR_SCHEMA, operator) + "[supervisor]\n"
+            + _table(SUPERVISOR_SCHEMA, supervisor))
+    try:
+        topology = loads(text)
+    except ConfigError as exc:
+        assert all("\n" not in str(issue) for issue in exc.errors)
+    else:
+        assert all(p.every_s is None or p.every_s >= 10 for p in topology.plans)
+        assert topology.interlocks.max_closes_per_minute >= 0
