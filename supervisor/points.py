@@ -9,7 +9,7 @@ reply) and the link observers (``on_link_state``).  Rules:
   ignored and counted in ``stats.unexpected_channels`` (unless the CDT flags it not
   fitted); a configured channel the CDT flags not fitted becomes COMM_FAIL and is counted
   in ``stats.absent_channels``;
-- **quality**: a bulk reading makes a meter GOOD; a CDT reported unreachable turns its
+- **quality**: a meter never read is STALE with value None; a bulk reading makes it GOOD; a CDT reported unreachable turns its
   meters COMM_FAIL (they keep their last value); a GOOD value not refreshed for
   ``stale_after_s`` becomes STALE — one periodic check every ``check_interval_s`` while the
   service runs (:meth:`check_stale`), never a timer per meter;
