@@ -463,6 +463,9 @@ class Scanner:
             found.append(await self._detail(address, status))
 
         checks = await self._check_meters(found)
+        # device quality before the broadcasts: a direct 810A checking a garbled single answer
+        # may address a CDT's number and would blur its row
+        quality = self._quality(found, checks)
         broadcasts: list[BroadcastResult] = []
         if self.broadcast:
             self._progress("broadcast read-address")
@@ -472,7 +475,9 @@ class Scanner:
                 self._progress()
         self._done = self._total
         self._progress()
-        return self._report(found, checks, tuple(broadcasts))
+        if self.broadcast:
+            quality += (self._row(BROADCAST, "broadcast"),)
+        return self._report(found, checks, tuple(broadcasts), quality)
 
     async def _detail(self, address: int, status: m.CdtStatus) -> FoundCdt:
         link = self.link
@@ -576,7 +581,7 @@ class Scanner:
     # ---------------------------------------------------------------- comparison
 
     def _report(self, found: list[FoundCdt], checks: list[MeterCheck],
-                broadcasts: tuple[BroadcastResult, ...]) -> ScanReport:  # fmt: skip
+                broadcasts: tuple[BroadcastResult, ...], quality: tuple[DeviceQuality, ...]) -> ScanReport:  # fmt: skip
         link = self.link
         diffs: list[Difference] = []
         notes: list[str] = []
@@ -622,7 +627,6 @@ class Scanner:
                 notes.append(f"{what}: no answer")
         if len(checks) and self.meters == "sample":
             notes.append(f"{len(checks)} configured meters verified with ReadData (a sample; --meters for all)")
-        quality = self._quality(found, checks)
         return ScanReport(
             link=link.name, started=self._started, ended=self.clock.seconds(), addresses=len(self.addresses),
             cdts=tuple(found), meter_checks=tuple(checks), broadcasts=broadcasts,
@@ -636,17 +640,17 @@ class Scanner:
         for address in sorted({c.address for c in self.link.cdts} | {c.address for c in found}):
             rows.append((f"{address:014d}", "cdt"))
         rows.extend((c.serial, "meter") for c in checks)
-        if self.broadcast:
-            rows.append((BROADCAST, "broadcast"))
         out = []
         for address, role in rows:
-            if address in seen:
-                continue
-            seen.add(address)
-            st = self.master.device_stats(address)
-            out.append(DeviceQuality(address, role, st.requests, st.replies, st.timeouts, st.retries,
-                                     st.checksum_errors, st.crc_errors, st.rtt_p50_s, st.rtt_p99_s))  # fmt: skip
+            if address not in seen:
+                seen.add(address)
+                out.append(self._row(address, role))
         return tuple(out)
+
+    def _row(self, address: str, role: str) -> DeviceQuality:
+        st = self.master.device_stats(address)
+        return DeviceQuality(address, role, st.requests, st.replies, st.timeouts, st.retries,
+                             st.checksum_errors, st.crc_errors, st.rtt_p50_s, st.rtt_p99_s)  # fmt: skip
 
 
 def _order(link: Link) -> m.DiOrder:

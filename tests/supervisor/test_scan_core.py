@@ -148,6 +148,7 @@ def test_two_removed_one_extra_one_alarm_are_exactly_the_differences():
     assert q["00000000000003"].replies == 0 and q["00000000000003"].timeouts == 2  # one try plus one retry
     assert q["00000000000001"].replies >= 3 and q["00000000000001"].rtt_p50_s > 0
     assert q["00000000000020"].role == "cdt" and q["00000000000020"].replies >= 3
+    assert all(q[f"{a:014d}"].timeouts == 0 for a in (1, 2, 4, 5, 7, 8, 20))  # a healthy bus
     text = render_text(report)
     assert "4 differences" in text and "missing_cdt" in text and "alarm tamper" in text
     # progress: monotonic, ends at 100 %, with an estimate of time left
