@@ -228,7 +228,7 @@ def _channel_info(cdt: CdtState, n: int) -> m.ChannelInfo:
     if meter is None:
         return m.ChannelInfo(0, "00000000000000", 0)
     # the wire field is 16 bits; larger pulse constants are reported saturated
-    return m.ChannelInfo(meter.meter_type, meter.serial, min(meter.pulse_constant, 0xFFFF))
+    return m.ChannelInfo(meter.meter_type, meter.serial, meter.pulse_constant)
 
 
 def _cdt_request(cdt: CdtState, frame: Frame, t: float) -> bytes | None:

@@ -353,7 +353,7 @@ def test_every_error_is_collected_in_one_pass():
     assert issues(text) == [
         (f"{LINK0}.baud", "value 1234 is not one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"),
         (f"{LINK0}.cdts[0].repeater", "unknown repeater 'R7' (repeaters on this link: R1, R2)"),
-        (f"{LINK0}.cdts[0].modules[0].channels[0].pulse_constant", "value 0 out of range 1..1000000"),
+        (f"{LINK0}.cdts[0].modules[0].channels[0].pulse_constant", "value 0 out of range 1..65535"),
         ("sites[1].links[0].registration", "value 'xml' is not one of 'plain', 'ddp', 'usr'"),
     ]
 
