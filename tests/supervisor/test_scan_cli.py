@@ -214,3 +214,38 @@ async def test_installed_command_scans_the_simulator_pty(simulator, tmp_path):
     assert code == 0, err.decode()
     assert b"RESULT: the bus matches the configuration" in out
     assert b"scan: 100%" in err and b"Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_scan_over_tcp_to_the_simulated_serial_device_server(tmp_path):
+    from twisted.internet import reactor
+
+    from st2000r.simulation.bus import SimulatedBus
+    from st2000r.simulation.endpoints import TcpListenerEndpoint
+    from st2000r.simulation.world import World
+
+    world = World(field_topology(CONFIG), reactor, seed=5, start=datetime(2026, 5, 1, 9, 0))
+    server = TcpListenerEndpoint("bus", SimulatedBus(world, "bus", reactor), reactor, "127.0.0.1", 0)
+    server.startService()
+    try:
+        config = write(tmp_path, CONFIG.format(device="/dev/null"))
+        code, out, err = await run([config, "--link", "bus", "--addresses", "1-2", "--tcp", f"127.0.0.1:{server.port}",
+                                    "--progress", "none"])  # fmt: skip
+        assert code == 0, err
+        assert "RESULT: the bus matches the configuration" in out
+    finally:
+        await defer.maybeDeferred(server.stopService)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_that_does_not_come_up_exits_2(tmp_path):
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    free = port.getHost().port
+    await port.stopListening()  # nobody listens there now: connections are refused
+    config = write(tmp_path, CONFIG.format(device="/dev/null"))
+    code, out, err = await run([config, "--link", "bus", "--tcp", f"127.0.0.1:{free}", "--connect-timeout", "0.5"])
+    assert code == 2 and out == ""
+    assert err == "st2000r scan: link 'bus' did not come up within 0.5 s\n"
