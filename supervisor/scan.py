@@ -55,7 +55,7 @@ from st2000r.config.model import (
 )
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import BROADCAST
-from st2000r.drivers.st2000r.master import BusMaster, Priority, TransactionError, TransactionTimeout
+from st2000r.drivers.st2000r.master import BusMaster, LinkDown, Priority, TransactionError, TransactionTimeout
 from st2000r.drivers.st2000r.timing import hops_latency_s, max_reply_size
 
 __all__ = [
@@ -200,7 +200,7 @@ class Difference:
     ``missing_meter``, ``unexpected_meter``, ``wrong_kind``, ``serial_mismatch``,
     ``pulse_constant_mismatch``, ``channel_info_unread``, ``alarms_unread``, ``alarm``,
     ``mains_lost``, ``battery_low``, ``meter_silent``, ``meter_error``,
-    ``unexpected_standard_meter``.  ``cdt``/``module``/``channel`` (input 1..3) locate it
+    ``unexpected_standard_meter``, ``link_down`` (the link dropped during the scan).  ``cdt``/``module``/``channel`` (input 1..3) locate it
     where they apply; ``detail`` is one line for humans.
     """
 
@@ -357,6 +357,7 @@ class Scanner:
         self._started = 0.0
         self._phase = ""
         self._transactions = 0
+        self._link_down = 0
 
     # ---------------------------------------------------------------- cost model
 
@@ -412,6 +413,8 @@ class Scanner:
                 request, priority=Priority.STATUS, retries=retries, hops_latency_s=hops
             )
         except TransactionError as exc:
+            if isinstance(exc, LinkDown):
+                self._link_down += 1
             return exc
 
     # ---------------------------------------------------------------- the walk
@@ -585,6 +588,10 @@ class Scanner:
         link = self.link
         diffs: list[Difference] = []
         notes: list[str] = []
+        if self._link_down:
+            diffs.append(Difference("link_down", None, None, None,
+                                    f"the link was down for {self._link_down} transactions: "
+                                    "what did not answer may simply not have been asked"))  # fmt: skip
         by_address = {c.address: c for c in found}
         for cdt in link.cdts:
             if cdt.address not in by_address:
@@ -752,7 +759,8 @@ def render_text(report: ScanReport, *, when: str = "") -> str:
     if report.matches:
         lines.append("RESULT: the bus matches the configuration")
     else:
-        lines.append(f"RESULT: {len(report.differences)} differences from the configuration")
+        n = len(report.differences)
+        lines.append(f"RESULT: {n} difference{'' if n == 1 else 's'} from the configuration")
         lines.append("")
         lines.append("Differences:")
         for d in report.differences:

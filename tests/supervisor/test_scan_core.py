@@ -309,3 +309,28 @@ def test_difference_where():
     assert Difference("alarm", 5, 2, 1, "").where == "CDT 5 module 2 channel 1"
     assert Difference("unexpected_standard_meter", None, None, None, "").where == "bus"
     assert m.CDT_TYPE == 0x50
+
+
+def test_a_link_lost_during_the_scan_is_a_difference_not_a_silent_bus():
+    config = configured_link()
+    rig = Rig(config)
+    master = rig.master_for(config)
+    master.queue_timeout_s = 1.0
+    scanner = Scanner(config, master, rig.clock, addresses=range(1, 9), broadcast=False)
+    d = scanner.run()
+    rig.clock.advance(0.3)
+    master.connection_lost("cable pulled")
+    report = rig.run(d)
+    assert ("link_down", None, None, None) in kinds(report)
+    assert "RESULT:" in render_text(report) and not report.matches
+
+
+def test_an_empty_module_and_an_unread_cdt_survive_the_draft():
+    config = make_link([make_cdt(1, modules=(1,))], repeaters=())
+    field = make_link([Cdt(1, None, None, (Module(1, ()), Module(2, ())))], repeaters=())
+    report, _, _ = scan(config, field, addresses=range(1, 3))
+    assert kinds(report) == [("missing_meter", 1, 1, 1), ("missing_meter", 1, 1, 2), ("missing_meter", 1, 1, 3),
+                             ("unexpected_module", 1, 2, None)]  # fmt: skip
+    topo = loads(draft_config(report, make_topology(config), config), "<draft>")
+    assert next(topo.links()).cdt(1).modules == (Module(1, ()), Module(2, ()))
+    assert "RESULT: 4 differences" in render_text(report)
