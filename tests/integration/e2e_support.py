@@ -211,6 +211,13 @@ class Events:
         return d.addTimeout(timeout, reactor)
 
 
+    def until(self, condition: Callable[[], bool], timeout: float = TIMEOUT) -> defer.Deferred:
+        """Fires when ``condition()`` holds: now, or after some later event; times out."""
+        if condition():
+            return defer.succeed(None)
+        return self.next(lambda _: condition(), timeout)
+
+
 def truth_readings(world: Any) -> dict[str, int]:
     """``"link/cdt/module/input"`` -> reading in base units, from ``World.snapshot()``."""
     out = {}
