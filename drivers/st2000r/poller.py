@@ -439,6 +439,10 @@ class Poller(Service):
                     self._demote(address)
         if rnd.aborted != "stopped":
             self.rounds_done += 1
+            log.info("link {link}: round of {plan} ({kind}) done in {seconds:.1f} s: {tried} CDTs tried, "
+                     "{unreachable} unreachable{why}", link=self.link.name, plan=rnd.plan, kind=rnd.kind,
+                     seconds=now - rnd.started, tried=len(rnd.tried), unreachable=len(rnd.failed),
+                     why=f" ({rnd.aborted})" if rnd.aborted else "")  # fmt: skip
             self._call_sink("on_round_done", self.link.name, rnd.plan, rnd.kind, rnd.started, now)
         result = RoundResult(
             plan=rnd.plan,
