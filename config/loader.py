@@ -760,6 +760,13 @@ def _link(ctx: _Context, item: Any, path: str, site_no: int, link_no: int) -> Li
                       f"TCP endpoint {values['host']}:{values['port']}")
     elif kind == "gprs" and "dtu_id" in values:
         ok &= _unique(ctx, ctx.dtu_ids, values["dtu_id"], _key(path, "dtu_id"), "DTU id")
+        dtu, registration = values["dtu_id"], values.get("registration")
+        if registration == "ddp" and not (dtu.isascii() and len(dtu) <= 11):
+            ctx.error(_key(path, "dtu_id"), f"a DDP identity is 1..11 ASCII characters, got {dtu!r}")
+            ok = False
+        elif registration in ("plain", "usr") and dtu.startswith("{"):
+            ctx.error(_key(path, "dtu_id"), "a plain or usr identity must not start with '{' (7Bh starts a DDP packet)")
+            ok = False
 
     endpoint: Any = None
     if ok:

@@ -376,6 +376,10 @@ class AlarmManager(Service):
 
     def _on_link(self, event: LinkChanged) -> None:
         aid = f"link:{event.link}:disconnected"
+        if not event.connected and event.link not in self._connected and self._grace is not None:
+            # not connected yet (a GSM modem reports its signal before it dials): the
+            # connect grace decides, so a healthy start raises nothing
+            return
         if event.connected:
             self._connected.add(event.link)
             self._disconnected.discard(event.link)

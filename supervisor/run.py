@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     log = Logger(namespace="st2000r.supervisor.run")
     try:
         service.startService()
+        if service.gprs_server is not None:  # a TCP listen fails at once on this reactor
+            failed: list = []
+            service.gprs_server.when_listening().addErrback(failed.append)
+            if failed:
+                raise RuntimeError(failed[0].getErrorMessage())
     except Exception as exc:  # cannot listen, device problems at start ...
         try:
             service.stopService()

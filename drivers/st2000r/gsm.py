@@ -515,6 +515,11 @@ class GsmLinkService(LinkObservers, Service):
         self._stop_watch()
         self._cancel_retry()
         self._run(self.dialer.port_lost())
+        if self._stopped_hangup():  # stopping: the hang-up cannot finish; close instead
+            self._close()
+            return
+        if not self.running:
+            return
         self.opener.lost(reason)
 
     def _send(self, data: bytes) -> None:

@@ -152,8 +152,9 @@ class RttHistogram:
         return self.max  # pragma: no cover - counts always add up
 
     def halve(self) -> None:
-        """Age the samples: every bucket keeps half (rounded up) of its count."""
-        self._counts = [(n + 1) // 2 for n in self._counts]
+        """Age the samples: every bucket keeps half (rounded down) of its count, so a lone
+        outlier ages out instead of holding the p99 up for good."""
+        self._counts = [n // 2 for n in self._counts]
         self.count = sum(self._counts)
         self.sum /= 2
 
