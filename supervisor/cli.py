@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
     "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
-    "demo": ("st2000r.simulation.demo", "run the demo: the embedded community on a simulator"),
+    "demo": ("st2000r.supervisor.demo", "run the demo: the supervisor reading the embedded community on the "
+                                         "simulator (--simulator-only: the simulator alone)"),
 }
 
 

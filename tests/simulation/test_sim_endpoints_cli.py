@@ -110,7 +110,8 @@ def _exchange(host: str, port: int, request: bytes, deadline: float) -> Frame:
 def test_demo_runs_end_to_end(capsys):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "st2000r.supervisor.cli", "demo", "--for", "4", "--control", "0", "--tcp-port", "0"],
+        [sys.executable, "-m", "st2000r.supervisor.cli", "demo", "--simulator-only", "--for", "4", "--control", "0",
+         "--tcp-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0,
     )
     try:
