@@ -16,7 +16,7 @@ from e2e_support import Events, for_supervisor, load_text, within
 from st2000r.drivers.st2000r.registration import DtuFormat
 from st2000r.simulation.faults import parse_action
 from st2000r.simulation.service import SimulatorOptions, SimulatorService
-from st2000r.supervisor.events import LinkChanged, RoundDone
+from st2000r.supervisor.events import LinkChanged
 from st2000r.supervisor.service import SupervisorService
 
 N = 100

@@ -21,7 +21,7 @@ from st2000r.supervisor.service import SupervisorService
 LINK = "lakeside-bus"
 BYTE_ERROR_RATE = 1e-3
 BIT_RATE = BYTE_ERROR_RATE / 8  # the simulator flips each of a byte's 8 data bits independently
-BURST_RATE = 0.02  # per bit: ~15 % of bytes hit while a burst lasts
+BURST_RATE = 0.02  # per bit: ~15 % of bytes hit while a burst lasts (requests too: the bus then idles)
 NOISY_ROUNDS = 8
 
 
@@ -66,9 +66,9 @@ async def test_noise_and_bursts_never_yield_a_wrong_value_and_all_end_correct(tm
         await events.next(lambda e: isinstance(e, LinkChanged) and e.connected, past=True)
         noise(BIT_RATE)
         for k in range(NOISY_ROUNDS):
-            if k % 3 == 1:  # a burst early in this round
-                calls.append(reactor.callLater(0.15, noise, BURST_RATE))
-                calls.append(reactor.callLater(0.25, noise, BIT_RATE))
+            if k % 3 == 1:  # a 0.3 s burst early in this round
+                calls.append(reactor.callLater(0.1, noise, BURST_RATE))
+                calls.append(reactor.callLater(0.4, noise, BIT_RATE))
             await within(poller.run_plan_now("full"), 60)
             gate.advance(3600.0)  # an hour of consumption between rounds: new values each round
         settle = 0
