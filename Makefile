@@ -12,11 +12,12 @@ BIN := $(VENV)/bin
 #   tmux      drives the operator console in a real terminal in tests
 SYSTEM_PACKAGES := unixodbc socat tmux
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: demo test system venv bench clean
 
 demo: venv
-	$(BIN)/st2000r demo
+	$(BIN)/st2000r demo $(DEMO_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)

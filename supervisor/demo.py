@@ -216,8 +216,10 @@ class Demo:
             return
         done = sum(1 for left in self.cdt_left.values() if left <= 0)
         elapsed = self.reactor.seconds() - self.started
-        self.say(f"[{elapsed:7.1f} s] CDTs {done}/{len(self.cdt_left)}, meters {len(self.read)}/{self.meters}; "
-                 f"wire bound of the round {self.bound_s:.1f} s; {self._errors()}")
+        # the poller reads the first range of every CDT before the second ones (fairness),
+        # so whole CDTs complete only in the second half of the round
+        self.say(f"[{elapsed:7.1f} s] meters {len(self.read)}/{self.meters}, CDTs complete "
+                 f"{done}/{len(self.cdt_left)}; wire bound of the round {self.bound_s:.1f} s; {self._errors()}")
 
     def _round_done(self, result: Any) -> None:
         self.in_round = False
@@ -229,15 +231,23 @@ class Demo:
         bound = timing.wire_time(nbytes) + requests * (timing.gap_s + timing.turnaround_s) + self.latency_s
         sweep = result.ended - result.started
         equal = sum(1 for ok in self.matches.values() if ok)
+        read = len(self.read)
         self.say("")
-        self.say(f"summary: {len(self.read)} of {self.meters} meters read; {equal} equal the simulator's ground "
+        if read < self.meters:
+            self.say(f"summary: the round was interrupted after {sweep:.1f} s (the full round's wire bound "
+                     f"is {self.bound_s:.1f} s; --baud 115200 is faster)")
+        self.say(f"summary: {read} of {self.meters} meters read; {equal} equal the simulator's ground "
                  f"truth (at the moment each was read); {len(result.unreachable)} CDTs unreachable")
-        self.say(f"summary: sweep {sweep:.1f} s / wire bound {bound:.1f} s = {sweep / bound:.3f} "
-                 f"({requests} transactions, {self._errors()})")
-        self.say(f"summary: {nbytes / self.meters:.2f} bytes on the wire per meter with ST2000R bulk reads "
-                 f"(CJ/T 188 per-meter reads: {bytes_per_meter_cjt188()} bytes per meter)")
-        self.say(f"next: a status round every {self.status_every_s:g} s (alarms print as they come); Ctrl-C stops")
+        if read == self.meters:
+            self.say(f"summary: sweep {sweep:.1f} s / wire bound {bound:.1f} s = {sweep / bound:.3f} "
+                     f"({requests} transactions, {self._errors()})")
+        if read:
+            self.say(f"summary: {nbytes / read:.2f} bytes on the wire per meter read with ST2000R bulk reads "
+                     f"(CJ/T 188 per-meter reads: {bytes_per_meter_cjt188()} bytes per meter)")
         self.say("")
+        if read < self.meters:
+            return  # stopped mid-round: nothing comes next
+        self.say(f"next: a status round every {self.status_every_s:g} s (alarms print as they come); Ctrl-C stops")
         from twisted.internet.task import LoopingCall
 
         loop = LoopingCall(self._status)
