@@ -27,7 +27,7 @@ the link whose ``GprsEndpoint.dtu_id`` it named.  Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.application.service import Service

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import strategies as st
 
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.cli import decode_all

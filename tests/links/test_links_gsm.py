@@ -65,7 +65,7 @@ def test_init_table():
 def test_init_byte_by_byte():
     d = GsmDialer("1")
     d.port_opened()
-    out = d.initialise()
+    assert d.initialise() == INIT_SCRIPT[0][1]
     for step, expected in INIT_SCRIPT[1:]:
         got = []
         for b in step:
