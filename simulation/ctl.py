@@ -72,8 +72,11 @@ def action_doc(action: str, pairs: list[str]) -> dict:
 def request(url: str, method: str, path: str, body: dict | None = None) -> dict:
     """One JSON request; the decoded answer.  CtlError with the simulator's reason."""
     data = None if body is None else json.dumps(body).encode("utf-8")
-    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    try:
+        req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    except ValueError as exc:
+        raise CtlError(f"--url {url!r}: {exc} (expected http://HOST:PORT)") from None
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
             return json.loads(resp.read().decode("utf-8"))

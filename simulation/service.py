@@ -114,6 +114,11 @@ class SimulatorService(MultiService):
             for name, _ in pairs:
                 if name not in wanted:
                     raise SimulatorError(f"{what} given for link {name!r}, which is not served (links: {', '.join(wanted)})")
+        tcp_names = [name for name, _ in options.tcp_ports]
+        for name in set(tcp_names):
+            if tcp_names.count(name) > 1:
+                raise SimulatorError(f"a TCP listener is given twice for link {name!r}")
+        extra_tcp = dict(options.tcp_ports)
         devices = dict(options.devices)
         for name in devices:
             if topology.link(name).kind != "serial":
@@ -138,14 +143,16 @@ class SimulatorService(MultiService):
                     options.tcp_base_port + tcp_index if options.tcp_base_port else 0
                 )
                 tcp_index += 1
+                if link.name in extra_tcp:  # --tcp LINK=PORT moves a TCP link's own listener
+                    port = extra_tcp.pop(link.name)
             else:
                 port = 0
             endpoint = self._endpoint(link, shared, devices.get(link.name), port)
             if endpoint is not None:
                 self._add(endpoint)
-            for name, extra in options.tcp_ports:
-                if name == link.name:
-                    self._add(TcpListenerEndpoint(link.name, shared.port(), reactor, options.bind, extra, clock=clock))
+            if link.name in extra_tcp:
+                extra = extra_tcp[link.name]
+                self._add(TcpListenerEndpoint(link.name, shared.port(), reactor, options.bind, extra, clock=clock))
         self.control: ControlService | None = None
         if options.control_port is not None:
             self.control = ControlService(self, reactor, host=options.control_host, port=options.control_port)

@@ -232,20 +232,21 @@ class Demo:
         sweep = result.ended - result.started
         equal = sum(1 for ok in self.matches.values() if ok)
         read = len(self.read)
+        interrupted = result.aborted is not None
         self.say("")
-        if read < self.meters:
+        if interrupted:
             self.say(f"summary: the round was interrupted after {sweep:.1f} s (the full round's wire bound "
-                     f"is {self.bound_s:.1f} s; --baud 115200 is faster)")
+                     f"is {self.bound_s:.1f} s)")
         self.say(f"summary: {read} of {self.meters} meters read; {equal} equal the simulator's ground "
                  f"truth (at the moment each was read); {len(result.unreachable)} CDTs unreachable")
-        if read == self.meters:
+        if not interrupted:
             self.say(f"summary: sweep {sweep:.1f} s / wire bound {bound:.1f} s = {sweep / bound:.3f} "
                      f"({requests} transactions, {self._errors()})")
         if read:
             self.say(f"summary: {nbytes / read:.2f} bytes on the wire per meter read with ST2000R bulk reads "
                      f"(CJ/T 188 per-meter reads: {bytes_per_meter_cjt188()} bytes per meter)")
         self.say("")
-        if read < self.meters:
+        if interrupted:
             return  # stopped mid-round: nothing comes next
         self.say(f"next: a status round every {self.status_every_s:g} s (alarms print as they come); Ctrl-C stops")
         from twisted.internet.task import LoopingCall

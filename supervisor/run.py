@@ -10,6 +10,7 @@ per line with ``--log-format json`` (default: ``[supervisor] log_format``).
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from typing import Any
@@ -24,6 +25,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_fail(f"{message} (see '{PROG} --help')"))
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Run the ST2000R supervisor: poll the field links of a topology, keep "
                                             "the point database, raise alarms, carry valve commands.")
@@ -31,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="log line format (default: [supervisor] log_format)")
     parser.add_argument("--state-dir", default=None, help="folder for the audit log (default: [supervisor] state_dir)")
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
                         help="stop after this many seconds (tests, demos)")
     return parser
 
@@ -39,21 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(message: str, status: int = 2) -> int:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
     return status
-
-
-def _install_reactor() -> Any:
-    """Install Twisted's asyncio reactor (unless a reactor is installed already); return it."""
-    if "twisted.internet.reactor" not in sys.modules:
-        import asyncio
-
-        from twisted.internet import asyncioreactor
-
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def _observer(log_format: str) -> Any:
@@ -91,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         topology = replace(topology, settings=replace(topology.settings, state_dir=args.state_dir))
     log_format = args.log_format or topology.settings.log_format
 
-    reactor = _install_reactor()
+    from st2000r.supervisor.reactor import install_reactor
+
+    reactor = install_reactor()
     from twisted.logger import Logger, globalLogBeginner
 
     from st2000r.supervisor.service import SupervisorError, SupervisorService

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -1004,22 +1005,29 @@ def _options(argv: list[str]) -> _Options:
         link = replace(link, line=LineSettings(args.baud, line.bytesize, line.parity, line.stopbits))
     if args.sample < 0:
         raise _BadInput("--sample must be >= 0")
-    if link.kind == "serial":
-        device = link.endpoint.device
-        try:
-            fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise _BadInput(f"cannot open serial device {device}: {exc.strerror or exc}") from None
-        os.close(fd)
-    if link.kind == "gprs" and topology.settings.gprs_listen is None:
-        raise _BadInput(f"link {link.name!r} is a GPRS link: set [supervisor] gprs_listen, or use --device/--tcp")
     for path in filter(None, (args.write_config,)):
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise _BadInput(f"--write-config: folder {parent} does not exist")
     if args.report_dir is not None and os.path.exists(args.report_dir) and not os.path.isdir(args.report_dir):
         raise _BadInput(f"--report-dir: {args.report_dir} is not a folder")
+    if link.kind == "serial":
+        device = link.endpoint.device
+        try:
+            fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise _BadInput(f"cannot open serial device {device}: {exc.strerror or exc}") from None
+        try:
+            is_tty = os.isatty(fd)
+        finally:
+            os.close(fd)
+        if not is_tty:
+            raise _BadInput(f"{device} is not a serial device (not a terminal)")
+    if link.kind == "gprs" and topology.settings.gprs_listen is None:
+        raise _BadInput(f"link {link.name!r} is a GPRS link: set [supervisor] gprs_listen, or use --device/--tcp")
     timeout = args.connect_timeout
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise _BadInput(f"--connect-timeout: expected seconds in (0, 3600], got {args.connect_timeout}")
     if timeout is None:
         timeout = 120.0 if link.kind in ("gprs", "gsm") else 10.0
     return _Options(
@@ -1058,6 +1066,11 @@ async def _scan(opts: _Options, reactor, out: IO[str], err: IO[str]) -> int:
             server.setServiceParent(services)
         link_service(link, master, reactor, gprs_server=server).setServiceParent(services)
         services.startService()
+        if server is not None:  # a TCP listen fails at once on this reactor: say why
+            failed: list = []
+            server.when_listening().addErrback(failed.append)
+            if failed:
+                raise RuntimeError(f"cannot listen for GPRS DTUs: {failed[0].getErrorMessage()}")
     except Exception as exc:
         err.write(f"st2000r scan: cannot open link {link.name!r}: {exc}\n")
         return 2
@@ -1119,8 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
     except _BadInput as exc:
         print(f"st2000r scan: {exc}", file=sys.stderr)
         return 2
-    from twisted.internet import reactor
+    from st2000r.supervisor.reactor import install_reactor
 
+    reactor = install_reactor()
     result: list[int] = []
 
     async def go() -> None:

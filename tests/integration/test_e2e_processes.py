@@ -98,13 +98,13 @@ def test_run_against_simulate_logs_a_completed_round_and_exits_0_on_sigterm(tmp_
 
 
 def test_demo_reads_the_whole_community_and_every_meter_matches_the_truth():
-    proc = subprocess.Popen([ST2000R, "demo", "--baud", "115200", "--for", "60", "--tcp-port", "0", "--control", "0"],
+    proc = subprocess.Popen([ST2000R, "demo", "--baud", "115200", "--for", "300", "--tcp-port", "0", "--control", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out = Lines(proc)
         out.until(r"full round .* about", 20)
         out.until(r"st2000r simulate-ctl .*truth", 20)
-        summary = out.until(r"^summary: (\d+) of (\d+) meters read; (\d+) equal the simulator's ground truth", 60)
+        summary = out.until(r"^summary: (\d+) of (\d+) meters read; (\d+) equal the simulator's ground truth", 240)
         assert summary.groups() == ("12288", "12288", "12288")
         ratio = out.until(r"sweep ([\d.]+) s / wire bound ([\d.]+) s = ([\d.]+)", 5)
         assert float(ratio.group(3)) >= 1.0
