@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", type=_link_eq(str), default=[], metavar="LINK=PATH",
                    help="serve a serial link on a real serial device instead of a pty")
     p.add_argument("--tcp", action="append", type=_link_eq(_port), default=[], metavar="LINK=PORT",
-                   help="also serve LINK on a TCP listener (0: any free port)")
+                   help="also serve LINK on a TCP listener (0: any free port); for a tcp link: move its listener")
     return p
 
 
