@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from st2000r.config.errors import ConfigError
     from st2000r.config.loader import load
     from st2000r.config.model import ReadingPlan, SerialEndpoint, SupervisorSettings
-    from st2000r.simulation.cli import install_reactor, scenario_path
+    from st2000r.simulation.cli import scenario_path
     from st2000r.simulation.demo import community_path
     from st2000r.simulation.service import DEFAULT_CONTROL_PORT, SimulatorOptions, SimulatorService
 
@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     control = DEFAULT_CONTROL_PORT if args.control is None else args.control
     options = SimulatorOptions(seed=args.seed, scenario=None if args.no_scenario else scenario_path("commissioning"),
                                tcp_ports=((link.name, args.tcp_port),), control_port=control)
+
+    from st2000r.supervisor.reactor import install_reactor
 
     reactor = install_reactor()
     from twisted.internet.error import CannotListenError

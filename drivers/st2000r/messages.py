@@ -487,7 +487,27 @@ def _channel_range(first: int, count: int, limit: int, at: int | None = None) ->
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BulkRead(VendorMessage):
+class _ChannelRangeRequest(VendorMessage):
+    """A read of ``count`` channels (1..LIMIT) from ``first_channel`` (1..96): two bytes."""
+
+    LIMIT: ClassVar[int]
+    WHAT: ClassVar[str]
+    first_channel: int = 1
+    count: int = 1
+
+    def payload(self) -> bytes:
+        _channel_range(self.first_channel, self.count, self.LIMIT)
+        return bytes((self.first_channel, self.count))
+
+    @classmethod
+    def from_payload(cls, common, p, at):
+        _exact(p, 2, at, cls.WHAT)
+        _channel_range(p[0], p[1], cls.LIMIT, at)
+        return cls(**common, first_channel=p[0], count=p[1])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkRead(_ChannelRangeRequest):
     """Read counts and status of ``count`` channels (1..48) from ``first_channel`` (1..96).
 
     Channel n is module ``(n - 1) // 3 + 1``, input ``(n - 1) % 3 + 1``.
@@ -495,18 +515,9 @@ class BulkRead(VendorMessage):
 
     CONTROL = 0x01
     DI = 0xC01F
-    first_channel: int = 1
+    LIMIT = MAX_BULK
+    WHAT = "bulk read request"
     count: int = MAX_BULK
-
-    def payload(self) -> bytes:
-        _channel_range(self.first_channel, self.count, MAX_BULK)
-        return bytes((self.first_channel, self.count))
-
-    @classmethod
-    def from_payload(cls, common, p, at):
-        _exact(p, 2, at, "bulk read request")
-        _channel_range(p[0], p[1], MAX_BULK, at)
-        return cls(**common, first_channel=p[0], count=p[1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -657,21 +668,12 @@ class CdtStatus(VendorMessage):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReadChannelInfo(VendorMessage):
+class ReadChannelInfo(_ChannelRangeRequest):
     CONTROL = 0x01
     DI = 0xC04F
-    first_channel: int = 1
+    LIMIT = MAX_INFO
+    WHAT = "channel info request"
     count: int = MAX_INFO
-
-    def payload(self) -> bytes:
-        _channel_range(self.first_channel, self.count, MAX_INFO)
-        return bytes((self.first_channel, self.count))
-
-    @classmethod
-    def from_payload(cls, common, p, at):
-        _exact(p, 2, at, "channel info request")
-        _channel_range(p[0], p[1], MAX_INFO, at)
-        return cls(**common, first_channel=p[0], count=p[1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

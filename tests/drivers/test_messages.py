@@ -24,7 +24,7 @@ def roundtrip(msg: m.Message, preamble: int = 2) -> m.Message:
 
 def test_every_message_class_has_a_strategy():
     classes = {c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Message)}
-    concrete = classes - {m.Message, m.VendorMessage}
+    concrete = {c for c in classes - {m.Message, m.VendorMessage} if not c.__name__.startswith("_")}
     assert concrete == set(MESSAGES)
 
 
