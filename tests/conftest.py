@@ -3,9 +3,26 @@
 ``make test`` passes ``-c tests/pytest.ini``, which selects the asyncio reactor.  A bare
 ``pytest`` run from the checkout does not read that file, so the reactor option is set here
 too before pytest-twisted installs a reactor.
+
+Hypothesis profiles: ``dev`` (the default) keeps every failing example in ``.hypothesis/``
+at the top of the checkout (git-ignored) and replays it first on the next run, so a
+failure found by chance keeps failing until it is fixed; ``ci`` (chosen when ``CI=true``)
+derandomises every property test and keeps no database, so CI never fails by chance.
+``--hypothesis-profile`` still picks either by name.
 """
 
+import os
+from pathlib import Path
+
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+EXAMPLES = Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"
+
+settings.register_profile("dev", database=DirectoryBasedExampleDatabase(str(EXAMPLES)))
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -263,6 +263,39 @@ class CurrentData(Message):
         )
 
 
+class HeatLayout(enum.Enum):
+    """Where a heat meter puts each quantity's unit byte in its 901F reply (HeatData)."""
+
+    AUTO = "auto"  # decide from the bytes: see HeatData and docs/protocol.md
+    STANDARD = "standard"  # 4 BCD bytes, then the unit byte, as CJ/T 188 prints it
+    UNIT_FIRST = "unit_first"  # the unit byte, then 4 BCD bytes (some vendors)
+
+
+# The unit a heat-meter quantity is expected in, by the base unit of its code: heat (twice),
+# power, flow rate, cumulative flow.
+_HEAT_KINDS: Final = (("Wh", "J"), ("Wh", "J"), ("W",), ("L/h",), ("L",))
+
+
+def _heat_quantities(p: bytes, at: int, unit_first: bool) -> tuple[Quantity, ...]:
+    """The five quantities at P+0..P+24 read in one layout; raises CodecError on non-BCD."""
+    qs = []
+    for k, decimals in enumerate(HeatData.DECIMALS):
+        i = 5 * k
+        if unit_first:
+            qs.append(Quantity(bcd.decode_le(p[i + 1 : i + 5], at + i + 1), p[i], decimals))
+        else:
+            qs.append(Quantity(bcd.decode_le(p[i : i + 4], at + i), p[i + 4], decimals))
+    return tuple(qs)
+
+
+def _heat_fit(qs: tuple[Quantity, ...]) -> int:
+    """2: every unit code is known and of its field's kind; 1: every one is known; 0: not."""
+    units = [UNITS.get(q.unit) for q in qs]
+    if None in units:
+        return 0
+    return 2 if all(u.base in kinds for u, kinds in zip(units, _HEAT_KINDS)) else 1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeatData(Message):
     """901F reply of a heat meter (43-byte payload, CJ/T 188 heat-meter layout).
@@ -270,8 +303,14 @@ class HeatData(Message):
     Heat and power carry 2 decimals, flow rate 4 decimals, cumulative flow 2 decimals;
     temperatures are °C with 2 decimals; ``working_hours`` is whole hours.  The standard puts
     each quantity's 4 BCD bytes before its unit byte; some meters (``unit_first``) send the
-    unit byte first.  On receive the layout whose unit bytes are all known unit codes wins,
-    the standard one when both fit.
+    unit byte first.
+
+    Receiving with :attr:`HeatLayout.AUTO` (the default of :func:`parse`) reads the five
+    quantities both ways and keeps a reading whose every value is BCD; of two such readings
+    the one that fits better wins (every unit a known code of its field's kind: energy,
+    energy, power, flow rate, volume; else every unit a known code; else not), and on a tie
+    the standard layout.  A caller that knows the meter's layout passes it to :func:`parse`
+    and nothing is guessed.
     """
 
     CONTROL = 0x81
@@ -289,13 +328,25 @@ class HeatData(Message):
     unit_first: bool = False
 
     SIZE: ClassVar[int] = 43
-    _DECIMALS: ClassVar[tuple[int, ...]] = (2, 2, 2, 4, 2)
+    DECIMALS: ClassVar[tuple[int, ...]] = (2, 2, 2, 4, 2)
+
+    @property
+    def layout(self) -> HeatLayout:
+        return HeatLayout.UNIT_FIRST if self.unit_first else HeatLayout.STANDARD
+
+    @property
+    def quantities(self) -> tuple[Quantity, ...]:
+        return (self.settlement_heat, self.current_heat, self.power, self.flow, self.cumulative_flow)
+
+    @property
+    def unit_fit(self) -> int:
+        """How well the unit codes fit (2, 1, 0 as in the class docstring)."""
+        return _heat_fit(self.quantities)
 
     def payload(self) -> bytes:
         out = bytearray()
         names = ("settlement heat", "current heat", "power", "flow", "cumulative flow")
-        qs = (self.settlement_heat, self.current_heat, self.power, self.flow, self.cumulative_flow)
-        for q, name, decimals in zip(qs, names, self._DECIMALS):
+        for q, name, decimals in zip(self.quantities, names, self.DECIMALS):
             raw = _quantity(q, 4, name, decimals)
             out += raw[4:] + raw[:4] if self.unit_first else raw
         return (
@@ -308,17 +359,24 @@ class HeatData(Message):
         )
 
     @classmethod
-    def from_payload(cls, common, p, at):
+    def from_payload(cls, common, p, at, layout: HeatLayout = HeatLayout.AUTO):
         _exact(p, cls.SIZE, at, "901F heat-meter data")
-        standard = all(p[5 * k + 4] in UNITS for k in range(5))
-        unit_first = not standard and all(p[5 * k] in UNITS for k in range(5))
-        qs = []
-        for k, decimals in enumerate(cls._DECIMALS):
-            i = 5 * k
-            if unit_first:
-                qs.append(Quantity(bcd.decode_le(p[i + 1 : i + 5], at + i + 1), p[i], decimals))
-            else:
-                qs.append(Quantity(bcd.decode_le(p[i : i + 4], at + i), p[i + 4], decimals))
+        if layout is HeatLayout.AUTO:
+            readings = []  # (fit, standard first on a tie, unit_first, quantities)
+            first_error = None
+            for unit_first in (False, True):
+                try:
+                    qs = _heat_quantities(p, at, unit_first)
+                except CodecError as exc:
+                    first_error = first_error or exc
+                    continue
+                readings.append((_heat_fit(qs), not unit_first, unit_first, qs))
+            if not readings:
+                raise first_error
+            _, _, unit_first, qs = max(readings, key=lambda r: r[:2])
+        else:
+            unit_first = layout is HeatLayout.UNIT_FIRST
+            qs = _heat_quantities(p, at, unit_first)
         return cls(
             **common,
             settlement_heat=qs[0],
@@ -821,12 +879,14 @@ def encode(msg: Message, preamble: int = 2) -> bytes:
     return encode_frame(to_frame(msg), preamble)
 
 
-def parse(frame: Frame, base: int = 0) -> Message:
+def parse(frame: Frame, base: int = 0, *, heat_layout: HeatLayout = HeatLayout.AUTO) -> Message:
     """The typed message carried by ``frame``.
 
     ``base`` is the offset of the frame's 68 byte in the caller's input, so that errors
-    name the byte in that input.  Raises CodecError for an unknown control/DI pair, a
-    payload of the wrong size, non-BCD digits, a bad vendor CRC, or out-of-range fields.
+    name the byte in that input.  ``heat_layout`` is the layout a heat meter's 901F reply
+    is read in (:class:`HeatData`); AUTO decides from the bytes.  Raises CodecError for an
+    unknown control/DI pair, a payload of the wrong size, non-BCD digits, a bad vendor CRC,
+    or out-of-range fields.
     """
     data = frame.data
     at = base + DATA_OFFSET
@@ -865,6 +925,8 @@ def parse(frame: Frame, base: int = 0) -> Message:
         payload = payload[:-2]
     if cls in (ValveControl, ValveReply):
         return cls.from_payload(common, payload, at + 3, alt=frame.control in (0x2A, 0xAA))
+    if cls is HeatData:
+        return HeatData.from_payload(common, payload, at + 3, heat_layout)
     return cls.from_payload(common, payload, at + 3)
 
 

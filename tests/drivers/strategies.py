@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -118,13 +119,21 @@ MESSAGES = {
 any_message = st.one_of(*MESSAGES.values())
 
 
-def check_property(strategy, test, max_examples: int = 150) -> None:
-    """Run ``test`` on examples of ``strategy``.
+def check_property(strategy, test, max_examples: int = 150, examples=()) -> None:
+    """Run ``test`` on ``examples`` (pinned, always run first), then on examples of ``strategy``.
 
     pytest-twisted runs test functions inside its reactor greenlet, and hypothesis's pytest
     integration then fails on parametrized ``@given`` tests ("blockon cannot be called from
     the twisted greenlet"); calling a ``@given`` function directly from a plain test avoids it.
+    The example database and derandomisation come from the profile in ``tests/conftest.py``;
+    the pytest node id joins the database key, as hypothesis's pytest plugin does for
+    ``@given`` tests, so that the cases of a parametrized test keep their failures apart.
     """
-    from hypothesis import given, settings
+    from hypothesis import example, given, settings
 
-    settings(max_examples=max_examples, deadline=None, database=None)(given(strategy)(test))()
+    node = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    test._hypothesis_internal_add_digest = node.encode()
+    run = given(strategy)(test)
+    for pinned in reversed(examples):
+        run = example(pinned)(run)
+    settings(max_examples=max_examples, deadline=None)(run)()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from decimal import Decimal
 
 import pytest
 from hypothesis import strategies as st
@@ -28,6 +29,36 @@ def test_every_message_class_has_a_strategy():
     assert concrete == set(MESSAGES)
 
 
+def _heat(units, value=1_000_000, unit_first=True) -> m.HeatData:
+    """A heat reply whose five quantities all hold ``value``, in ``units``."""
+    qs = [Quantity(value, u, d) for u, d in zip(units, m.HeatData.DECIMALS)]
+    return m.HeatData(
+        meter_type=0x20, address="00000000000000", settlement_heat=qs[0], current_heat=qs[1],
+        power=qs[2], flow=qs[3], cumulative_flow=qs[4], supply_temp=Decimal("0.00"),
+        return_temp=Decimal("0.00"), working_hours=0, unit_first=unit_first,
+    )  # fmt: skip
+
+
+# Found by chance: each value's top byte (01) is also a unit code, so the standard layout's
+# unit bytes all looked valid; the standard reading then met 0Ah (a unit) among BCD digits.
+HEAT_EXAMPLES = (_heat((0x01, 0x01, 0x01, 0x01, 0x0A)),)
+
+
+def _check_heat(msg: m.HeatData) -> None:
+    """The layout the meter is known to use always gives the message back; AUTO gives it
+    back unless the bytes read validly the other way too and that reading fits as well or
+    better (docs/protocol.md: the better unit fit wins, the standard layout on a tie)."""
+    frame, _ = decode_frame(m.encode(msg))
+    assert m.parse(frame, heat_layout=msg.layout) == msg
+    back = m.parse(frame)
+    if back == msg:
+        return
+    other = m.HeatLayout.STANDARD if msg.unit_first else m.HeatLayout.UNIT_FIRST
+    assert back == m.parse(frame, heat_layout=other)
+    assert m.encode(back) == m.encode(msg)
+    assert back.unit_fit > msg.unit_fit or (back.unit_fit == msg.unit_fit and not back.unit_first)
+
+
 @pytest.mark.parametrize("cls", list(MESSAGES), ids=lambda c: c.__name__)
 def test_roundtrip(cls):
     def check(msg):
@@ -35,7 +66,18 @@ def test_roundtrip(cls):
         assert back == msg
         assert type(back) is cls
 
-    check_property(MESSAGES[cls], check)
+    if cls is m.HeatData:
+        check_property(MESSAGES[cls], _check_heat, examples=HEAT_EXAMPLES)
+    else:
+        check_property(MESSAGES[cls], check)
+
+
+def test_heat_example_reads_unit_first():
+    msg = HEAT_EXAMPLES[0]
+    assert roundtrip(msg) == msg
+    frame, _ = decode_frame(m.encode(msg))
+    with pytest.raises(CodecError, match="byte 34: 0Ah is not a BCD digit pair"):
+        m.parse(frame, heat_layout=m.HeatLayout.STANDARD)
 
 
 def test_reply_echoes_di_order_and_ser():
