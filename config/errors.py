@@ -6,7 +6,7 @@ issue::
 
     FILE: KEY.PATH: reason            (a problem with a value or key)
     FILE:LINE:COLUMN: reason          (a TOML syntax error; line and column from tomllib)
-    FILE: reason                      (the file itself: missing, unreadable, not UTF-8)
+    FILE: reason                      (the file itself: missing, not a regular file, too large, not UTF-8)
 """
 
 from __future__ import annotations

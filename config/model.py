@@ -217,7 +217,8 @@ class Link:
     type).  ``line``: framing of the RS485 bus itself (for a remote bus it is used for
     timing).  ``turnaround_ms``: device turnaround delay in ms.  ``di_order``: ``"901F"``
     or ``"1F90"``, the byte order used when sending data identifiers.  ``cdts`` sorted by
-    address.
+    address.  ``gap_ms``: idle time the master leaves on the bus before each request, in
+    ms (finite, >= 0), or None for the automatic max(3.5 character times, 5 ms).
     """
 
     name: str
@@ -228,6 +229,7 @@ class Link:
     di_order: str
     repeaters: tuple[Repeater, ...]
     cdts: tuple[Cdt, ...]
+    gap_ms: float | None = None
 
     def cdt(self, address: int) -> Cdt:
         """The CDT with this address (O(log n)); raises ``KeyError`` if absent."""

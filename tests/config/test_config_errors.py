@@ -226,7 +226,7 @@ def test_unknown_key_names_it_and_lists_the_allowed_keys():
     assert issues(mutate('device = "/dev/ttyUSB0"', 'device = "/dev/ttyUSB0"\nport = 4001')) == [
         (f"{LINK0}.port",
          "unknown key 'port' for a serial link (allowed: name, kind, baud, bytesize, parity, stopbits, "
-         "turnaround_ms, di_order, repeaters, cdt_ranges, cdts, device)"),
+         "turnaround_ms, gap_ms, di_order, repeaters, cdt_ranges, cdts, device)"),
     ]
 
 

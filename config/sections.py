@@ -1,0 +1,138 @@
+"""The supervisor sections: ``[[plans]]``, ``[interlocks]``, ``[[operators]]``, ``[supervisor]``.
+
+Each runs after ``[[sites]]`` (plans name links, interlocks name households) and stores its
+result on the ``Context``; a file without a section keeps the model's defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from st2000r.config.model import Interlocks, Operator, ReadingPlan, SupervisorSettings
+from st2000r.config.schema import INTERLOCKS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
+from st2000r.config.validation import Context, check_table, indexed, string_list
+from st2000r.config.values import check_text, key_path, parse_duration, parse_time, show, type_name
+
+__all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section"]
+
+
+def plans_section(ctx: Context, value: Any, path: str) -> None:
+    if type(value) is not list:
+        ctx.error(path, f"wrong type: expected array of tables ([[plans]]), got {type_name(value)}{show(value)}")
+        return
+    names: dict[str, str] = {}
+    plans: list[ReadingPlan] = []
+    ok = True
+    for _, ppath, item in indexed(value, path):
+        values = check_table(ctx, item, ppath, PLAN_SCHEMA)
+        if values is None:
+            ok = False
+            continue
+        good = len(values) == len(PLAN_SCHEMA)
+        name = values.get("name")
+        if name is not None:
+            if name in names:
+                ctx.error(key_path(ppath, "name"), f"duplicate plan name {name!r} (already used at {names[name]})")
+                good = False
+            else:
+                names[name] = key_path(ppath, "name")
+        times: list[_dt.time] = []
+        tpath = key_path(ppath, "at")
+        seen: dict[_dt.time, str] = {}
+        for _, ipath, raw in indexed(values.get("at", []), tpath):
+            parsed, reason = parse_time(raw)
+            if reason is not None:
+                ctx.error(ipath, reason)
+                good = False
+            elif parsed in seen:
+                ctx.error(ipath, f"duplicate time {parsed:%H:%M:%S} (already listed at {seen[parsed]})")
+                good = False
+            else:
+                seen[parsed] = ipath
+                times.append(parsed)
+        every = values.get("every")
+        every_s = parse_duration(every)[0] if every is not None else None
+        if "at" in values and "every" in values and not values["at"] and every is None:
+            ctx.error(ppath, "a plan needs 'at' (daily times), 'every' (a period), or both")
+            good = False
+        links = values.get("links")
+        if links is not None:
+            lpath = key_path(ppath, "links")
+            if not links:
+                ctx.error(lpath, "empty list: name at least one link, or leave 'links' out for every link")
+                good = False
+            names_ok = string_list(ctx, links, lpath, "link name")
+            if names_ok is None:
+                good = False
+            else:
+                for i, link in enumerate(links):
+                    if link not in ctx.link_names:
+                        known = ", ".join(ctx.link_names) or "none"
+                        ctx.error(f"{lpath}[{i}]", f"unknown link {link!r} (links in this file: {known})")
+                        good = False
+        if good:
+            plans.append(ReadingPlan(name, values["kind"], tuple(sorted(times)), every_s,
+                                     tuple(links) if links is not None else None))
+        ok &= good
+    if ok:
+        ctx.plans = tuple(plans)
+
+
+def interlocks_section(ctx: Context, value: Any, path: str) -> None:
+    values = check_table(ctx, value, path, INTERLOCKS_SCHEMA)
+    if values is None:
+        return
+    hpath = key_path(path, "protected_households")
+    households = string_list(ctx, values.get("protected_households", []), hpath, "household", check_text)
+    if households is not None and households:
+        # a typo here would let a protected household be closed: every name must bill a meter,
+        # checked only when the sites themselves loaded cleanly (no cascade of false reports)
+        if not any(i.path.startswith(("sites", "templates")) for i in ctx.issues):
+            known = {meter.household for site in ctx.sites for link in site.links
+                     for _, _, _, meter in link.meters()}
+            for i, household in enumerate(households):
+                if household not in known:
+                    ctx.error(f"{hpath}[{i}]", f"unknown household {household!r} (no meter in the file bills to it)")
+                    households = None
+    if households is not None and "max_closes_per_minute" in values:
+        ctx.interlocks = Interlocks(protected_households=frozenset(households),
+                                    max_closes_per_minute=values["max_closes_per_minute"])
+
+
+def operators_section(ctx: Context, value: Any, path: str) -> None:
+    if type(value) is not list:
+        ctx.error(path, f"wrong type: expected array of tables ([[operators]]), got {type_name(value)}{show(value)}")
+        return
+    names: dict[str, str] = {}
+    operators: list[Operator] = []
+    for _, opath, item in indexed(value, path):
+        values = check_table(ctx, item, opath, OPERATOR_SCHEMA)
+        if values is None:
+            continue
+        name = values.get("name")
+        if name is not None:
+            if name in names:
+                ctx.error(key_path(opath, "name"), f"duplicate operator name {name!r} (already used at {names[name]})")
+                continue
+            names[name] = key_path(opath, "name")
+        if len(values) == len(OPERATOR_SCHEMA):
+            operators.append(Operator(values["name"], values["role"], values["password_hash"]))
+    ctx.operators = tuple(operators)
+
+
+def supervisor_section(ctx: Context, value: Any, path: str) -> None:
+    values = check_table(ctx, value, path, SUPERVISOR_SCHEMA)
+    if values is None or len(values) != len(SUPERVISOR_SCHEMA):
+        return
+    stale = values["stale_after"]
+    ctx.settings = SupervisorSettings(
+        gprs_listen=values["gprs_listen"],
+        retries=values["retries"],
+        log_format=values["log_format"],
+        state_dir=values["state_dir"],
+        stale_after_s=parse_duration(stale)[0] if stale is not None else None,
+        command_timeout_s=parse_duration(values["command_timeout"])[0],
+    )
+
+
