@@ -65,6 +65,7 @@ from st2000r.supervisor.events import (
     CdtChanged,
     EventBus,
     LinkChanged,
+    LinkState,
     MeterChanged,
     MeterId,
     RoundDone,
@@ -186,7 +187,7 @@ class AlarmManager(Service):
         self._connected: set[str] = set()
         self._grace: IDelayedCall | None = None
         self._meters_alarmed: set[MeterId] = set()
-        self._unsubscribe = bus.subscribe(self._on_event)
+        self._unsubscribe = bus.subscribe(self._on_event, (MeterChanged, CdtChanged, RoundDone, LinkChanged))
 
     def startService(self) -> None:
         super().startService()
@@ -269,6 +270,41 @@ class AlarmManager(Service):
         if alarm.shelved_by is None:
             raise AlarmError(f"alarm {alarm_id!r} is not shelved")
         return self._unshelve(alarm, who)
+
+    # ---------------------------------------------------------------- restart
+
+    def restore(self, alarms: Iterable[Alarm]) -> int:
+        """Start from the alarm list saved before a restart (snapshots as published), so an
+        acknowledged alarm stays acknowledged and a shelf keeps its end (a shelf that ended
+        while the supervisor was down ends now).  The conditions themselves are re-evaluated
+        as the field is read: an alarm whose condition is gone clears then.  Alarms already
+        in the list are kept as they are.  Returns how many were restored."""
+        now = self.clock.seconds()
+        restored = 0
+        for snap in alarms:
+            if snap.id in self._alarms or snap.state == "removed":
+                continue
+            alarm = _Alarm(snap.id, snap.source, snap.kind, snap.severity, snap.text, snap.raised_at.timestamp())
+            alarm.active = snap.active
+            alarm.cleared_at = snap.cleared_at.timestamp() if snap.cleared_at else None
+            alarm.acked = snap.acked_by is not None or snap.state in ("active-acked",)
+            alarm.acked_by = snap.acked_by
+            alarm.acked_at = snap.acked_at.timestamp() if snap.acked_at else None
+            alarm.ack_note = snap.ack_note
+            self._alarms[snap.id] = alarm
+            if snap.shelved_by is not None and snap.shelved_until is not None:
+                alarm.shelved_by = snap.shelved_by
+                alarm.shelved_reason = snap.shelved_reason
+                alarm.shelved_until = snap.shelved_until.timestamp()
+                alarm.shelf = self.clock.callLater(max(0.0, alarm.shelved_until - now), self._shelf_ends, snap.id)
+            if alarm.kind in _METER_KINDS and alarm.active:
+                try:
+                    self._meters_alarmed.add(MeterId.parse(alarm.source))
+                except ValueError:
+                    pass
+            restored += 1
+            self._publish(alarm.snapshot())
+        return restored
 
     # ---------------------------------------------------------------- conditions
 
@@ -376,6 +412,8 @@ class AlarmManager(Service):
 
     def _on_link(self, event: LinkChanged) -> None:
         aid = f"link:{event.link}:disconnected"
+        if event.state is LinkState.STOPPED:
+            return  # stopped on purpose: not a fault, nothing to raise
         if not event.connected and event.link not in self._connected and self._grace is not None:
             # not connected yet (a GSM modem reports its signal before it dials): the
             # connect grace decides, so a healthy start raises nothing
@@ -471,7 +509,7 @@ class AlarmManager(Service):
         self._publish(alarm.snapshot())
 
     def _publish(self, snapshot: Alarm) -> None:
-        self.bus.publish(AlarmChanged(snapshot))
+        self.bus.publish(AlarmChanged(snapshot, utc(self.clock.seconds())))
 
     def ids(self) -> Iterable[str]:
         """Ids of the alarms in the list."""

@@ -1,52 +1,59 @@
-"""The supervisor's event stream: typed, frozen events and the bus that delivers them.
+"""The supervisor's events: typed, frozen, numbered, with one public JSON form.
 
-Producers (the point database, the alarm manager, the command dispatcher) ``publish``
-events; consumers (the alarm manager, the bridge, the historian, the API) ``subscribe``.
-Nothing polls.  Rules of :class:`EventBus`:
+Producers (the point database, the alarm manager, the command dispatcher) publish events
+on the :class:`~st2000r.supervisor.eventbus.EventBus`; consumers subscribe by type.  Every
+event carries
 
-- delivery is synchronous, in publish order, to every subscriber in subscription order;
-- an event published *while* events are being delivered (a subscriber reacting) is queued
-  and delivered after the current one has reached every subscriber, so all subscribers see
-  one and the same order;
-- a subscriber that raises is logged (once per failure) and skipped for that event; the
-  other subscribers and the publisher are unaffected;
-- ``subscribe`` returns a callable that unsubscribes (idempotent).
+- ``seq``: strictly increasing over all event types within one run of the process, and
+  ``run``: the id of that run (both stamped by the bus when it is published), so a
+  consumer that resumes (``seq`` > last seen, same ``run``) misses nothing and one that
+  sees a new ``run`` knows to resynchronise;
+- ``at``: the time the event itself happened (UTC), e.g. when a CDT stopped answering,
+  not when its meters were last read.
 
-Timestamps are timezone-aware UTC ``datetime`` values made from the injected clock's
-``seconds()`` (:func:`utc`).  Quantities are integers of the meter's base unit (L or Wh).
+:func:`to_json` is the one serializer (documented with examples in ``docs/events.md``).
+Quantities are integers of the meter's base unit (L or Wh); nothing here is a float.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.logger import Logger
-
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
+from st2000r.drivers.st2000r.reachability import Purpose
 
 __all__ = [
     "MeterId",
     "Quality",
+    "Purpose",
+    "EventBase",
+    "Reading",
+    "ReadingBatch",
     "MeterChanged",
     "CdtChanged",
+    "LinkState",
     "LinkChanged",
     "RoundDone",
     "Alarm",
     "AlarmChanged",
-    "AuditRecord",
-    "CommandFinished",
+    "CommandKind",
+    "CommandState",
+    "CommandRecord",
+    "CommandChanged",
     "Event",
-    "EventBus",
+    "EVENT_TYPES",
+    "COALESCING",
+    "coalesce_key",
+    "to_json",
+    "jsonable",
     "utc",
     "alarm_names",
+    "EventBus",
 ]
-
-log = Logger()
 
 
 def utc(seconds: float) -> datetime:
@@ -103,9 +110,10 @@ class MeterId:
 class Quality(enum.Enum):
     """How far a meter's value can be trusted.  ``value`` is the JSON spelling.
 
-    GOOD: read in the last ``stale_after_s``.  STALE: not refreshed for ``stale_after_s``.
-    COMM_FAIL: the last attempt to read it failed (value is the last good one).  ESTIMATED:
-    computed, not read.  SUBSTITUTED: entered by an operator.
+    GOOD: read, and its CDT answers.  STALE: not refreshed for ``stale_after_s``, or
+    restored from the state folder after a restart and not read since.  COMM_FAIL: its
+    link is down or its CDT stopped answering (the value is the last good one).
+    ESTIMATED: computed, not read.  SUBSTITUTED: entered by an operator.
     """
 
     GOOD = "good"
@@ -115,12 +123,49 @@ class Quality(enum.Enum):
     SUBSTITUTED = "substituted"
 
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventBase:
+    """What every event carries besides its own fields; ``seq`` and ``run`` are 0 and ""
+    until the bus publishes it."""
+
+    seq: int = 0
+    run: str = ""
+
+
 @dataclass(frozen=True, slots=True)
-class MeterChanged:
+class Reading:
+    """One meter's value as one reply reported it.  ``value``: base units
+    (``initial + count * pulse_constant``); ``count``: pulses."""
+
+    meter: MeterId
+    value: int
+    count: int
+    valve: Valve
+    alarms: AlarmFlag
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingBatch(EventBase):
+    """Every configured, fitted meter of one reply that carries readings (a bulk read of a
+    plan round, an on-demand read or a command read-back), whether or not a value changed:
+    the record a historian stores.  ``source``: why it was read; ``plan``: the reading
+    plan's name for ``source`` PLAN."""
+
+    link: str
+    cdt: int
+    at: datetime
+    source: Purpose
+    plan: str | None
+    readings: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterChanged(EventBase):
     """A meter's point changed (value, count, quality, valve or alarms; never a mere
-    re-read of identical data).  ``value``: base units (``initial + count *
-    pulse_constant``); ``value``/``count`` None and ``valve`` None while never read.
-    ``timestamp``: when the value was read (UTC), None while never read."""
+    re-read of identical data).  ``timestamp``: when the value was read (None while never
+    read); ``quality_since``: when the quality became what it is; ``at``: when this change
+    happened."""
 
     meter: MeterId
     value: int | None
@@ -129,13 +174,15 @@ class MeterChanged:
     timestamp: datetime | None
     valve: Valve | None
     alarms: AlarmFlag
+    quality_since: datetime | None
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
-class CdtChanged:
-    """A CDT's point changed.  ``online``: answered its last poll.  ``mains``/``battery_low``
-    /``battery_mv``/``modules``: from its last status reply (None until one arrived).
-    ``timestamp``: when the change was observed (UTC)."""
+class CdtChanged(EventBase):
+    """A CDT's point changed.  ``online``: it answers (from the link's reachability);
+    ``mains``/``battery_low``/``battery_mv``/``modules``: from its last status reply (None
+    until one arrived).  ``at``: when the change happened."""
 
     link: str
     cdt: int
@@ -144,30 +191,43 @@ class CdtChanged:
     battery_low: bool | None
     battery_mv: int | None
     modules: frozenset[int] | None
-    timestamp: datetime
+    at: datetime
+
+
+class LinkState(enum.Enum):
+    """A link's byte pipe.  STOPPED: the supervisor stopped it on purpose (not a fault)."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
-class LinkChanged:
-    """A link's connection state or signal quality changed.  ``signal``: GSM CSQ 0..31
-    (99 unknown) or None for links without one."""
+class LinkChanged(EventBase):
+    """A link's state or signal quality changed.  ``signal``: GSM CSQ 0..31 (99 unknown)
+    or None for links without one."""
 
     link: str
-    connected: bool
+    state: LinkState
     signal: int | None
-    timestamp: datetime
+    at: datetime
+
+    @property
+    def connected(self) -> bool:
+        return self.state is LinkState.CONNECTED
 
 
 @dataclass(frozen=True, slots=True)
-class RoundDone:
+class RoundDone(EventBase):
     """A poll round of ``plan`` (``kind`` ``"full"``/``"status"``) ended on ``link``: every
-    CDT not demoted was tried once.  Times UTC."""
+    CDT not demoted was tried once.  ``at`` is ``ended``."""
 
     link: str
     plan: str
     kind: str
     started: datetime
     ended: datetime
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +236,11 @@ class Alarm:
 
     ``id``: stable, e.g. ``"meter:bus1/3/2/1:tamper"``, ``"cdt:bus1/3:offline"``.
     ``source``: what it is about (``"bus1/3/2/1"``, ``"bus1/3"``, ``"bus1/R1"``, ``"bus1"``).
-    ``kind``: ``tamper short open valve_fault offline mains battery_low suspected
-    disconnected no_answer``.  ``severity``: ``critical major minor warning``.  ``state``:
-    ``active-unacked``, ``active-acked``, ``cleared-unacked``, ``shelved`` or ``removed``
-    (the last snapshot of an alarm leaving the list).  ``active``: the condition is present.
-    Times UTC.  ``shelved_until``: UTC time the shelf ends.
+    ``kind``: ``tamper short open valve_fault valve_moved offline mains battery_low
+    suspected disconnected no_answer audit``.  ``severity``: ``critical major minor
+    warning``.  ``state``: ``active-unacked``, ``active-acked``, ``cleared-unacked``,
+    ``shelved`` or ``removed`` (the last snapshot of an alarm leaving the list).
+    ``active``: the condition is present.  Times UTC.
     """
 
     id: str
@@ -201,112 +261,139 @@ class Alarm:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: datetimes as ISO 8601 strings."""
-        return {name: _jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
+        return jsonable(self)
 
 
 @dataclass(frozen=True, slots=True)
-class AlarmChanged:
+class AlarmChanged(EventBase):
     """An alarm was raised, cleared, re-raised, acknowledged, shelved, unshelved or removed."""
 
     alarm: Alarm
+    at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One valve command, as written to the audit log (one JSON line each).
+class CommandKind(enum.Enum):
+    """What a command does.  The alarm operations go through the same authorisation and
+    audit as the field commands."""
 
-    ``action``: ``"open"`` / ``"close"``.  ``source``: ``api modbus console plan cli``.
-    ``result``: ``succeeded failed timed_out rejected``, or ``pending`` for the line written
-    when a command is sent (its final line, same ``id``, follows).  ``meter``: the meter id
-    string as given.  Times UTC; ``finished_at`` None while pending.
-    """
+    VALVE = "valve"
+    READ_NOW = "read_now"
+    SET_BASE = "set_base"
+    TIME_SYNC = "time_sync"
+    ALARM_ACK = "alarm_ack"
+    ALARM_SHELVE = "alarm_shelve"
+    ALARM_UNSHELVE = "alarm_unshelve"
+
+
+class CommandState(enum.Enum):
+    """Where a command is.  PENDING: accepted, audited, waiting for the bus; SENT: its
+    frame went on the wire; the rest are final.  REFUSED: failed a check, nothing was
+    sent.  INTERRUPTED: the supervisor stopped or crashed before the outcome was known
+    (closed at the next start, after a read-back where there is something to read)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    REFUSED = "refused"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        return self not in (CommandState.PENDING, CommandState.SENT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRecord:
+    """One command as the audit log and the event stream see it.  ``target``: a meter id
+    (``link/cdt/module/channel``), a CDT (``link/cdt``) or an alarm id; ``action``: what
+    was asked in words (``close``, ``open``, ``read``, ``set base 123456 L``, ``sync``,
+    ``acknowledge`` …).  Times UTC; ``sent_at`` None until the frame went on the wire;
+    ``finished_at`` None until final.  ``late``: a final outcome revised by a later
+    read-back (the audit never contradicts the field)."""
 
     id: str
+    kind: CommandKind
+    target: str
+    action: str
     who: str
     source: str
     peer: str | None
     reason: str
-    meter: str
-    action: str
     requested_at: datetime
-    finished_at: datetime | None
-    result: str
+    state: CommandState
     detail: str
+    sent_at: datetime | None = None
+    finished_at: datetime | None = None
+    late: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: datetimes as ISO 8601 strings."""
-        return {name: _jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
+        """JSON-ready form (one audit-log line)."""
+        return jsonable(self)
 
 
 @dataclass(frozen=True, slots=True)
-class CommandFinished:
-    """A valve command reached its outcome (``record.result`` is never ``pending``)."""
+class CommandChanged(EventBase):
+    """A command changed state (accepted, sent, finished, or revised late)."""
 
-    record: AuditRecord
-
-
-Event = MeterChanged | CdtChanged | LinkChanged | RoundDone | AlarmChanged | CommandFinished
+    command: CommandRecord
+    at: datetime
 
 
-def _jsonable(value: Any) -> Any:
+Event = ReadingBatch | MeterChanged | CdtChanged | LinkChanged | RoundDone | AlarmChanged | CommandChanged
+EVENT_TYPES: tuple[type, ...] = (ReadingBatch, MeterChanged, CdtChanged, LinkChanged, RoundDone, AlarmChanged,
+                                 CommandChanged)
+#: change events a bounded consumer queue may coalesce (only the newest state of a point matters)
+COALESCING: tuple[type, ...] = (MeterChanged, CdtChanged, LinkChanged)
+
+
+def coalesce_key(event: Any) -> Any:
+    """The point a change event is about (None for events that are never coalesced)."""
+    t = type(event)
+    if t is MeterChanged:
+        return event.meter
+    if t is CdtChanged:
+        return (CdtChanged, event.link, event.cdt)
+    if t is LinkChanged:
+        return (LinkChanged, event.link)
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-ready data of any value that appears in an event: datetimes as ISO 8601,
+    meter ids as ``"link/cdt/module/channel"``, alarm flags as a list of names, valves as
+    ``"open"``/``"closed"``/``"fault"``/``"none"``, other enums by value, sets sorted,
+    dataclasses as objects."""
+    if value is None or isinstance(value, (bool, int, str)) and not isinstance(value, enum.Enum):
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, MeterId):
+        return str(value)
+    if isinstance(value, AlarmFlag):
+        return alarm_names(value)
+    if isinstance(value, Valve):
+        return value.name.lower()
     if isinstance(value, enum.Enum):
-        return value.value if not isinstance(value, enum.IntFlag) else int(value)
-    if isinstance(value, frozenset):
+        return value.value
+    if isinstance(value, (frozenset, set)):
         return sorted(value)
-    return value
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, float):
+        return value
+    raise TypeError(f"cannot make {type(value).__name__} JSON-ready")
 
 
-class EventBus:
-    """Synchronous fan-out of events to subscribers (rules in the module docstring)."""
+def to_json(event: Any) -> dict[str, Any]:
+    """The documented JSON form of an event: ``{"type": "MeterChanged", "seq": …,
+    "run": …, "at": …, <its fields>}``."""
+    out: dict[str, Any] = {"type": type(event).__name__}
+    out.update(jsonable(event))
+    return out
 
-    def __init__(self) -> None:
-        self._subscribers: list[Callable[[Any], None]] = []
-        self._queue: deque[Any] = deque()
-        self._delivering = False
-        self.published = 0
-        self.failures = 0
 
-    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
-        """Deliver every later event to ``callback(event)``; returns the unsubscribe callable."""
-        entry = [callback]  # a unique object per subscription, so one callback may subscribe twice
-
-        def deliver(event: Any) -> None:
-            entry[0](event)
-
-        self._subscribers.append(deliver)
-
-        def unsubscribe() -> None:
-            try:
-                self._subscribers.remove(deliver)
-            except ValueError:
-                pass
-
-        return unsubscribe
-
-    @property
-    def subscribers(self) -> int:
-        """How many subscriptions are active."""
-        return len(self._subscribers)
-
-    def publish(self, event: Any) -> None:
-        """Deliver ``event`` to every subscriber (queued if a delivery is in progress).
-        Never raises because of a subscriber."""
-        self.published += 1
-        self._queue.append(event)
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            while self._queue:
-                current = self._queue.popleft()
-                for deliver in tuple(self._subscribers):
-                    try:
-                        deliver(current)
-                    except Exception:
-                        self.failures += 1
-                        log.failure("event subscriber failed on {event_type}",
-                                    event_type=type(current).__name__)
-        finally:
-            self._delivering = False
+from st2000r.supervisor.eventbus import EventBus  # noqa: E402  (re-exported; it imports the types above)

@@ -1,7 +1,10 @@
 """The point database: the supervisor's current picture of every meter, CDT and link.
 
-:class:`PointDatabase` implements the drivers' ``PollSink`` (the pollers hand it every
-reply) and the link observers (``on_link_state``).  Rules:
+:class:`PointDatabase` is fed by each link's bus master (:meth:`PointDatabase.attach_master`):
+every reply from a configured CDT, whoever asked for it (a plan round, an on-demand read, a
+command's read-back), arrives through the master's reachability (:meth:`on_reply`), and so
+do the answering/silent transitions of the CDTs (:meth:`on_reachability`) and the link
+state.  It also hears of round ends (the drivers' ``PollSink``).  Rules:
 
 - **meters** (key :class:`~st2000r.supervisor.events.MeterId`): value in integer base
   units = ``meter.initial + count * meter.pulse_constant``; bulk channel ``n`` is module
@@ -9,16 +12,21 @@ reply) and the link observers (``on_link_state``).  Rules:
   ignored and counted in ``stats.unexpected_channels`` (unless the CDT flags it not
   fitted); a configured channel the CDT flags not fitted becomes COMM_FAIL and is counted
   in ``stats.absent_channels``;
-- **quality**: a meter never read is STALE with value None; a bulk reading makes it GOOD; a CDT reported unreachable turns its
-  meters COMM_FAIL (they keep their last value); a GOOD value not refreshed for
-  ``stale_after_s`` becomes STALE — one periodic check every ``check_interval_s`` while the
-  service runs (:meth:`check_stale`), never a timer per meter;
-- **CDTs**: ``online`` (answered its last poll), and from status replies mains, battery,
-  modules; any reply from a CDT makes it online;
+- **quality**: a meter never read is STALE with value None; a bulk reading makes it GOOD;
+  the moment its CDT stops answering or its link goes down, it turns COMM_FAIL (keeping
+  its last value), with ``quality_since`` the time that happened; staleness is a separate
+  rule: a GOOD value not refreshed for ``stale_after_s`` becomes STALE — one periodic check
+  every ``check_interval_s`` while the service runs (:meth:`check_stale`), never a timer
+  per meter.  A value restored from the state folder (:meth:`restore`) is STALE until read;
+- **readings**: every bulk reply publishes one ``ReadingBatch`` with every configured,
+  fitted channel it carried — also when nothing changed (the historian's record);
+- **CDTs**: ``online`` is the link reachability's *answering*; mains, battery, modules
+  come from status replies;
 - **links**: connected and signal from the link observers; statistics from the attached
   bus masters (:meth:`attach_master`);
 - **events**: ``MeterChanged``, ``CdtChanged``, ``LinkChanged`` are published only when
-  something changed — never for an identical re-read; ``RoundDone`` for every round end;
+  something changed — never for an identical re-read; ``ReadingBatch`` for every bulk
+  reply; ``RoundDone`` for every round end;
 - no ``PollSink`` method raises: a failure inside is logged and counted
   (``stats.sink_errors``).
 
@@ -30,7 +38,7 @@ Cost: a 48-channel bulk reply is one dict lookup and a loop of integer compares;
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,13 +51,17 @@ from twisted.logger import Logger
 from st2000r.config.model import Meter, ReadingPlan, Topology
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
+from st2000r.drivers.st2000r.reachability import Outcome, Purpose
 from st2000r.supervisor.events import (
     CdtChanged,
     EventBus,
     LinkChanged,
+    LinkState,
     MeterChanged,
     MeterId,
     Quality,
+    Reading,
+    ReadingBatch,
     RoundDone,
     alarm_names,
     utc,
@@ -101,6 +113,7 @@ class MeterPoint:
     timestamp: datetime | None
     valve: Valve | None
     alarms: AlarmFlag
+    quality_since: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -109,6 +122,7 @@ class MeterPoint:
             "channel": self.id.channel, "kind": self.kind, "serial": self.serial, "household": self.household,
             "unit": self.unit, "value": self.value, "count": self.count, "quality": self.quality.value,
             "timestamp": self.timestamp.isoformat() if self.timestamp else None,
+            "quality_since": self.quality_since.isoformat() if self.quality_since else None,
             "valve": self.valve.name.lower() if self.valve is not None else None,
             "alarms": alarm_names(self.alarms),
         }
@@ -146,14 +160,19 @@ class LinkPoint:
 
     name: str
     kind: str
-    connected: bool
+    state: LinkState
     signal: int | None
     since: datetime | None
     stats: Mapping[str, Any]
 
+    @property
+    def connected(self) -> bool:
+        return self.state is LinkState.CONNECTED
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "connected": self.connected, "signal": self.signal,
-                "since": self.since.isoformat() if self.since else None, "stats": dict(self.stats)}
+        return {"name": self.name, "kind": self.kind, "state": self.state.value, "connected": self.connected,
+                "signal": self.signal, "since": self.since.isoformat() if self.since else None,
+                "stats": dict(self.stats)}
 
 
 @dataclass(slots=True)
@@ -163,6 +182,7 @@ class PointStats:
     bulk_replies: int = 0
     alarm_replies: int = 0
     status_replies: int = 0
+    other_replies: int = 0
     unreachable: int = 0
     rounds: int = 0
     unexpected_channels: int = 0
@@ -176,7 +196,7 @@ class PointStats:
 
 
 class _Meter:
-    __slots__ = ("id", "config", "value", "count", "quality", "at", "valve", "alarms")
+    __slots__ = ("id", "config", "value", "count", "quality", "since", "at", "valve", "alarms")
 
     def __init__(self, mid: MeterId, config: Meter) -> None:
         self.id = mid
@@ -184,18 +204,28 @@ class _Meter:
         self.value: int | None = None
         self.count: int | None = None
         self.quality = Quality.STALE
-        self.at: float | None = None
+        self.since: float | None = None  # when the quality became what it is
+        self.at: float | None = None  # when the value was read
         self.valve: Valve | None = None
         self.alarms = AlarmFlag.NONE
 
-    def event(self) -> MeterChanged:
+    def event(self, now: float) -> MeterChanged:
         return MeterChanged(self.id, self.value, self.count, self.quality,
-                            utc(self.at) if self.at is not None else None, self.valve, self.alarms)
+                            utc(self.at) if self.at is not None else None, self.valve, self.alarms,
+                            utc(self.since) if self.since is not None else None, utc(now))
 
     def point(self) -> MeterPoint:
         c = self.config
         return MeterPoint(self.id, c.kind.value, c.serial, c.household, c.kind.base_unit, self.value, self.count,
-                          self.quality, utc(self.at) if self.at is not None else None, self.valve, self.alarms)
+                          self.quality, utc(self.at) if self.at is not None else None, self.valve, self.alarms,
+                          utc(self.since) if self.since is not None else None)
+
+    def set_quality(self, quality: Quality, at: float) -> bool:
+        if self.quality is quality:
+            return False
+        self.quality = quality
+        self.since = at
+        return True
 
 
 class _Cdt:
@@ -225,11 +255,11 @@ class _Cdt:
 
 
 class _Link:
-    __slots__ = ("config", "connected", "signal", "since", "master")
+    __slots__ = ("config", "state", "signal", "since", "master")
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.connected = False
+        self.state = LinkState.DISCONNECTED
         self.signal: int | None = None
         self.since: float | None = None
         self.master: Any = None
@@ -297,15 +327,33 @@ class PointDatabase(Service):
     # ---------------------------------------------------------------- PollSink
 
     @_never_raises
-    def on_bulk(self, link: str, cdt: int, reply: m.BulkReadReply, at: float) -> None:
-        """Apply a bulk read reply of CDT ``cdt`` on ``link`` received at clock time ``at``."""
+    def on_reply(self, cdt: int, outcome: Outcome) -> None:
+        """A reply of a configured CDT, from any transaction (the master's reachability
+        calls this once per reply)."""
+        reply = outcome.reply
+        link = outcome.link
+        if isinstance(reply, m.BulkReadReply):
+            self.on_bulk(link, cdt, reply, outcome.at, outcome.purpose, outcome.plan)
+        elif isinstance(reply, m.AlarmsReply):
+            self.on_alarms(link, cdt, reply, outcome.at)
+        elif isinstance(reply, m.CdtStatus):
+            self.on_cdt_status(link, cdt, reply, outcome.at)
+        else:
+            self.stats.other_replies += 1
+
+    @_never_raises
+    def on_bulk(self, link: str, cdt: int, reply: m.BulkReadReply, at: float,
+                source: Purpose = Purpose.PLAN, plan: str | None = None) -> None:
+        """Apply a bulk read reply of CDT ``cdt`` on ``link`` received at clock time ``at``;
+        publishes the changes and one ``ReadingBatch``."""
         state = self._cdt_state(link, cdt)
         if state is None:
             return
         self.stats.bulk_replies += 1
-        self._seen(state, at)
+        state.last_seen = at
         channels = state.channels
         publish = self._publish
+        readings: list[Reading] = []
         n = reply.first_channel
         for reading in reply.channels:
             point = channels[n] if n <= m.MAX_CHANNELS else None
@@ -317,24 +365,27 @@ class PointDatabase(Service):
                 continue
             if status & 0x40:  # the CDT says nothing is fitted there
                 self.stats.absent_channels += 1
-                if point.quality is not Quality.COMM_FAIL:
-                    point.quality = Quality.COMM_FAIL
-                    publish(point.event())
+                if point.set_quality(Quality.COMM_FAIL, at):
+                    publish(point.event(at))
                 continue
             count = reading.count
             valve = Valve(status & 0x03)
             alarms = AlarmFlag((status >> 2) & 0x07)
+            config = point.config
+            value = config.initial + count * config.pulse_constant
+            readings.append(Reading(point.id, value, count, valve, alarms))
             point.at = at
             if (count == point.count and point.quality is Quality.GOOD and valve is point.valve
                     and alarms == point.alarms):
                 continue
-            config = point.config
             point.count = count
-            point.value = config.initial + count * config.pulse_constant
-            point.quality = Quality.GOOD
+            point.value = value
+            point.set_quality(Quality.GOOD, at)
             point.valve = valve
             point.alarms = alarms
-            publish(point.event())
+            publish(point.event(at))
+        if readings:
+            publish(ReadingBatch(link, cdt, utc(at), source, plan, tuple(readings)))
 
     @_never_raises
     def on_alarms(self, link: str, cdt: int, reply: m.AlarmsReply, at: float) -> None:
@@ -343,7 +394,7 @@ class PointDatabase(Service):
         if state is None:
             return
         self.stats.alarm_replies += 1
-        self._seen(state, at)
+        state.last_seen = at
         for n, flags in enumerate(reply.alarms, start=1):
             point = state.channels[n] if n <= m.MAX_CHANNELS else None
             if point is None:
@@ -353,7 +404,7 @@ class PointDatabase(Service):
             flags = AlarmFlag(flags)
             if flags != point.alarms:
                 point.alarms = flags
-                self._publish(point.event())
+                self._publish(point.event(at))
 
     @_never_raises
     def on_cdt_status(self, link: str, cdt: int, reply: m.CdtStatus, at: float) -> None:
@@ -362,30 +413,32 @@ class PointDatabase(Service):
         if state is None:
             return
         self.stats.status_replies += 1
-        changed = not state.online
-        state.online = True
         state.last_seen = at
         new = (reply.mains, reply.battery_low, reply.battery_mv, frozenset(reply.modules))
         if new != (state.mains, state.battery_low, state.battery_mv, state.modules):
             state.mains, state.battery_low, state.battery_mv, state.modules = new
-            changed = True
-        if changed:
             self._publish(state.event(at))
 
     @_never_raises
-    def on_cdt_unreachable(self, link: str, cdt: int, at: float) -> None:
-        """A transaction to the CDT failed after retries: it is offline, its meters COMM_FAIL."""
+    def on_reachability(self, link: str, cdt: int, answering: bool, at: float, reason: str = "") -> None:
+        """The link's reachability says the CDT started or stopped answering at ``at``.
+        Silent: the CDT is offline and its meters COMM_FAIL from ``at``; answering: online
+        (its meters turn GOOD as they are read)."""
         state = self._cdt_state(link, cdt)
         if state is None:
+            return
+        if answering:
+            if state.online is not True:
+                state.online = True
+                self._publish(state.event(at))
             return
         self.stats.unreachable += 1
         if state.online is not False:
             state.online = False
             self._publish(state.event(at))
         for point in state.channels:
-            if point is not None and point.quality is not Quality.COMM_FAIL:
-                point.quality = Quality.COMM_FAIL
-                self._publish(point.event())
+            if point is not None and point.set_quality(Quality.COMM_FAIL, at):
+                self._publish(point.event(at))
 
     @_never_raises
     def on_round_done(self, link: str, plan: str, kind: str, started: float, ended: float) -> None:
@@ -397,18 +450,21 @@ class PointDatabase(Service):
 
     @_never_raises
     def on_link_state(self, link: str, state: str, details: Mapping[str, Any] | None = None) -> None:
-        """A link observer event: ``"connected"``, ``"disconnected"``, ``"signal"``
-        (``details["csq"]``); others (``device_up``/``device_down`` ...) are ignored."""
+        """A link observer event: ``"connected"``, ``"disconnected"``, ``"stopped"`` (a
+        deliberate stop, not a fault), ``"signal"`` (``details["csq"]``); others are
+        ignored.  The CDTs' quality follows from the reachability, not from here."""
         entry = self._links.get(link)
         if entry is None:
             return
         details = details or {}
         now = self.clock.seconds()
-        if state in ("connected", "disconnected"):
-            connected = state == "connected"
-            if connected == entry.connected and entry.since is not None:
+        if state in ("connected", "disconnected", "stopped"):
+            new = LinkState(state)
+            if new is LinkState.DISCONNECTED and entry.state is LinkState.STOPPED:
+                return  # the pipe closing after a deliberate stop
+            if new is entry.state and entry.since is not None:
                 return
-            entry.connected = connected
+            entry.state = new
             entry.since = now
         elif state == "signal":
             csq = details.get("csq")
@@ -418,32 +474,61 @@ class PointDatabase(Service):
             entry.signal = signal
         else:
             return
-        self._publish(LinkChanged(link, entry.connected, entry.signal, utc(now)))
+        self._publish(LinkChanged(link, entry.state, entry.signal, utc(now)))
 
     def link_observer(self, link: str) -> Callable[[str, dict], None]:
         """An ``(event, data)`` callable for ``BusMaster.add_observer`` / link services."""
         return lambda event, data: self.on_link_state(link, event, data)
 
     def attach_master(self, master: Any) -> None:
-        """Observe a bus master's link events and report its statistics in :meth:`links`.
+        """Take a bus master's replies and its CDTs' reachability (the one path for both),
+        observe its link events and report its statistics in :meth:`links`.
         ``master.name`` must be a link of the topology (``KeyError`` otherwise)."""
         entry = self._links[master.name]
         entry.master = master
+        master.reachability.add_reply_listener(self.on_reply)
+        master.reachability.add_listener(self.on_reachability)
         master.add_observer(self.link_observer(master.name))
         if getattr(master, "connected", False):
             self.on_link_state(master.name, "connected", {})
+
+    # ---------------------------------------------------------------- restart
+
+    def restore(self, meters: Iterable[MeterPoint]) -> int:
+        """Start from the points saved before a restart: value, count, read time, valve and
+        alarms of each meter still in the topology come back STALE (``quality_since`` now)
+        until read again; meters never read, unknown meters and meters already read in
+        this run are skipped.  Publishes a ``MeterChanged`` per restored meter.  Returns
+        how many were restored."""
+        now = self.clock.seconds()
+        restored = 0
+        for saved in meters:
+            point = self._meters.get(saved.id)
+            if point is None or saved.value is None or saved.timestamp is None or point.at is not None:
+                continue
+            point.value = saved.value
+            point.count = saved.count
+            point.at = saved.timestamp.timestamp()
+            point.valve = saved.valve
+            point.alarms = saved.alarms
+            point.quality = Quality.STALE
+            point.since = now
+            restored += 1
+            self._publish(point.event(now))
+        return restored
 
     # ---------------------------------------------------------------- stale check
 
     def check_stale(self) -> int:
         """Turn GOOD values older than ``stale_after_s`` STALE; returns how many changed."""
-        limit = self.clock.seconds() - self.stale_after_s
+        now = self.clock.seconds()
+        limit = now - self.stale_after_s
         changed = 0
         for point in self._meters.values():
             if point.quality is Quality.GOOD and point.at is not None and point.at < limit:
-                point.quality = Quality.STALE
+                point.set_quality(Quality.STALE, now)
                 changed += 1
-                self._publish(point.event())
+                self._publish(point.event(now))
         return changed
 
     # ---------------------------------------------------------------- queries
@@ -490,7 +575,7 @@ class PointDatabase(Service):
         for name, entry in self._links.items():
             master = entry.master
             stats = master.stats.as_dict() if master is not None else {}
-            out.append(LinkPoint(name, entry.config.kind, entry.connected, entry.signal,
+            out.append(LinkPoint(name, entry.config.kind, entry.state, entry.signal,
                                  utc(entry.since) if entry.since is not None else None, stats))
         return out
 
@@ -510,12 +595,6 @@ class PointDatabase(Service):
             self.stats.unknown_cdts += 1
             log.debug("point database: reply from unknown CDT {cdt} on link {link}", link=link, cdt=cdt)
         return state
-
-    def _seen(self, state: _Cdt, at: float) -> None:
-        state.last_seen = at
-        if state.online is not True:
-            state.online = True
-            self._publish(state.event(at))
 
     def _publish(self, event: Any) -> None:
         self.stats.events += 1

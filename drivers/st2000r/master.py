@@ -27,7 +27,15 @@ Rules of a transaction (:meth:`BusMaster.transact`):
   so the timeout stays within ``[model, 3 x model + 1 s]``;
 - after ``retries`` failed retries: :class:`TransactionTimeout`; a lost connection with
   the request in flight is retried when the link is back; a request that waited
-  ``queue_timeout_s`` for a disconnected link fails with :class:`LinkDown`.
+  ``queue_timeout_s`` for a disconnected link fails with :class:`LinkDown`;
+- every transaction that went on the wire ends in exactly one
+  :class:`~st2000r.drivers.st2000r.reachability.Outcome` reported to
+  :attr:`BusMaster.reachability` (reply or final error, with the address, time and purpose
+  given to :meth:`BusMaster.transact`), even when its caller cancelled it: the field
+  answered whether or not anyone still waits;
+- statistics are kept per device only for addresses the master itself sent to; replies
+  from any other address are counted in the link totals only (``unexpected_replies``), so
+  forged or stray frames cannot grow a table.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from st2000r.config.model import Link
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.errors import CodecError
 from st2000r.drivers.st2000r.frame import BROADCAST, NEED_DATA, Frame, FrameDecoder
+from st2000r.drivers.st2000r.reachability import Outcome, Purpose, Reachability
 from st2000r.drivers.st2000r.timing import BusTiming, max_reply_size
 
 __all__ = [
@@ -234,11 +243,14 @@ class LinkStats(DeviceStats):
 class _Pending:
     __slots__ = (
         "request", "priority", "retries_left", "hops", "deferred", "timer", "dead",
-        "cancelled", "attempts", "corrupted",
+        "cancelled", "attempts", "corrupted", "purpose", "plan",
     )  # fmt: skip
 
-    def __init__(self, request: m.Message, priority: Priority, retries: int, hops: float) -> None:
+    def __init__(self, request: m.Message, priority: Priority, retries: int, hops: float,
+                 purpose: Purpose = Purpose.OTHER, plan: str | None = None) -> None:
         self.request = request
+        self.purpose = purpose
+        self.plan = plan
         self.priority = priority
         self.retries_left = retries
         self.hops = hops
@@ -319,8 +331,8 @@ class BusMaster:
         self.backoff_s = self.timing.gap_s if backoff_s is None else backoff_s
         self.connected = False
         self.stats = LinkStats()
+        self.reachability = Reachability(link)
         self._devices: dict[str, DeviceStats] = {}
-        self._answering: dict[str, bool] = {}
         self._queue: list[tuple[int, int, _Pending]] = []
         self._queued = 0
         self._seq = itertools.count()
@@ -344,6 +356,8 @@ class BusMaster:
         priority: Priority = Priority.SWEEP,
         retries: int | None = None,
         hops_latency_s: float = 0.0,
+        purpose: Purpose = Purpose.OTHER,
+        plan: str | None = None,
     ) -> defer.Deferred:
         """Queue ``request`` (its ``ser`` is replaced by the master's rolling SER).
 
@@ -351,6 +365,7 @@ class BusMaster:
         errbacks with :class:`TransactionTimeout` / :class:`LinkDown`; a request that cannot
         be encoded fails at once with ``CodecError`` (``TypeError`` for a non-message).
         ``hops_latency_s``: one-way repeater latency to the device (``timing.hops_latency_s``).
+        ``purpose``/``plan``: why it is made; carried into its :class:`Outcome`.
         Cancelling the Deferred removes a queued request; an in-flight one still finishes on
         the wire (its result is dropped).
         """
@@ -361,7 +376,8 @@ class BusMaster:
         except CodecError as exc:
             return defer.fail(exc)
         pending = _Pending(
-            request, Priority(priority), self.retries if retries is None else retries, hops_latency_s
+            request, Priority(priority), self.retries if retries is None else retries, hops_latency_s,
+            purpose, plan,
         )
         pending.deferred = defer.Deferred(lambda d: self._cancel(pending))
         self._push(pending, next(self._seq))
@@ -379,6 +395,7 @@ class BusMaster:
             self.connected = True
             self.stats.connects += 1
             log.info("link {link}: connected", link=self.name)
+            self.reachability.link_up(self._clock.seconds())
             self._notify("connected", {})
         for _, _, pending in self._queue:
             if pending.timer is not None and pending.timer.active():
@@ -418,6 +435,7 @@ class BusMaster:
         if was:
             self.stats.disconnects += 1
             log.warn("link {link}: disconnected ({reason})", link=self.name, reason=reason or "no reason")
+            self.reachability.link_down(self._clock.seconds())
             self._notify("disconnected", {"reason": reason})
         attempt = self._inflight
         if attempt is not None:
@@ -463,8 +481,8 @@ class BusMaster:
 
     def add_observer(self, fn: Callable[[str, dict], None]) -> None:
         """``fn(event, data)`` on link-level changes: ``("connected", {})``,
-        ``("disconnected", {"reason"})``, ``("device_down", {"address"})``,
-        ``("device_up", {"address"})``.  Exceptions from ``fn`` are logged."""
+        ``("disconnected", {"reason"})`` (devices: :attr:`reachability`).  Exceptions from
+        ``fn`` are logged."""
         self._observers.append(fn)
 
     @property
@@ -604,7 +622,9 @@ class BusMaster:
             self._succeed(attempt, reply)
             return
         self.stats.unexpected_replies += 1
-        self._device(reply.address).unexpected_replies += 1
+        dev = self._devices.get(reply.address)  # never a new entry for an address we did not ask
+        if dev is not None:
+            dev.unexpected_replies += 1
         old = self._stale.pop(reply.ser, None)
         if old is not None and _matches(old.msg, reply):
             self.stats.late_replies += 1
@@ -664,11 +684,8 @@ class BusMaster:
         self._excess.add(rtt - attempt.model)
         if self._excess.count >= 2 * _ADAPT_WINDOW:
             self._excess.halve()
-        if self._answering.get(address) is False:
-            log.info("link {link}: device {address} answers again", link=self.name, address=address)
-            self._notify("device_up", {"address": address})
-        self._answering[address] = True
         pending = attempt.pending
+        self._report(pending, address, reply, None, now)
         d = pending.deferred
         if not pending.cancelled and d is not None and not d.called:
             d.callback(reply)
@@ -691,24 +708,16 @@ class BusMaster:
             return
         self.stats.failures += 1
         self._device(address).failures += 1
-        if self._answering.get(address) is not False:
-            log.warn(
-                "link {link}: device {address} stopped answering ({why} after {n} attempts)",
-                link=self.name, address=address, why=why, n=pending.attempts,
-            )  # fmt: skip
-            self._notify("device_down", {"address": address})
-        self._answering[address] = False
         detail = f"{pending.corrupted} corrupted" if pending.corrupted else "silence"
-        self._fail(
-            pending,
-            TransactionTimeout(
-                f"link {self.name}: no valid reply from {address} to {type(pending.request).__name__} "
-                f"after {pending.attempts} attempts ({detail})",
-                pending.request,
-                pending.attempts,
-                pending.corrupted,
-            ),
+        error = TransactionTimeout(
+            f"link {self.name}: no valid reply from {address} to {type(pending.request).__name__} "
+            f"after {pending.attempts} attempts ({detail})",
+            pending.request,
+            pending.attempts,
+            pending.corrupted,
         )
+        self._report(pending, address, None, error, self._clock.seconds())
+        self._fail(pending, error)
         self._kick()
 
     def _fail(self, pending: _Pending, error: TransactionError) -> None:
@@ -717,6 +726,14 @@ class BusMaster:
             d.errback(error)
 
     # ---------------------------------------------------------------- helpers
+
+    def _report(self, pending: _Pending, address: str, reply: m.Message | None, error: Exception | None,
+                at: float) -> None:
+        outcome = Outcome(self.name, address, pending.request, reply, error, at, pending.purpose, pending.plan)
+        try:
+            self.reachability.observe(outcome)
+        except Exception:
+            log.failure("link {link}: reachability failed on an outcome", link=self.name)
 
     def _device(self, address: str) -> DeviceStats:
         dev = self._devices.get(address)

@@ -1,8 +1,11 @@
 """The poll scheduler of one link: reading plans, rounds, fairness and demotion.
 
 A :class:`Poller` runs the reading plans (``config.model.ReadingPlan``) that apply to its
-link over the link's :class:`~st2000r.drivers.st2000r.master.BusMaster` and hands every
-result to a :class:`PollSink` (the supervisor's point database).  Rules:
+link over the link's :class:`~st2000r.drivers.st2000r.master.BusMaster`.  It schedules; it
+does not interpret: every reply reaches the point database through the master's
+:class:`~st2000r.drivers.st2000r.reachability.Reachability` (one path for rounds, on-demand
+reads and command read-backs), and whether a CDT answers is read from there too.  The
+:class:`PollSink` hears of round ends.  Rules:
 
 - **rounds**: a ``"full"`` round reads every CDT's fitted channels with ``BulkRead`` —
   channel n = (module - 1) x 3 + input; the fitted channels are covered by as few ranges of
@@ -18,11 +21,11 @@ result to a :class:`PollSink` (the supervisor's point database).  Rules:
   (the CDT is there, the line is noisy) is read again at once as two tight halves, down
   to ranges of ``MIN_SPLIT`` channels: a shorter frame is likelier to pass the noise;
 - **unreachable**: a CDT whose transaction fails after the master's retries
-  (``TransactionTimeout``) is reported once per round (``on_cdt_unreachable``) and its
-  remaining requests of the round are skipped;
-- **demotion**: a CDT unreachable in ``demote_after`` consecutive rounds is tried only
-  every 2^n rounds (n = rounds beyond that, at most ``max_demotion``); its first answer
-  (in a round or a :meth:`Poller.read_now`) restores it.  Transitions are logged once;
+  (``TransactionTimeout``) has its remaining requests of the round skipped;
+- **demotion**: a CDT whose last ``demote_after`` transactions met silence (the
+  reachability's failure count) is tried only every 2^n rounds (n = failures beyond that,
+  at most ``max_demotion``); any answer — in a round, a :meth:`Poller.read_now` or a
+  command's read-back — restores it.  Transitions are logged once;
 - **end of round**: ``on_round_done`` once every CDT not demoted has been tried; a round
   whose link is down (``LinkDown``) stops there and still reports ``on_round_done``;
 - **schedule**: plans fire at their daily local times (``at``, via ``local_time``) and/or
@@ -49,6 +52,7 @@ from twisted.python.failure import Failure
 from st2000r.config.model import Cdt, Link
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.master import BusMaster, LinkDown, Priority, TransactionTimeout
+from st2000r.drivers.st2000r.reachability import Purpose
 from st2000r.drivers.st2000r.timing import hops_latency_s
 
 if typing.TYPE_CHECKING:
@@ -64,13 +68,9 @@ _DST_SLACK_S: Final = 1.0
 
 
 class PollSink(typing.Protocol):
-    """Where a poller's results go (implemented by the supervisor); no method may raise.
-    ``at`` is ``clock.seconds()`` when the reply arrived."""
+    """Who hears of round ends (the supervisor's point database); may not raise.  Times
+    are ``clock.seconds()``.  Replies do not come this way (see the module docstring)."""
 
-    def on_bulk(self, link: str, cdt: int, reply: m.BulkReadReply, at: float) -> None: ...
-    def on_alarms(self, link: str, cdt: int, reply: m.AlarmsReply, at: float) -> None: ...
-    def on_cdt_status(self, link: str, cdt: int, reply: m.CdtStatus, at: float) -> None: ...
-    def on_cdt_unreachable(self, link: str, cdt: int, at: float) -> None: ...
     def on_round_done(self, link: str, plan: str, kind: str, started: float, ended: float) -> None: ...
 
 
@@ -91,7 +91,8 @@ class RoundResult:
 
 @dataclass(frozen=True, slots=True)
 class CdtRead:
-    """The replies of an on-demand read of one CDT (also handed to the sink)."""
+    """The replies of an on-demand read of one CDT (they reach the point database as
+    every reply does)."""
 
     cdt: int
     kind: str
@@ -203,7 +204,8 @@ class Poller(Service):
         self._calls: list[IDelayedCall] = []
         self._due: dict[str, float] = {}
         self._round_no = 0
-        self._streak: dict[int, int] = {}
+        self._reach = master.reachability
+        self._reach.add_listener(self._reach_changed)
         self._next_try: dict[int, int] = {}
         self.rounds_done = 0
         self.rounds_skipped = 0
@@ -237,9 +239,9 @@ class Poller(Service):
 
     def read_now(self, cdt: int, *, kind: str = "full", priority: Priority = Priority.STATUS) -> defer.Deferred:
         """Read one CDT now (``kind`` "full": its bulk ranges; "status": alarms + status)
-        at ``priority``.  Results go to the sink as in a round; the Deferred fires with a
-        :class:`CdtRead`, or errbacks with the ``TransactionError`` of the first request
-        that failed (``on_cdt_unreachable`` is reported for a timeout).  Raises
+        at ``priority``.  Replies reach the point database as in a round (purpose
+        ``READ_NOW``); the Deferred fires with a :class:`CdtRead`, or errbacks with the
+        ``TransactionError`` of the first request that failed.  Raises
         ``ValueError`` for a CDT not on this link or an unknown kind."""
         plan = self._cdts.get(cdt)
         if plan is None:
@@ -255,18 +257,13 @@ class Poller(Service):
                 result.callback(CdtRead(cdt, kind, tuple(replies)))
                 return
             req = requests.pop(0)
-            d = self._master.transact(req, priority=priority, hops_latency_s=plan.hops)
-            d.addCallbacks(got, failed)
+            d = self._master.transact(req, priority=priority, hops_latency_s=plan.hops, purpose=Purpose.READ_NOW)
+            d.addCallbacks(got, result.errback)
 
         def got(reply: m.Message) -> None:
             replies.append(reply)
-            self._deliver(plan, reply)
+            self._refused(plan, reply)
             step()
-
-        def failed(f: Failure) -> None:
-            if f.check(TransactionTimeout):
-                self._unreachable(plan)
-            result.errback(f)
 
         step()
         return result
@@ -282,8 +279,8 @@ class Poller(Service):
         raise ValueError(f"link {self.link.name!r} has no reading plan {plan_name!r} (plans: {known})")
 
     def demoted(self) -> frozenset[int]:
-        """CDTs currently polled less often (unreachable ``demote_after`` rounds running)."""
-        return frozenset(a for a, n in self._streak.items() if n >= self.demote_after)
+        """CDTs currently polled less often (``demote_after`` silent transactions running)."""
+        return frozenset(a for a in self._cdts if self._reach.failures(a) >= self.demote_after)
 
     def active_rounds(self) -> frozenset[str]:
         """Names of the plans with a round in progress."""
@@ -358,7 +355,7 @@ class Poller(Service):
         per_cdt: list[list[tuple[_CdtPlan, m.Message]]] = []
         demoted = []
         for cdt in self._cdts.values():
-            if self._next_try.get(cdt.address, 0) > self._round_no:
+            if self._next_try.get(cdt.address, 0) > self._round_no and self._reach.failures(cdt.address):
                 demoted.append(cdt.address)
                 continue
             jobs = [(cdt, req) for req in self._requests(cdt, plan.kind)]
@@ -382,7 +379,8 @@ class Poller(Service):
             if cdt.address in rnd.failed:
                 continue
             rnd.outstanding += 1
-            d = self._master.transact(req, priority=rnd.priority, hops_latency_s=cdt.hops)
+            d = self._master.transact(req, priority=rnd.priority, hops_latency_s=cdt.hops, purpose=Purpose.PLAN,
+                                      plan=rnd.plan)
             rnd.calls.add(d)
             d.addBoth(self._round_reply, rnd, cdt, d, req)
         if rnd.outstanding == 0 and (not rnd.jobs or rnd.aborted is not None):
@@ -395,9 +393,7 @@ class Poller(Service):
             if result.check(TransactionTimeout) and self._split(rnd, cdt, req, result.value):
                 pass
             elif result.check(TransactionTimeout):
-                if cdt.address not in rnd.failed:
-                    rnd.failed.add(cdt.address)
-                    self._unreachable(cdt)
+                rnd.failed.add(cdt.address)
             elif result.check(LinkDown):
                 if rnd.aborted is None:
                     rnd.aborted = f"link down: {result.getErrorMessage()}"
@@ -407,7 +403,7 @@ class Poller(Service):
             elif not result.check(defer.CancelledError):
                 log.failure("link {link}: request to CDT {cdt} failed", result, link=self.link.name, cdt=cdt.address)
         else:
-            self._deliver(cdt, result)
+            self._refused(cdt, result)
         self._pump(rnd)
 
     def _split(self, rnd: _Round, cdt: _CdtPlan, req: m.Message, error: TransactionTimeout) -> bool:
@@ -459,38 +455,23 @@ class Poller(Service):
 
     # ---------------------------------------------------------------- results, demotion
 
-    def _deliver(self, cdt: _CdtPlan, reply: m.Message) -> None:
-        at = self._clock.seconds()
-        self._recover(cdt.address)
-        link = self.link.name
-        if isinstance(reply, m.BulkReadReply):
-            self._call_sink("on_bulk", link, cdt.address, reply, at)
-        elif isinstance(reply, m.AlarmsReply):
-            self._call_sink("on_alarms", link, cdt.address, reply, at)
-        elif isinstance(reply, m.CdtStatus):
-            self._call_sink("on_cdt_status", link, cdt.address, reply, at)
-        elif isinstance(reply, m.ErrorReply):
+    def _refused(self, cdt: _CdtPlan, reply: m.Message) -> None:
+        if isinstance(reply, m.ErrorReply):
             log.info("link {link}: CDT {cdt} refused a request (status {status:02X}h)",
-                     link=link, cdt=cdt.address, status=reply.status)  # fmt: skip
-
-    def _unreachable(self, cdt: _CdtPlan) -> None:
-        self._call_sink("on_cdt_unreachable", self.link.name, cdt.address, self._clock.seconds())
+                     link=self.link.name, cdt=cdt.address, status=reply.status)  # fmt: skip
 
     def _demote(self, address: int) -> None:
-        streak = self._streak.get(address, 0) + 1
-        self._streak[address] = streak
+        streak = self._reach.failures(address)
         if streak < self.demote_after:
             return
         level = min(streak - self.demote_after + 1, self.max_demotion)
         self._next_try[address] = self._round_no + 2**level
         if streak == self.demote_after:
-            log.warn("link {link}: CDT {cdt} unreachable in {n} rounds running; demoted",
+            log.warn("link {link}: CDT {cdt} silent in {n} transactions running; demoted",
                      link=self.link.name, cdt=address, n=streak)  # fmt: skip
 
-    def _recover(self, address: int) -> None:
-        streak = self._streak.pop(address, 0)
-        self._next_try.pop(address, None)
-        if streak >= self.demote_after:
+    def _reach_changed(self, link: str, address: int, answering: bool, at: float, reason: str) -> None:
+        if answering and self._next_try.pop(address, None) is not None:
             log.info("link {link}: CDT {cdt} answers again; polled every round", link=self.link.name, cdt=address)
 
     def _call_sink(self, method: str, *args) -> None:

@@ -121,25 +121,37 @@ def plan(name="full", kind="full", at=(), every_s=None, links=None) -> ReadingPl
 
 @dataclass
 class RecordingSink:
-    """A PollSink that records every call."""
+    """Records what a poller's link produced: the replies the master's reachability hands
+    on (the point database's feed), the CDTs it reports silent, and the round ends."""
 
     bulk: list = field(default_factory=list)
     alarms: list = field(default_factory=list)
     status: list = field(default_factory=list)
     unreachable: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
+    outcomes: list = field(default_factory=list)
 
-    def on_bulk(self, link, cdt, reply, at):
-        self.bulk.append((link, cdt, reply, at))
+    @classmethod
+    def on(cls, master) -> "RecordingSink":
+        """A sink fed by ``master``'s reachability (replies of configured CDTs, silences)."""
+        sink = cls()
+        master.reachability.add_reply_listener(sink.on_reply)
+        master.reachability.add_listener(sink.on_reachability)
+        return sink
 
-    def on_alarms(self, link, cdt, reply, at):
-        self.alarms.append((link, cdt, reply, at))
+    def on_reply(self, cdt, outcome):
+        self.outcomes.append(outcome)
+        entry = (outcome.link, cdt, outcome.reply, outcome.at)
+        if isinstance(outcome.reply, m.BulkReadReply):
+            self.bulk.append(entry)
+        elif isinstance(outcome.reply, m.AlarmsReply):
+            self.alarms.append(entry)
+        elif isinstance(outcome.reply, m.CdtStatus):
+            self.status.append(entry)
 
-    def on_cdt_status(self, link, cdt, reply, at):
-        self.status.append((link, cdt, reply, at))
-
-    def on_cdt_unreachable(self, link, cdt, at):
-        self.unreachable.append((link, cdt, at))
+    def on_reachability(self, link, cdt, answering, at, reason):
+        if not answering:
+            self.unreachable.append((link, cdt, at))
 
     def on_round_done(self, link, plan, kind, started, ended):
         self.rounds.append((link, plan, kind, started, ended))

@@ -31,8 +31,8 @@ def test_bulk_ranges_cover_fitted_channels_with_fewest_reads():
 def test_plan_of_unknown_kind_and_unknown_plan_name_are_clear_errors():
     rig = SimRig(small_link())
     with pytest.raises(ValueError, match="kind must be 'full' or 'status'"):
-        Poller(rig.link, rig.master, rig.clock, RecordingSink(), (plan("x", "everything"),))
-    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink(), (plan("full"),))
+        Poller(rig.link, rig.master, rig.clock, RecordingSink.on(rig.master), (plan("x", "everything"),))
+    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink.on(rig.master), (plan("full"),))
     with pytest.raises(ValueError, match="no reading plan 'nightly'.*'full'"):
         poller.run_plan_now("nightly")
 
@@ -40,13 +40,13 @@ def test_plan_of_unknown_kind_and_unknown_plan_name_are_clear_errors():
 def test_plans_for_other_links_are_ignored():
     rig = SimRig(small_link())
     plans = (plan("a", links=("bus",)), plan("b", links=("other",)), plan("c"))
-    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink(), plans)
+    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink.on(rig.master), plans)
     assert [p.name for p in poller.plans] == ["a", "c"]
 
 
 def test_periodic_plan_runs_every_interval_and_skips_when_still_running():
     rig = SimRig(small_link(baud=1200, n=8))
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("status", "status", every_s=4),))
     t0 = rig.clock.seconds()
     poller.startService()
@@ -67,7 +67,7 @@ def test_periodic_plan_runs_every_interval_and_skips_when_still_running():
 
 def test_daily_plan_fires_at_local_time():
     rig = SimRig(small_link())
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     base = rig.clock.seconds()
     epoch = datetime(2026, 5, 1, 1, 59, 0)  # clock base is 01:59 local
 
@@ -91,7 +91,7 @@ def test_daily_plan_fires_at_local_time():
 
 def test_daily_plan_waits_when_the_wall_clock_jumps_back():
     rig = SimRig(small_link())
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     base = rig.clock.seconds()
     offset = [0.0]
 
@@ -111,7 +111,7 @@ def test_daily_plan_waits_when_the_wall_clock_jumps_back():
 
 def test_window_keeps_the_queue_short_and_status_overtakes_sweep():
     rig = SimRig(make_link([make_cdt(a, modules=range(1, 33)) for a in range(1, 9)], baud=2400))
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("full"), plan("status", "status")))
     depth = []
     orig = rig.master._write
@@ -138,7 +138,7 @@ def test_window_keeps_the_queue_short_and_status_overtakes_sweep():
 
 def test_round_robin_interleaves_cdts():
     rig = SimRig(make_link([make_cdt(a, modules=range(1, 33)) for a in range(1, 4)]))
-    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink(), (plan("full"),))
+    poller = Poller(rig.link, rig.master, rig.clock, RecordingSink.on(rig.master), (plan("full"),))
     rig.run_until(poller.run_plan_now("full"))
     seq = [(int(r.address), r.first_channel) for r in (m.parse(decode_frame(w)[0]) for _, w in rig.written)]
     assert seq == [(1, 1), (2, 1), (3, 1), (1, 49), (2, 49), (3, 49)]
@@ -146,7 +146,7 @@ def test_round_robin_interleaves_cdts():
 
 def test_link_down_stops_the_round_and_it_still_reports():
     rig = SimRig(small_link(n=6), queue_timeout_s=5)
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("full"),))
     d = poller.run_plan_now("full")
     advance(rig.clock, 0.05)
@@ -154,7 +154,11 @@ def test_link_down_stops_the_round_and_it_still_reports():
     result = rig.run_until(d)
     assert result.aborted and result.aborted.startswith("link down")
     assert len(sink.rounds) == 1
-    assert poller.demoted() == frozenset() and sink.unreachable == []
+    # a lost link makes every CDT silent at once (their meters turn comm_fail), but it is
+    # no fault of theirs: nobody is demoted
+    assert poller.demoted() == frozenset()
+    assert sorted(c for _, c, _ in sink.unreachable) == [1, 2, 3, 4, 5, 6]
+    assert {rig.master.reachability.state(c).reason for c in range(1, 7)} == {"link down"}
 
 
 def test_a_raising_sink_does_not_break_the_round():
@@ -173,7 +177,7 @@ def test_a_raising_sink_does_not_break_the_round():
 def test_status_in_full_and_error_replies_count_as_answers():
     link = small_link(n=2)
     rig = SimRig(link)
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(link, rig.master, rig.clock, sink, (plan("full"),), status_in_full=True)
     rig.run_until(poller.run_plan_now("full"))
     assert len(sink.alarms) == 2 and len(sink.status) == 2 and len(sink.bulk) == 2
@@ -186,7 +190,7 @@ def test_status_in_full_and_error_replies_count_as_answers():
 
 def test_stop_service_cancels_schedule_and_round():
     rig = SimRig(small_link(n=8, baud=1200))
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("s", "status", every_s=60), plan("d", at=(time(3, 0),))))
     poller.startService()
     advance(rig.clock, 0.5)

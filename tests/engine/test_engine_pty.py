@@ -38,7 +38,7 @@ async def test_sweep_and_command_over_a_real_pty():
 
     port = SerialPort(Proto(master), endpoint.path, reactor, baudrate=38400)
     try:
-        sink = RecordingSink()
+        sink = RecordingSink.on(master)
         poller = Poller(link, master, reactor, sink, (plan("full"),))
         guard = reactor.callLater(20, lambda: d.cancel())
         d = poller.run_plan_now("full")

@@ -37,7 +37,7 @@ def community(baud=9600):
 
 
 def poller_for(rig, plans=(plan("full", "full"), plan("status", "status")), **kw):
-    sink = RecordingSink()
+    sink = RecordingSink.on(rig.master)
     poller = Poller(rig.link, rig.master, rig.clock, sink, tuple(plans), **kw)
     return poller, sink
 

@@ -1,0 +1,280 @@
+"""The event bus: numbered events to in-process subscribers and to queued consumers.
+
+Two ways to listen, because consumers differ:
+
+- :meth:`EventBus.subscribe` — **synchronous**, for in-process state that must stay in step
+  with the point database (the alarm manager, the demo's counters): called during
+  ``publish``, in publish order, cheap and non-blocking by contract;
+- :meth:`EventBus.attach` — **queued**, for consumers that do I/O (the historian, the
+  register image, the state store, API streams): ``publish`` only appends to the
+  consumer's own bounded queue; the queue is drained later, off the publish path, one
+  event at a time.  A consumer may return a Deferred: the next event waits until it fires,
+  so a slow consumer slows only itself, never the reactor, the poller or anyone else.
+
+Queue policy when a queued consumer falls behind (``limit`` events waiting):
+
+- change events (:data:`~st2000r.supervisor.events.COALESCING`: ``MeterChanged``,
+  ``CdtChanged``, ``LinkChanged``) **coalesce per point**: a newer change replaces the
+  one of the same point still waiting (in its place), counted in ``coalesced``; so the
+  queue holds at most ``limit`` + one change per point;
+- every other event (``ReadingBatch``, alarms, commands, round ends) is **never dropped**:
+  with an ``overflow`` callable (the historian's spool) it is handed there at once and
+  counted in ``overflowed``; without one it waits in the queue beyond ``limit``, counted in
+  ``over_limit``.
+
+Rules common to both: ``seq`` is stamped on each event as it is published (strictly
+increasing across all types; the event object handed to ``publish`` is fresh and not
+shared before, so it is stamped in place); an event published while another is being
+delivered synchronously is queued behind it, so every subscriber sees one order; a
+subscriber or consumer that raises (or whose Deferred fails) is logged, counted and
+skipped for that event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from st2000r.supervisor.events import COALESCING, EventBase, coalesce_key
+
+__all__ = ["EventBus", "QueuedConsumer", "ConsumerStats"]
+
+log = Logger()
+
+DRAIN_BATCH = 256  # events a queued consumer takes per reactor turn before yielding
+
+
+def _type_filter(types: type | Iterable[type] | None) -> tuple[type, ...] | None:
+    if types is None:
+        return None
+    if isinstance(types, type):
+        return (types,)
+    return tuple(types)
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counters of one queued consumer (see the module docstring for the policy)."""
+
+    name: str
+    queued: int = 0  # events taken into the queue
+    delivered: int = 0
+    coalesced: int = 0
+    overflowed: int = 0
+    over_limit: int = 0
+    failures: int = 0
+    depth: int = 0  # waiting now
+    max_depth: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class QueuedConsumer:
+    """One queued consumer of an :class:`EventBus` (made by :meth:`EventBus.attach`)."""
+
+    def __init__(self, bus: EventBus, consumer: Callable[[Any], Any], types: tuple[type, ...] | None,
+                 clock: IReactorTime, limit: int, overflow: Callable[[Any], Any] | None, name: str) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._bus = bus
+        self._consumer = consumer
+        self.types = types
+        self._clock = clock
+        self.limit = limit
+        self._overflow = overflow
+        self.stats = ConsumerStats(name or getattr(consumer, "__qualname__", "consumer"))
+        self._queue: deque[list[Any]] = deque()  # [event] cells, so a coalesced change keeps its place
+        self._waiting: dict[Any, list[Any]] = {}  # coalesce key -> cell still queued
+        self._call: Any = None
+        self._busy = False
+        self.closed = False
+
+    # ---------------------------------------------------------------- feeding
+
+    def offer(self, event: Any) -> None:
+        if self.closed or (self.types is not None and not isinstance(event, self.types)):
+            return
+        stats = self.stats
+        key = coalesce_key(event) if isinstance(event, COALESCING) else None
+        if len(self._queue) >= self.limit:
+            if key is not None:
+                cell = self._waiting.get(key)
+                if cell is not None:
+                    cell[0] = event
+                    stats.coalesced += 1
+                    return
+            elif self._overflow is not None:
+                stats.overflowed += 1
+                try:
+                    self._overflow(event)
+                except Exception:
+                    stats.failures += 1
+                    log.failure("event consumer {name}: overflow failed", name=stats.name)
+                return
+            else:
+                stats.over_limit += 1
+        cell = [event]
+        self._queue.append(cell)
+        if key is not None:
+            self._waiting[key] = cell
+        stats.queued += 1
+        stats.depth = len(self._queue)
+        if stats.depth > stats.max_depth:
+            stats.max_depth = stats.depth
+        self._schedule()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop receiving; events still queued are not delivered."""
+        self.closed = True
+        self._bus._detach(self)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._queue.clear()
+        self._waiting.clear()
+        self.stats.depth = 0
+
+    # ---------------------------------------------------------------- draining
+
+    def _schedule(self) -> None:
+        if self._busy or self.closed or (self._call is not None and self._call.active()):
+            return
+        self._call = self._clock.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        self._call = None
+        for _ in range(DRAIN_BATCH):
+            if self._busy or self.closed or not self._queue:
+                return
+            cell = self._queue.popleft()
+            event = cell[0]
+            key = coalesce_key(event) if isinstance(event, COALESCING) else None
+            if key is not None and self._waiting.get(key) is cell:
+                del self._waiting[key]
+            self.stats.depth = len(self._queue)
+            try:
+                result = self._consumer(event)
+            except Exception:
+                self.stats.failures += 1
+                log.failure("event consumer {name} failed on {type}", name=self.stats.name,
+                            type=type(event).__name__)
+                continue
+            self.stats.delivered += 1
+            if isinstance(result, defer.Deferred) and not result.called:
+                self._busy = True
+                result.addErrback(self._failed, event)
+                result.addBoth(self._resume)
+                return
+            if isinstance(result, defer.Deferred):  # already fired: consume a failure
+                result.addErrback(self._failed, event)
+        self._schedule()
+
+    def _failed(self, failure: Any, event: Any) -> None:
+        self.stats.failures += 1
+        log.failure("event consumer {name} failed on {type}", failure, name=self.stats.name,
+                    type=type(event).__name__)
+
+    def _resume(self, _: Any) -> None:
+        self._busy = False
+        self._schedule()
+
+
+class EventBus:
+    """Numbered fan-out of events (rules in the module docstring).  ``clock``: for the
+    queued consumers' draining (needed only by :meth:`attach`); ``run_id``: this run's id
+    (default: a fresh random one)."""
+
+    def __init__(self, clock: IReactorTime | None = None, *, run_id: str | None = None) -> None:
+        self.clock = clock
+        self.run_id = run_id or uuid.uuid4().hex[:16]
+        self.seq = 0  # of the last event published
+        self._subscribers: list[tuple[tuple[type, ...] | None, Callable[[Any], None]]] = []
+        self._consumers: list[QueuedConsumer] = []
+        self._queue: deque[Any] = deque()
+        self._delivering = False
+        self.published = 0
+        self.failures = 0
+
+    def subscribe(self, callback: Callable[[Any], None], types: type | Iterable[type] | None = None
+                  ) -> Callable[[], None]:
+        """Call ``callback(event)`` synchronously for every later event (of ``types``, a type
+        or an iterable of types; all when None); returns the unsubscribe callable."""
+        entry = (_type_filter(types), callback)  # a new tuple per subscription: one callback may subscribe twice
+
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            try:
+                self._subscribers.remove(entry)
+            except ValueError:
+                pass
+
+        return unsubscribe
+
+    def attach(self, consumer: Callable[[Any], Any], types: type | Iterable[type] | None = None, *,
+               limit: int = 10_000, overflow: Callable[[Any], Any] | None = None, name: str = ""
+               ) -> QueuedConsumer:
+        """A queued consumer of later events (see the module docstring); ``close()`` it to stop."""
+        if self.clock is None:
+            raise ValueError("EventBus.attach needs the bus to have a clock")
+        queued = QueuedConsumer(self, consumer, _type_filter(types), self.clock, limit, overflow, name)
+        self._consumers.append(queued)
+        return queued
+
+    def consumers(self) -> list[QueuedConsumer]:
+        """The queued consumers attached now (for diagnostics: depths and counters)."""
+        return list(self._consumers)
+
+    @property
+    def subscribers(self) -> int:
+        """How many synchronous subscriptions are active."""
+        return len(self._subscribers)
+
+    def publish(self, event: Any) -> Any:
+        """Stamp ``event`` with the next ``seq`` and this run's id, and deliver it (queued if
+        a delivery is in progress).  Returns the event.  Never raises because of a
+        subscriber."""
+        self.published += 1
+        if isinstance(event, EventBase):
+            self.seq += 1
+            object.__setattr__(event, "seq", self.seq)  # fresh and unshared: see the module docstring
+            object.__setattr__(event, "run", self.run_id)
+        for queued in tuple(self._consumers):
+            queued.offer(event)
+        self._queue.append(event)
+        if self._delivering:
+            return event
+        self._delivering = True
+        try:
+            while self._queue:
+                current = self._queue.popleft()
+                for types, callback in tuple(self._subscribers):
+                    if types is not None and not isinstance(current, types):
+                        continue
+                    try:
+                        callback(current)
+                    except Exception:
+                        self.failures += 1
+                        log.failure("event subscriber failed on {event_type}",
+                                    event_type=type(current).__name__)
+        finally:
+            self._delivering = False
+        return event
+
+    def _detach(self, queued: QueuedConsumer) -> None:
+        try:
+            self._consumers.remove(queued)
+        except ValueError:
+            pass
