@@ -48,6 +48,7 @@ __all__ = [
     "TcpListenerEndpoint",
     "SharedBus",
     "PtyPair",
+    "pty_info",
 ]
 
 log = Logger(namespace="st2000r.simulation.endpoints")
@@ -223,15 +224,41 @@ class _FdTransport(abstract.FileDescriptor):
 class PtyPair:
     """A pseudo-terminal pair in raw mode.  ``path`` is the slave's name (what a serial
     client opens); ``master`` is the fd the simulator reads and writes.  Both fds stay open
-    until :meth:`close`, so ``path`` stays valid while clients come and go."""
+    until :meth:`close`, so ``path`` stays valid while clients come and go.
 
-    def __init__(self) -> None:
+    ``link_dir`` and ``name``: also create the symlink ``link_dir/name`` -> ``path``
+    (:attr:`symlink`; ``link_dir`` is created if missing, a stale symlink of that name is
+    replaced, any other file there is an error), removed again by :meth:`close`.  Every
+    endpoint on a pseudo-terminal gets its stable path this way.
+    """
+
+    def __init__(self, link_dir: str | None = None, name: str | None = None) -> None:
         self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        tty.setraw(self.master)
-        self.path = os.ttyname(self.slave)
+        self.symlink: str | None = None
+        try:
+            tty.setraw(self.slave)
+            tty.setraw(self.master)
+            self.path = os.ttyname(self.slave)
+            if link_dir is not None:
+                if not name:
+                    raise ValueError("a pseudo-terminal symlink needs a name")
+                os.makedirs(link_dir, exist_ok=True)
+                symlink = os.path.join(link_dir, name)
+                if os.path.islink(symlink):
+                    os.unlink(symlink)
+                os.symlink(self.path, symlink)
+                self.symlink = symlink
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        if self.symlink is not None:
+            try:
+                os.unlink(self.symlink)
+            except OSError:
+                pass
+            self.symlink = None
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)
@@ -242,8 +269,8 @@ class PtyPair:
 class PtyEndpoint(Service):
     """Serve ``bus`` on a new pseudo-terminal.  :attr:`path` is set by ``startService``.
 
-    ``link_dir``: if given, a symlink ``link_dir/<name>`` to the pty is created (and removed
-    on stop) so a supervisor configuration can name a stable path.
+    ``link_dir``: if given, a symlink ``link_dir/<link>`` to the pty is created (and removed
+    on stop) so a supervisor configuration can name a stable path (see :class:`PtyPair`).
     """
 
     kind = "pty"
@@ -273,17 +300,11 @@ class PtyEndpoint(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.pair = PtyPair()
-        self.path = self.pair.path
+        self.pair = PtyPair(self.link_dir, self.link)
+        self.path, self.symlink = self.pair.path, self.pair.symlink
         self.protocol = self._make_protocol()
         self.transport = _FdTransport(self.pair.master, self.protocol, self.reactor)
         self.bus.on_link_drop(self._drop)
-        if self.link_dir is not None:
-            os.makedirs(self.link_dir, exist_ok=True)
-            self.symlink = os.path.join(self.link_dir, self.link)
-            if os.path.islink(self.symlink):
-                os.unlink(self.symlink)
-            os.symlink(self.path, self.symlink)
         log.info("link {link}: pseudo-terminal {path}", link=self.link, path=self.path)
 
     def _make_protocol(self) -> Protocol:
@@ -302,22 +323,20 @@ class PtyEndpoint(Service):
         if self.protocol is not None and isinstance(self.protocol, BusProtocol):
             self.protocol.detach()
         if self.pair is not None:
-            self.pair.close()
+            self.pair.close()  # removes the symlink too
             self.pair = None
-        if self.symlink is not None:
-            try:
-                os.unlink(self.symlink)
-            except OSError:
-                pass
-            self.symlink = None
+        self.symlink = None
         return super().stopService()
 
     def info(self) -> EndpointInfo:
-        where = self.symlink or self.path or "(not started)"
-        note = self.note
-        if self.symlink:
-            note = f"-> {self.path}" + (f"; {note}" if note else "")
-        return EndpointInfo(self.link, self.kind, where, note)
+        return pty_info(self.link, self.kind, self.path, self.symlink, self.note)
+
+
+def pty_info(link: str, kind: str, path: str | None, symlink: str | None, note: str) -> EndpointInfo:
+    """Where a pty endpoint is reached: its symlink (``note`` then names the pty) or its pty."""
+    if symlink:
+        return EndpointInfo(link, kind, symlink, f"-> {path}" + (f"; {note}" if note else ""))
+    return EndpointInfo(link, kind, path or "(not started)", note)
 
 
 # --------------------------------------------------------------------------- device

@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from st2000r.simulation.endpoints import BusLike, EndpointInfo, LinkCut, PtyPair, _FdTransport
+from st2000r.simulation.endpoints import BusLike, EndpointInfo, LinkCut, PtyPair, _FdTransport, pty_info
 
 __all__ = [
     "ModemState",
@@ -373,7 +373,9 @@ class _ModemProtocol(Protocol):
 
 class ModemEndpoint(Service):
     """A :class:`ModemMachine` on a new pseudo-terminal (:attr:`path` after start) whose
-    data calls reach ``bus``.  ``clock`` times dialling, guard time and link drops."""
+    data calls reach ``bus``.  ``clock`` times dialling, guard time and link drops.
+    ``link_dir``: if given, a symlink ``link_dir/<link>`` to the pty is created (and removed
+    on stop), as for :class:`~st2000r.simulation.endpoints.PtyEndpoint`."""
 
     kind = "modem"
 
@@ -399,6 +401,7 @@ class ModemEndpoint(Service):
         self.link_dir = link_dir
         self.pair: PtyPair | None = None
         self.path: str | None = None
+        self.symlink: str | None = None
         self.transport: _FdTransport | None = None
         self.write: Callable[[bytes], None] | None = None
         self.cut = LinkCut(self.clock, on_end=self._net_back)
@@ -407,8 +410,8 @@ class ModemEndpoint(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.pair = PtyPair()
-        self.path = self.pair.path
+        self.pair = PtyPair(self.link_dir, self.link)
+        self.path, self.symlink = self.pair.path, self.pair.symlink
         self.transport = _FdTransport(self.pair.master, _ModemProtocol(self), self.reactor)
         self.write = self.transport.write
         self.bus.on_link_drop(self.drop)
@@ -479,12 +482,11 @@ class ModemEndpoint(Service):
             self.transport.stopWriting()
             self.transport = None
         if self.pair is not None:
-            self.pair.close()
+            self.pair.close()  # removes the symlink too
             self.pair = None
+        self.symlink = None
         return super().stopService()
 
     def info(self) -> EndpointInfo:
-        return EndpointInfo(
-            self.link, self.kind, self.path or "(not started)",
-            f"Hayes AT modem; dial ATD{self.machine.number}",
-        )  # fmt: skip
+        note = f"Hayes AT modem; dial ATD{self.machine.number}"
+        return pty_info(self.link, self.kind, self.path, self.symlink, note)
