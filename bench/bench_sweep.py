@@ -6,7 +6,7 @@ The real ``BusMaster`` + ``Poller`` (one full round, default settings: 2 wake-up
 link's inter-frame gap) against the simulator core (``World`` + ``SimulatedBus``, physical
 timing) on one ``twisted.internet.task.Clock``: the figures are the protocol's own time on
 the modelled wire, free of host scheduling (the real-time pty figures in docs/performance.md
-show that costs about 1 ms per transaction on top).  The world's clock is the same Clock,
+show that costs 1-2 ms per transaction on top).  The world's clock is the same Clock,
 so **the meters keep counting during the sweep**; every reading is checked against the
 ground truth *within the window of its read*: not below the meter's count when the request
 was written, not above it when the reply arrived (and the valve state and "not fitted" flag
@@ -197,7 +197,7 @@ class _Wire:
         self.order: list[_Tx] = []
         self.unmatched = 0
 
-    def _truth(self, cdt: int, channels: range) -> dict:
+    def truth(self, cdt: int, channels: range) -> dict:
         t = self.world.seconds()
         state = self.lw.cdt(cdt)
         out = {}
@@ -213,7 +213,7 @@ class _Wire:
             stripped = data.lstrip(_WAKE)
             tx.frame_bytes, tx.wake_bytes = len(stripped), len(data) - len(stripped)
             if isinstance(req, m.BulkRead):
-                tx.lo = self._truth(tx.cdt, range(req.first_channel, req.first_channel + req.count))
+                tx.lo = self.truth(tx.cdt, range(req.first_channel, req.first_channel + req.count))
             self.txs[(req.address, req.ser)] = tx
             self.order.append(tx)
         self.bus.data_received(data)
@@ -228,7 +228,7 @@ class _Wire:
             tx.received = self.clock.seconds()
             tx.reply_bytes = len(data)
             if isinstance(reply, m.BulkReadReply):
-                tx.hi = self._truth(tx.cdt, range(reply.first_channel, reply.first_channel + len(reply.channels)))
+                tx.hi = self.truth(tx.cdt, range(reply.first_channel, reply.first_channel + len(reply.channels)))
         self.master.data_received(data)
 
 
@@ -319,11 +319,11 @@ def sweep(link: Link, baud: int, gap_ms: float | None, seed: int) -> dict:
     clock.advance(1.0)  # the bus has been idle for a while when the round starts
     poller = Poller(link, master, clock, _Sink(), (ReadingPlan("full", "full", (), None, None),))
     fitted = {(c.address, (mod - 1) * 3 + inp) for c in link.cdts for mod, inp, _ in c.meters()}
-    before = {k: wire._truth(k[0], range(k[1], k[1] + 1))[k[1]][0] for k in fitted}
+    before = {k: wire.truth(k[0], range(k[1], k[1] + 1))[k[1]][0] for k in fitted}
     cpu0 = time.process_time()
     result = _run_until(clock, poller.run_plan_now("full"), 24 * 3600.0)
     cpu = time.process_time() - cpu0
-    after = {k: wire._truth(k[0], range(k[1], k[1] + 1))[k[1]][0] for k in fitted}
+    after = {k: wire.truth(k[0], range(k[1], k[1] + 1))[k[1]][0] for k in fitted}
     master.shutdown()
     bus.close()
 
