@@ -408,7 +408,9 @@ class GsmLinkService(LinkObservers, Service):
     ``open_port`` replaces the Twisted ``SerialPort`` (tests).
 
     :attr:`csq` is the last signal quality; :attr:`calls` counts calls established.
-    Observers get ``connected``/``disconnected`` per call and ``("signal", {"csq"})``.
+    Observers get ``connected``/``disconnected`` per call and ``("signal", {"csq"})``; on
+    ``stopService`` they get ``("stopped", {})`` first, and the call that ends because of
+    the stop brings no ``disconnected`` (a deliberate stop is not a fault).
     """
 
     def __init__(
@@ -462,9 +464,15 @@ class GsmLinkService(LinkObservers, Service):
         self.opener.start()
 
     def stopService(self):
-        """Hang up a call in progress (``+++``, ``ATH``; bounded by the dialogue's timers),
-        then close the modem port.  Returns a Deferred firing when done."""
+        """Tell the observers ``stopped``, hang up a call in progress (``+++``, ``ATH``;
+        bounded by the dialogue's timers), then close the modem port.  Returns a Deferred
+        firing when done.  The master still gets its ``connection_lost`` for the call."""
+        was_running = self.running
         super().stopService()
+        if was_running:
+            # before the hang-up: observers of both the link and its master learn that the
+            # pipe closes on purpose before the master reports it gone
+            self._notify("stopped")
         self._stop_watch()
         self._cancel_retry()
         if self.dialer.state is DialerState.ONLINE:
@@ -566,6 +574,8 @@ class GsmLinkService(LinkObservers, Service):
                 self._stop_watch()
                 log.info("link {link}: GSM call down: {reason}", link=self.link_name, reason=o.reason)
                 self.master.connection_lost(f"GSM call down: {o.reason}")
+                if not self.running:
+                    continue  # stopping: observers were told "stopped"
                 self._notify("disconnected", reason=o.reason)
                 if o.reason != "hang up":
                     self._schedule_retry()

@@ -8,9 +8,13 @@ A link service owns one transport to one field bus and hands it to the link's bu
   ``master.connection_lost(reason)`` when it drops.  Exactly one ``connection_lost`` follows
   each ``connection_made``; the services never call ``connection_made`` twice in a row.
 - Link-state observers (:meth:`LinkObservers.add_observer`) get ``(event, details)``:
-  ``("connected", {"link", "where"})``, ``("disconnected", {"link", "reason"})`` and, for GSM,
-  ``("signal", {"link", "csq"})`` (0..31, 99 = unknown).  An observer that raises is logged
-  and ignored.
+  ``("connected", {"link", "where"})``, ``("disconnected", {"link", "reason"})``,
+  ``("stopped", {"link"})`` and, for GSM, ``("signal", {"link", "csq"})`` (0..31, 99 =
+  unknown).  An observer that raises is logged and ignored.
+- A deliberate stop is not a fault: ``stopService`` notifies ``stopped`` *before* it closes
+  the transport (so it comes before the master's own report of the lost pipe), and the
+  pipe that closes because of the stop brings no ``disconnected``.  The master still gets
+  its ``connection_lost``.
 
 Kinds (``config.model.Link.kind``):
 
@@ -310,6 +314,8 @@ class SerialLinkService(LinkObservers, Service):
 
     def _down(self, protocol: LinkProtocol, reason: str) -> None:
         self.connected = False
+        if not self.running:
+            return  # closed by stopService: observers were told "stopped"
         self._notify("disconnected", reason=reason)
         self.opener.lost(reason)
 
@@ -318,8 +324,12 @@ class SerialLinkService(LinkObservers, Service):
         self.opener.start()
 
     def stopService(self):
+        was_running = self.running
+        d = super().stopService()
+        if was_running:
+            self._notify("stopped")
         self.opener.stop()
-        return super().stopService()
+        return d
 
 
 # --------------------------------------------------------------------------- TCP
@@ -378,8 +388,9 @@ class TcpLinkService(LinkObservers, Service):
 
     def _down(self, protocol: LinkProtocol, reason: str) -> None:
         self.connected = False
-        if self.running:
-            log.warn("link {link}: lost {where}: {reason}; reconnecting with back-off", link=self.link_name, where=self.where, reason=reason)
+        if not self.running:
+            return  # closed by stopService: observers were told "stopped"
+        log.warn("link {link}: lost {where}: {reason}; reconnecting with back-off", link=self.link_name, where=self.where, reason=reason)
         self._notify("disconnected", reason=reason)
 
     def startService(self) -> None:
@@ -387,7 +398,10 @@ class TcpLinkService(LinkObservers, Service):
         self.client.startService()
 
     def stopService(self):
+        was_running = self.running
         super().stopService()
+        if was_running:
+            self._notify("stopped")
         return self.client.stopService()
 
 
