@@ -444,7 +444,7 @@ class PointDatabase(Service):
     def on_round_done(self, link: str, plan: str, kind: str, started: float, ended: float) -> None:
         """A poll round ended: forwarded as a ``RoundDone`` event (the alarm manager's cue)."""
         self.stats.rounds += 1
-        self._publish(RoundDone(link, plan, kind, utc(started), utc(ended)))
+        self._publish(RoundDone(link, plan, kind, utc(started), utc(ended), utc(ended)))
 
     # ---------------------------------------------------------------- link observers
 

@@ -32,9 +32,10 @@ class Rig:
         """One round: ``offline`` CDTs unreachable, ``online`` CDTs answer; then RoundDone."""
         t = self.clock.seconds()
         for cdt in online:
+            self.points.on_reachability(link, cdt, True, t)
             self.points.on_cdt_status(link, cdt, cdt_status(cdt), t)
         for cdt in offline:
-            self.points.on_cdt_unreachable(link, cdt, t)
+            self.points.on_reachability(link, cdt, False, t, "no answer")
         self.points.on_round_done(link, "status", "status", t, t)
 
 
@@ -145,14 +146,14 @@ def test_stop_cancels_shelf_timers_and_unsubscribes():
 
 def test_offline_alarm_only_at_round_end_and_clears_when_it_answers():
     rig = Rig(repeater_topology())
-    rig.points.on_cdt_unreachable("bus", 1, T0)
+    rig.points.on_reachability("bus", 1, False, T0, "no answer")
     assert rig.ids() == set()  # not before the round is over
     rig.round(offline=[1], online=[2, 3, 4, 5, 6, 7, 8])
     assert rig.ids() == {"cdt:bus/1:offline"}
     assert rig.alarms.alarm("cdt:bus/1:offline").text == "CDT 1 (cdt-1) on link bus: does not answer"
     rig.round(offline=[1])
     assert len(rig.rec.of(AlarmChanged)) == 1  # a repeat is not a transition
-    rig.points.on_cdt_status("bus", 1, cdt_status(1), T0)
+    rig.points.on_reachability("bus", 1, True, T0)
     assert rig.alarms.alarm("cdt:bus/1:offline").state == "cleared-unacked"
 
 
@@ -178,7 +179,7 @@ def test_partial_recovery_brings_the_cdt_alarms_back_individually():
     rig = Rig(repeater_topology())
     rig.round(offline=[3, 4, 5, 6], online=[1, 2, 7, 8])
     rig.alarms.acknowledge("repeater:bus/R1:suspected", "alice")
-    rig.points.on_cdt_status("bus", 3, cdt_status(3), T0)  # CDT 3 answers: R1 works after all
+    rig.points.on_reachability("bus", 3, True, T0)  # CDT 3 answers: R1 works after all
     assert rig.ids() == set()  # the acked repeater alarm cleared and left; no CDT alarm mid-round
     rig.round(offline=[4, 5, 6], online=[3])
     assert rig.ids() == {"cdt:bus/4:offline", "repeater:bus/R2:suspected"}

@@ -8,17 +8,20 @@ from datetime import UTC, datetime, time as dtime
 import pytest
 from twisted.internet.task import Clock
 
-from sup_support import T0, Recorder, bulk, cdt_status, make_topology, status
+from sup_support import T0, Recorder, bulk, cdt_status, make_link, make_topology, status
 from st2000r.config import example_path
 from st2000r.config.loader import load
 from st2000r.config.model import ReadingPlan, SupervisorSettings
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
 from st2000r.drivers.st2000r.poller import PollSink
+from st2000r.drivers.st2000r.reachability import Purpose, Reachability
 from st2000r.supervisor.events import (
     CdtChanged,
     EventBus,
     LinkChanged,
+    LinkState,
+    ReadingBatch,
     MeterChanged,
     MeterId,
     Quality,
@@ -76,8 +79,7 @@ def test_event_bus_isolates_a_failing_subscriber_and_keeps_order():
 
 def test_implements_the_poll_sink_protocol():
     db, _, _ = db_for()
-    for name in ("on_bulk", "on_alarms", "on_cdt_status", "on_cdt_unreachable", "on_round_done"):
-        assert callable(getattr(db, name)) and hasattr(PollSink, name)
+    assert callable(db.on_round_done) and hasattr(PollSink, "on_round_done")
 
 
 # ---- values
@@ -97,7 +99,10 @@ def test_bulk_values_in_base_units_mapped_to_module_and_input():
     changed = rec.of(MeterChanged)
     assert len(changed) == 6 and {str(e.meter) for e in changed} == {f"bus/1/{mo}/{i}" for mo in (1, 2)
                                                                         for i in (1, 2, 3)}
-    assert rec.of(CdtChanged)[0].online is True
+    (batch,) = rec.of(ReadingBatch)
+    assert (batch.link, batch.cdt, batch.source, batch.at) == ("bus", 1, Purpose.PLAN, p.timestamp)
+    assert [(str(r.meter), r.value, r.valve) for r in batch.readings][3] == ("bus/1/2/1", 1080, Valve.CLOSED)
+    assert len(batch.readings) == 6  # the unknown channel 7 is not a reading
     with pytest.raises(KeyError):
         db.meter("bus/9/1/1")
 
@@ -107,8 +112,11 @@ def test_identical_reread_publishes_nothing_a_change_publishes_once():
     db.on_bulk("bus", 1, bulk(1, [5, 6, 7]), T0)
     rec.clear()
     clock.advance(60)
-    db.on_bulk("bus", 1, bulk(1, [5, 6, 7]), T0 + 60)
-    assert rec.events == []
+    db.on_bulk("bus", 1, bulk(1, [5, 6, 7]), T0 + 60, Purpose.READ_NOW)
+    (batch,) = rec.events  # no change event, but the reading itself is an event
+    assert isinstance(batch, ReadingBatch) and batch.source is Purpose.READ_NOW
+    assert [r.count for r in batch.readings] == [5, 6, 7] and batch.at == datetime.fromtimestamp(T0 + 60, UTC)
+    rec.clear()
     assert db.meter("bus/1/1/1").timestamp == datetime.fromtimestamp(T0 + 60, UTC)  # refreshed silently
     db.on_bulk("bus", 1, bulk(1, [5, 7, 7], statuses=[status(alarms=AlarmFlag.TAMPER), 0, 0]), T0 + 60)
     events = rec.of(MeterChanged)
@@ -136,11 +144,12 @@ def test_sink_methods_never_raise():
 
 def test_cdt_status_and_alarm_replies():
     db, clock, rec = db_for()
+    db.on_reachability("bus", 2, True, T0)
     db.on_cdt_status("bus", 2, cdt_status(2, mains=False, mv=3500), T0)
     c = db.cdt("bus", 2)
     assert (c.online, c.mains, c.battery_mv, c.modules) == (True, False, 3500, frozenset({1, 2}))
     db.on_cdt_status("bus", 2, cdt_status(2, mains=False, mv=3500), T0 + 1)
-    assert len(rec.of(CdtChanged)) == 1  # identical: no second event
+    assert len(rec.of(CdtChanged)) == 2  # online, then the status; identical: no third event
     flags = [AlarmFlag.NONE] * 96
     flags[4] = AlarmFlag.SHORT | AlarmFlag.OPEN  # channel 5 = module 2 input 2
     flags[50] = AlarmFlag.TAMPER  # channel 51: not fitted
@@ -162,6 +171,10 @@ def test_link_state_events_only_on_change():
     assert [(e.connected, e.signal) for e in rec.of(LinkChanged)] == [(True, None), (True, 17), (False, 17)]
     (link,) = db.links()
     assert (link.name, link.connected, link.signal) == ("bus", False, 17)
+    db.on_link_state("bus", "connected", {})
+    db.on_link_state("bus", "stopped", {})
+    db.on_link_state("bus", "disconnected", {"reason": "hung up"})  # the pipe closing after the stop
+    assert [e.state for e in rec.of(LinkChanged)][-2:] == [LinkState.CONNECTED, LinkState.STOPPED]
 
 
 # ---- COMM_FAIL and STALE
@@ -169,18 +182,24 @@ def test_link_state_events_only_on_change():
 
 def test_unreachable_cdt_keeps_values_with_comm_fail():
     db, clock, rec = db_for()
+    db.on_reachability("bus", 1, True, T0)
     db.on_bulk("bus", 1, bulk(1, [5, 6, 7, 8, 9, 10]), T0)
     rec.clear()
-    db.on_cdt_unreachable("bus", 1, T0 + 300)
+    db.on_reachability("bus", 1, False, T0 + 300, "no answer")
     assert rec.of(CdtChanged)[0].online is False
     events = rec.of(MeterChanged)
     assert len(events) == 6 and all(e.quality is Quality.COMM_FAIL for e in events)
+    # when it happened, not when the values were last read
+    assert {(e.quality_since, e.at, e.timestamp) for e in events} == {
+        (datetime.fromtimestamp(T0 + 300, UTC), datetime.fromtimestamp(T0 + 300, UTC), datetime.fromtimestamp(T0, UTC))}
     assert db.meter("bus/1/1/1").value == 1050  # the last good value stays
     rec.clear()
-    db.on_cdt_unreachable("bus", 1, T0 + 600)
+    db.on_reachability("bus", 1, False, T0 + 600, "no answer")
     assert rec.events == []  # nothing changed
+    db.on_reachability("bus", 1, True, T0 + 900)
     db.on_bulk("bus", 1, bulk(1, [5, 6, 7, 8, 9, 10]), T0 + 900)
     assert db.meter("bus/1/1/1").quality is Quality.GOOD and rec.of(CdtChanged)[-1].online is True
+    assert db.meter("bus/1/1/1").quality_since == datetime.fromtimestamp(T0 + 900, UTC)
 
 
 def test_values_become_stale_by_one_periodic_check():
@@ -228,8 +247,10 @@ def test_round_done_forwarded_and_snapshot_json_ready():
     assert snap["meters"][0] == {"id": "bus/1/1/1", "link": "bus", "cdt": 1, "module": 1, "channel": 1,
                                  "kind": "water", "serial": "00000001001001", "household": "H1-1", "unit": "L",
                                  "value": 1050, "count": 5, "quality": "good",
-                                 "timestamp": "2026-05-28T20:26:40+00:00", "valve": "open", "alarms": []}
-    assert snap["cdts"][0]["online"] is True and snap["links"][0]["connected"] is False
+                                 "timestamp": "2026-05-28T20:26:40+00:00",
+                                 "quality_since": "2026-05-28T20:26:40+00:00", "valve": "open", "alarms": []}
+    assert snap["cdts"][0]["online"] is None  # never tried: the reachability has not spoken
+    assert snap["links"][0]["connected"] is False and snap["links"][0]["state"] == "disconnected"
 
 
 def test_attach_master_reports_link_events_and_stats():
@@ -239,6 +260,7 @@ def test_attach_master_reports_link_events_and_stats():
 
         def __init__(self):
             self.observers = []
+            self.reachability = Reachability(make_link())
 
         def add_observer(self, fn):
             self.observers.append(fn)
@@ -277,7 +299,7 @@ def test_a_full_community_sweep_applies_fast():
     for address, reply in replies:
         db.on_bulk(link, address, reply, T0 + 60)
     same_sweep = time.perf_counter() - started
-    assert rec.events == []
+    assert len(rec.events) == 256 and not rec.of(MeterChanged)  # one ReadingBatch per reply, no change
     assert first_sweep < 1.0 and same_sweep < 1.0, (first_sweep, same_sweep)
 
 
