@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from st2000r.config.cliargs import ArgumentParser
 from st2000r.config.errors import ConfigError
 from st2000r.config.loader import load
 from st2000r.config.model import LINK_KINDS, MeterKind, Summary, Topology
@@ -105,7 +106,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="st2000r config", description="Topology configuration tools.")
+    parser = ArgumentParser(prog="st2000r config", description="Topology configuration tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     check = commands.add_parser("check", help="validate a topology file and print its summary",
                                 description="Validate a topology file; exit 0 and print a summary, "
@@ -121,6 +122,6 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help exits 0, bad arguments exit 2
+    except SystemExit as exc:  # --help exits 0; a bad argument exits 2 after one line on stderr
         return int(exc.code or 0)
     return args.run(args)

@@ -16,18 +16,21 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from st2000r.config.cliargs import ArgumentParser, fail, host_port, port, positive, seconds
+
 __all__ = ["main", "run", "install_reactor", "build_parser", "options_from_args", "UsageError"]
 
 PROG = "st2000r simulate"
 
 
 class UsageError(Exception):
-    """Bad command-line arguments; the message is the one line to print."""
+    """Kept for callers that still catch it: the parser itself now prints its one line and
+    exits 2 (``config.cliargs.ArgumentParser``)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+# the shared parser base and port type under their former names, for callers not yet moved
+_Parser = ArgumentParser
+_port = port
 
 
 def install_reactor():
@@ -44,19 +47,6 @@ def install_reactor():
     return reactor
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 1..65535, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
-    return int(text)
-
-
 def _link_eq(convert: Callable[[str], object]) -> Callable[[str], tuple[str, object]]:
     def parse(text: str):
         name, sep, value = text.partition("=")
@@ -65,16 +55,6 @@ def _link_eq(convert: Callable[[str], object]) -> Callable[[str], tuple[str, obj
         return name, convert(value)
 
     return parse
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def _when(text: str) -> datetime:
@@ -86,18 +66,18 @@ def _when(text: str) -> datetime:
 
 def add_run_options(parser: argparse.ArgumentParser, *, control_default: int) -> None:
     """Options shared by ``simulate`` and ``demo``."""
-    parser.add_argument("--speedup", type=_positive, default=1.0, metavar="N",
+    parser.add_argument("--speedup", type=positive, default=1.0, metavar="N",
                         help="run the world clock N times faster (consumption, battery, heartbeats)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the consumption models (default 0)")
     parser.add_argument("--start", type=_when, metavar="ISO", help="world start time (default: now)")
     parser.add_argument("--scenario", metavar="FILE",
                         help="scenario file (a timeline of faults), or the name of a packaged one: commissioning, power-cut")
-    parser.add_argument("--control", type=_port, default=control_default, metavar="PORT",
+    parser.add_argument("--control", type=port, default=control_default, metavar="PORT",
                         help=f"control interface port on 127.0.0.1 (0: any free port; default {control_default})")
     parser.add_argument("--no-control", action="store_true", help="no control interface")
     parser.add_argument("--physical-timing", action=argparse.BooleanOptionalAction, default=True,
                         help="bytes take their wire time at the link's baud rate (default: on)")
-    parser.add_argument("--for", dest="duration", type=_positive, metavar="SECONDS",
+    parser.add_argument("--for", dest="duration", type=seconds, metavar="SECONDS",
                         help="stop after SECONDS (default: run until Ctrl-C)")
     parser.add_argument("--pty-dir", metavar="DIR", help="also create DIR/<link> symlinks to the pseudo-terminals")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
@@ -106,18 +86,18 @@ def add_run_options(parser: argparse.ArgumentParser, *, control_default: int) ->
 def build_parser() -> argparse.ArgumentParser:
     from st2000r.simulation.service import DEFAULT_CONTROL_PORT
 
-    p = _Parser(prog=PROG, description="Run the ST2000R field simulator for a topology file.")
+    p = ArgumentParser(prog=PROG, description="Run the ST2000R field simulator for a topology file.")
     p.add_argument("config", metavar="CONFIG", help="topology TOML file")
     add_run_options(p, control_default=DEFAULT_CONTROL_PORT)
-    p.add_argument("--supervisor", type=_host_port, metavar="HOST:PORT", help="where GPRS DTUs dial to")
-    p.add_argument("--tcp-base-port", type=_port, metavar="P",
+    p.add_argument("--supervisor", type=host_port, metavar="HOST:PORT", help="where GPRS DTUs dial to")
+    p.add_argument("--tcp-base-port", type=port, metavar="P",
                    help="the n-th TCP link listens on P+n instead of its configured port (0: any free port)")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="interface of the TCP listeners (default 127.0.0.1)")
     p.add_argument("--link", action="append", nargs="+", default=[], metavar="NAME",
                    help="serve only these links (repeatable)")
     p.add_argument("--device", action="append", type=_link_eq(str), default=[], metavar="LINK=PATH",
                    help="serve a serial link on a real serial device instead of a pty")
-    p.add_argument("--tcp", action="append", type=_link_eq(_port), default=[], metavar="LINK=PORT",
+    p.add_argument("--tcp", action="append", type=_link_eq(port), default=[], metavar="LINK=PORT",
                    help="also serve LINK on a TCP listener (0: any free port); for a tcp link: move its listener")
     return p
 
@@ -157,8 +137,7 @@ def options_from_args(args: argparse.Namespace, **extra):
 
 
 def _fail(prog: str, message: str) -> int:
-    print(f"{prog}: {message}", file=sys.stderr, flush=True)
-    return 2
+    return fail(prog, message)
 
 
 def run(
@@ -246,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(args_in)
-    except UsageError as exc:
-        return _fail(PROG, str(exc).removeprefix(PROG + ": "))
+    except SystemExit as exc:  # --help exits 0; a bad argument exits 2 after one line on stderr
+        return int(exc.code or 0)
     from st2000r.config.errors import ConfigError
     from st2000r.config.loader import load
 

@@ -24,6 +24,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from st2000r.config.cliargs import ArgumentParser
+
 __all__ = ["main", "action_doc", "request", "CtlError"]
 
 PROG = "st2000r simulate-ctl"
@@ -34,11 +36,6 @@ LIST_KEYS = frozenset({"flags"})
 
 class CtlError(Exception):
     """A request that failed; the message is the one line to print."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise CtlError(message)
 
 
 def _value(key: str, text: str):
@@ -94,10 +91,10 @@ def request(url: str, method: str, path: str, body: dict | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Control a running ST2000R simulator.")
+    p = ArgumentParser(prog=PROG, description="Control a running ST2000R simulator.")
     p.add_argument("--url", default=os.environ.get("ST2000R_SIM_URL", DEFAULT_URL),
                    help=f"control interface URL (default $ST2000R_SIM_URL or {DEFAULT_URL})")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("truth", help="ground truth of every device (JSON)")
     sub.add_parser("stats", help="bus and endpoint counters")
     sub.add_parser("endpoints", help="where the supervisor connects")
@@ -114,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(args_in)
+    except SystemExit as exc:  # --help exits 0; a bad argument exits 2 after one line on stderr
+        return int(exc.code or 0)
+    try:
         if args.command == "fault":
             answer = request(args.url, "POST", "/fault", action_doc(args.action, args.pairs))
         elif args.command == "ring":

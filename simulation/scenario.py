@@ -32,12 +32,16 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from st2000r.config.files import InputFileError, read_text
 from st2000r.simulation.faults import Action, FaultError, parse_action
 from st2000r.simulation.world import World
 
 __all__ = ["ScheduledAction", "Scenario", "ScenarioRunner", "parse_duration"]
 
 log = Logger()
+
+#: the largest scenario file read: a timeline of faults is a few kilobytes
+MAX_SCENARIO_BYTES = 1024 * 1024
 
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _PART: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|min|s|m|h|d)")
@@ -93,9 +97,9 @@ class Scenario:
     def load(cls, path: str | Path) -> Scenario:
         """Read and check a scenario file; FaultError naming the file for any problem."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise FaultError(f"{path}: cannot read scenario file: {e}") from None
+            text = read_text(path, limit=MAX_SCENARIO_BYTES, what="scenario file")
+        except InputFileError as e:  # missing, a device or FIFO, too large, not UTF-8
+            raise FaultError(f"{path}: {e}") from None
         return cls.loads(text, str(path))
 
     @classmethod

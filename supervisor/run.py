@@ -10,39 +10,25 @@ per line with ``--log-format json`` (default: ``[supervisor] log_format``).
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from typing import Any
+
+from st2000r.config.cliargs import ArgumentParser, seconds
 
 __all__ = ["main", "build_parser"]
 
 PROG = "st2000r run"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with one line, not the usage block
-        raise SystemExit(_fail(f"{message} (see '{PROG} --help')"))
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run the ST2000R supervisor: poll the field links of a topology, keep "
-                                            "the point database, raise alarms, carry valve commands.")
+    parser = ArgumentParser(prog=PROG, description="Run the ST2000R supervisor: poll the field links of a topology, "
+                                                   "keep the point database, raise alarms, carry valve commands.")
     parser.add_argument("config", metavar="CONFIG", help="TOML topology file (see 'st2000r config check')")
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="log line format (default: [supervisor] log_format)")
     parser.add_argument("--state-dir", default=None, help="folder for the audit log (default: [supervisor] state_dir)")
-    parser.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
+    parser.add_argument("--duration", type=seconds, default=None, metavar="SECONDS",
                         help="stop after this many seconds (tests, demos)")
     return parser
 

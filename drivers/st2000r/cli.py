@@ -10,6 +10,7 @@ import json
 import sys
 from datetime import datetime
 
+from st2000r.config.cliargs import ArgumentParser, integer, integer_in
 from st2000r.drivers.st2000r import frame as f
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.describe import describe
@@ -17,12 +18,7 @@ from st2000r.drivers.st2000r.errors import CodecError
 
 
 class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would exit(2) with usage; keep it one line
-        raise _Usage(f"{self.prog}: {message}")
+    """A combination of arguments the parser cannot check; the message is the one line."""
 
 
 def parse_hex(text: str) -> bytes:
@@ -94,13 +90,6 @@ def _address(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value!r} is not an address of up to 14 digits")
 
 
-def _int(value: str) -> int:
-    try:
-        return int(value, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number (decimal or 0x hex)") from None
-
-
 def _time(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value)
@@ -154,33 +143,33 @@ def _build(args) -> m.Message:
 
 def _encode_parser(sub) -> None:
     enc = sub.add_parser("encode", help="build a request frame and print it as hex")
-    cmds = enc.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    cmds = enc.add_subparsers(dest="command", required=True)
     for name, (cls, _, text) in COMMANDS.items():
         p = cmds.add_parser(name, help=text, description=text)
         p.add_argument("--address", "-a", type=_address,
                        help="meter or CDT address, up to 14 digits (or 'broadcast')")  # fmt: skip
-        p.add_argument("--type", "-t", type=_int, help="meter type byte (default by command)")
-        p.add_argument("--ser", type=_int, default=0, help="frame serial number 0..255")
+        p.add_argument("--type", "-t", type=integer, help="meter type byte (default by command)")
+        p.add_argument("--ser", type=integer, default=0, help="frame serial number 0..255")
         p.add_argument("--di-order", choices=["901F", "1F90"], default="901F",
                        help="DI byte order on the wire")  # fmt: skip
-        p.add_argument("--preamble", type=int, default=2, help="FE wake-up bytes (default 2)")
+        p.add_argument("--preamble", type=integer_in(0, 4), default=2, help="FE wake-up bytes 0..4 (default 2)")
         if cls is m.ValveControl:
             p.add_argument("--alt", action="store_true", help="vendor control code 2Ah instead of 04h")
         if cls is m.WriteAddress:
             p.add_argument("--new-address", type=_address, required=True)
         if cls in (m.BulkRead, m.ReadChannelInfo):
-            p.add_argument("--first", type=_int, default=1, help="first channel 1..96")
-            p.add_argument("--count", type=_int, help="number of channels")
+            p.add_argument("--first", type=integer, default=1, help="first channel 1..96")
+            p.add_argument("--count", type=integer, help="number of channels")
         if cls is m.SetBase:
-            p.add_argument("--channel", type=_int, required=True, help="channel 1..96")
-            p.add_argument("--value", type=_int, default=0, help="new pulse count (default 0)")
+            p.add_argument("--channel", type=integer, required=True, help="channel 1..96")
+            p.add_argument("--value", type=integer, default=0, help="new pulse count (default 0)")
         if cls is m.TimeSync:
             p.add_argument("--time", type=_time, help="ISO date-time (default: now)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="st2000r frame", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="st2000r frame", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
     dec = sub.add_parser("decode", help="decode frames given as hex and print them as JSON")
     dec.add_argument("hex", nargs="+", help="frame bytes in hex ('-' reads standard input)")
     dec.add_argument("--compact", action="store_true", help="one JSON object per line")
@@ -191,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help exits 0; a bad argument exits 2 after one line on stderr
+        return int(exc.code or 0)
+    try:
         if args.action == "decode":
             return _cmd_decode(args)
         msg = _build(args)
