@@ -142,7 +142,8 @@ def _options(argv: list[str]) -> _Options:
     try:
         topology = load(args.config)
     except ConfigError as exc:
-        raise _BadInput(f"configuration error:\n{exc}") from None
+        sep = " " if len(exc.errors) == 1 else "\n"  # one issue stays on one line
+        raise _BadInput(f"configuration error:{sep}{exc}") from None
     try:
         link = topology.link(args.link)
     except KeyError:

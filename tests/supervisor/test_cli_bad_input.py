@@ -5,6 +5,7 @@ Regressions found in review: each test failed before its fix.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -85,3 +86,50 @@ def test_scan_refuses_a_device_that_is_not_a_terminal(tmp_path):
     c = cfg(tmp_path, 'kind = "tcp"\nhost = "127.0.0.1"\nport = 4999')
     r = sh("scan", c, "--link", "garden-bus", "--device", "/dev/null", "--connect-timeout", "1")
     assert r.returncode == 2 and "/dev/null is not a serial device" in r.stderr
+
+
+# ---- inputs that are not configuration files: one line naming the input, exit 2, bounded
+
+
+@pytest.mark.parametrize(("command", "path"), [
+    (["config", "check"], "/dev/zero"),
+    (["run"], "/dev/urandom"),
+    (["simulate"], "/dev/zero"),
+    (["scan"], "/dev/zero"),
+])
+def test_a_device_as_the_configuration_is_one_line_not_memory(command, path):
+    extra = ["--link", "x"] if command == ["scan"] else []
+    r = sh(*command, path, *extra, timeout=20)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-300:]
+    assert "a device, not a regular file" in r.stderr and path in r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["run"]])
+def test_a_fifo_as_the_configuration_does_not_hang(tmp_path, command):
+    fifo = tmp_path / "site.toml"
+    os.mkfifo(fifo)
+    try:
+        r = sh(*command, str(fifo), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"st2000r {' '.join(command)} FIFO hangs")
+    assert r.returncode == 2 and r.stderr == f"{fifo}: cannot read file: a FIFO, not a regular file\n"
+
+
+def test_a_scenario_from_a_device_is_refused(tmp_path):
+    r = sh("simulate", SMALL, "--control", "0", "--scenario", "/dev/zero", timeout=20)
+    assert r.returncode == 2 and "/dev/zero: cannot read scenario file: a device, not a regular file" in r.stderr
+
+
+def test_an_unbounded_simulate_duration_is_refused():
+    r = sh("simulate", SMALL, "--for", "inf")
+    assert r.returncode == 2 and r.stderr.startswith("st2000r simulate: argument --for: expected seconds")
+
+
+def test_many_unknown_keys_print_a_bounded_list(tmp_path):
+    p = tmp_path / "keys.toml"
+    p.write_text("".join(f"k{i} = 1\n" for i in range(300_000)) + open(SMALL).read())
+    r = sh("config", "check", str(p), timeout=60)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 101
+    assert lines[-1] == f"{p}: ... and 299900 more problems (only the first 100 are listed)"
