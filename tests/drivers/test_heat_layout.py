@@ -18,7 +18,7 @@ from st2000r.drivers.st2000r.errors import CodecError
 from st2000r.drivers.st2000r.frame import decode_frame
 from st2000r.drivers.st2000r.units import Quantity
 
-AUTO, STANDARD, UNIT_FIRST = m.HeatLayout.AUTO, m.HeatLayout.STANDARD, m.HeatLayout.UNIT_FIRST
+STANDARD, UNIT_FIRST = m.HeatLayout.STANDARD, m.HeatLayout.UNIT_FIRST
 SUITED = (0x05, 0x05, 0x17, 0x35, 0x29)  # kWh, kWh, kW, m³/h, L: all BCD-valid bytes too
 
 
