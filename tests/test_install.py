@@ -1,11 +1,19 @@
-"""The wheel installs under one root, ``st2000r``, beside the process manager Supervisor.
+"""The package installs under one root, ``st2000r``, beside the process manager Supervisor.
 
-Installed bare, our ``supervisor/`` and ``config/`` folders would overwrite other packages;
-this builds the real wheel and installs it next to Supervisor from the package index.
+Installed bare, our ``supervisor/`` and ``config/`` folders would overwrite other packages.
+This builds what ``setup.py`` installs, and a tiny stand-in distribution named
+``supervisor`` (the process manager's import name), and installs both with pip into one
+folder -- offline: no package index, no build dependencies beyond the setuptools already
+present.  Each is built with ``setup.py build_py`` (the step a wheel build runs to lay out
+packages and package data) and packed as a pure-Python wheel, which pip installs without a
+build backend.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -14,43 +22,81 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
+OFFLINE = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+STANDIN_SETUP = 'from setuptools import setup\nsetup(name="supervisor", version="0.0.0", packages=["supervisor"])\n'
+STANDIN_INIT = 'STANDIN = "the process manager Supervisor (stand-in)"\n'
+STANDIN_OPTIONS = "class ServerOptions:\n    pass\n"
+
+
+def _record_line(arcname: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{arcname},sha256={digest},{len(data)}"
+
+
+def build_wheel(project: Path, name: str, version: str, out: Path) -> Path:
+    """``project``'s ``setup.py build_py`` output packed as ``NAME-VERSION-py3-none-any.whl``."""
+    lib = out / f"{name}-lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                   cwd=project, check=True, capture_output=True, timeout=120, env=OFFLINE)
+    wheel = out / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    records = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in lib.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            arcname = path.relative_to(lib).as_posix()
+            data = path.read_bytes()
+            zf.writestr(arcname, data)
+            records.append(_record_line(arcname, data))
+        meta = {
+            "METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+            "WHEEL": "Wheel-Version: 1.0\nGenerator: tests/test_install.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        }
+        for filename, text in meta.items():
+            zf.writestr(f"{info}/{filename}", text)
+            records.append(_record_line(f"{info}/{filename}", text.encode()))
+        records.append(f"{info}/RECORD,,")
+        zf.writestr(f"{info}/RECORD", "\n".join(records) + "\n")
+    return wheel
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(out), str(ROOT)],
-        check=True, timeout=300,
-    )  # fmt: skip
-    (whl,) = out.glob("st2000r-*.whl")
-    return whl
+def wheels(tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("wheels")
+    standin = out / "standin"
+    (standin / "supervisor").mkdir(parents=True)
+    (standin / "setup.py").write_text(STANDIN_SETUP)
+    (standin / "supervisor" / "__init__.py").write_text(STANDIN_INIT)
+    (standin / "supervisor" / "options.py").write_text(STANDIN_OPTIONS)
+    return build_wheel(ROOT, "st2000r", "0.1.0", out), build_wheel(standin, "supervisor", "0.0.0", out)
 
 
-def test_wheel_holds_only_the_st2000r_root(wheel):
-    names = zipfile.ZipFile(wheel).namelist()
+def test_the_build_holds_only_the_st2000r_root(wheels):
+    names = zipfile.ZipFile(wheels[0]).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"st2000r"}
     assert "st2000r/supervisor/cli.py" in names
     assert "st2000r/drivers/st2000r/frame.py" in names
+    assert "st2000r/config/loader.py" in names and "st2000r/config/cliargs.py" in names
     assert "st2000r/config/examples/community.toml" in names
     assert not any(n.startswith("st2000r/tests") for n in names)
 
 
-def test_installs_beside_the_process_manager_supervisor(wheel, tmp_path):
+def test_installs_beside_the_process_manager_supervisor(wheels, tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-         str(wheel), "supervisor"],
-        check=True, timeout=300,
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target),
+         *map(str, wheels)],
+        check=True, timeout=300, env=OFFLINE,
     )  # fmt: skip
     probe = (
         "import supervisor.options, st2000r.supervisor.cli, st2000r.config, "
         "st2000r.drivers.st2000r.frame\n"
         "import supervisor\n"
         "assert 'st2000r' not in supervisor.__file__, supervisor.__file__\n"
+        "assert supervisor.STANDIN.startswith('the process manager'), supervisor.STANDIN\n"
         "assert hasattr(supervisor.options, 'ServerOptions')\n"
+        "assert st2000r.supervisor.cli.COMMANDS['scan'][0] == 'st2000r.supervisor.scan'\n"
         "print('ok')\n"
     )
     proc = subprocess.run(
@@ -59,3 +105,4 @@ def test_installs_beside_the_process_manager_supervisor(wheel, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["st2000r", "supervisor"]
