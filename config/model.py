@@ -1,7 +1,9 @@
 """The typed topology model: what a validated configuration file becomes.
 
 Every object is a frozen, slotted dataclass holding tuples, so a ``Topology`` can be shared
-between services and compared with ``==`` on reload.  The loader (``st2000r.config.loader``)
+between services and compared with ``==`` on reload.  The wide ones (more than five fields:
+``Link``, ``Summary``, ``SupervisorSettings``, ``Topology``) are keyword-only, so a field
+added later cannot silently shift the meaning of positional arguments.  The loader (``st2000r.config.loader``)
 is the only producer; it guarantees the invariants stated here, the classes do not re-check
 them.
 
@@ -209,7 +211,7 @@ class GsmEndpoint:
 Endpoint = SerialEndpoint | TcpEndpoint | GprsEndpoint | GsmEndpoint
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Link:
     """One field bus and how the supervisor reaches it.
 
@@ -274,7 +276,7 @@ class Site:
         return summarize((self,))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
     """Counts over some sites.  ``links_by_kind`` has every kind of ``LINK_KINDS`` and
     ``meters_by_kind`` every ``MeterKind`` as keys, zero when absent."""
@@ -392,7 +394,7 @@ class Operator:
     password_hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorSettings:
     """Process-wide settings of ``st2000r run`` (``[supervisor]``).
 
@@ -412,7 +414,7 @@ class SupervisorSettings:
     command_timeout_s: int = 60
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """A whole validated configuration file.  ``source``: the path it was read from, or
     the ``source`` given to ``loads`` (``"<string>"`` by default).
@@ -426,7 +428,8 @@ class Topology:
     plans: tuple[ReadingPlan, ...] = DEFAULT_PLANS
     interlocks: Interlocks = Interlocks(frozenset(), 10)
     operators: tuple[Operator, ...] = ()
-    settings: SupervisorSettings = SupervisorSettings(None, 2, "text", "var")
+    settings: SupervisorSettings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text",
+                                                      state_dir="var")
 
     def links(self) -> Iterator[Link]:
         """Every link of every site, in file order."""

@@ -163,3 +163,18 @@ def test_bad_gap_ms_names_file_key_and_reason(value, reason):
     with pytest.raises(ConfigError) as info:
         loads(TEMPLATE + link(1, "1-2", extra=f"gap_ms = {value}\n"), source="t.toml")
     assert str(info.value) == f"t.toml: sites[0].links[0].gap_ms: {reason}"
+
+
+# ---- the wide model classes are keyword-only
+
+
+@pytest.mark.parametrize("cls", ["Link", "Summary", "SupervisorSettings", "Topology"])
+def test_wide_model_classes_take_keywords_only(cls):
+    import dataclasses
+
+    from st2000r.config import model
+
+    klass = getattr(model, cls)
+    assert all(f.kw_only for f in dataclasses.fields(klass))
+    with pytest.raises(TypeError):
+        klass(*range(len(dataclasses.fields(klass))))

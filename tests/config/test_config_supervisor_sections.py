@@ -78,11 +78,12 @@ def test_defaults_without_the_sections():
     assert topology.plans[1] == ReadingPlan("status", "status", (), 300, None)
     assert topology.interlocks == Interlocks(frozenset(), 10)
     assert topology.operators == ()
-    assert topology.settings == SupervisorSettings(None, 2, "text", "var", None, 60)
+    assert topology.settings == SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir="var",
+                                                   stale_after_s=None, command_timeout_s=60)
 
 
 def test_topology_built_directly_keeps_working():
-    topology = Topology((), "x")
+    topology = Topology(sites=(), source="x")
     assert topology.plans == DEFAULT_PLANS and topology.settings.retries == 2
 
 
@@ -141,8 +142,9 @@ command_timeout = "2m"
     assert topology.operator("modbus").role == "engineer"
     with pytest.raises(KeyError):
         topology.operator("nobody")
-    assert topology.settings == SupervisorSettings("tcp:port=9000:interface=0.0.0.0", 3, "json",
-                                                   "/var/lib/st2000r", 172800, 120)
+    assert topology.settings == SupervisorSettings(gprs_listen="tcp:port=9000:interface=0.0.0.0", retries=3,
+                                                   log_format="json", state_dir="/var/lib/st2000r",
+                                                   stale_after_s=172800, command_timeout_s=120)
 
 
 def test_empty_plans_means_no_scheduled_polling():

@@ -296,7 +296,8 @@ async def test_storm_of_300_dtus_all_register_and_answer(kit):
 
     fmts = ("plain", "usr", "ddp")
     links = [
-        Link(f"g{i}", "gprs", GprsEndpoint(f"D{i:05d}", fmts[i % 3], 60), LineSettings(2400, 8, "E", 1), 20, "901F", (), ())
+        Link(name=f"g{i}", kind="gprs", endpoint=GprsEndpoint(f"D{i:05d}", fmts[i % 3], 60),
+             line=LineSettings(2400, 8, "E", 1), turnaround_ms=20, di_order="901F", repeaters=(), cdts=())
         for i in range(STORM)
     ]
     server = GprsServer("tcp:0:interface=127.0.0.1:backlog=1024", reactor)

@@ -65,7 +65,7 @@ def make_link(
 
 
 def make_topology(*links: Link) -> Topology:
-    return Topology((Site("test site", "nowhere", links or (make_link(),)),), "<test>")
+    return Topology(sites=(Site("test site", "nowhere", links or (make_link(),)),), source="<test>")
 
 
 def repeater_topology() -> Topology:

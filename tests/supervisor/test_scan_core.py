@@ -61,7 +61,7 @@ def make_link(cdts, *, baud: int = 9600, name: str = "bus", repeaters=(Repeater(
 
 
 def make_topology(link: Link) -> Topology:
-    return Topology((Site("Test Gardens", "1 Test Road", (link,)),), "<test>")
+    return Topology(sites=(Site("Test Gardens", "1 Test Road", (link,)),), source="<test>")
 
 
 def configured_link(**kw) -> Link:
