@@ -2,7 +2,8 @@
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT, or ``--duration`` elapsed); 2 for bad
 arguments or an invalid configuration (every issue on stderr, one per line, as ``config
-check`` prints them) or a topology the supervisor cannot run; 1 if it cannot start (e.g.
+check`` prints them), a topology the supervisor cannot run, or a state folder that cannot be
+created or written (one line naming the folder and the reason); 1 if it cannot start (e.g.
 the GPRS port is taken).  Logs go to stdout, one line per event: text, or one JSON object
 per line with ``--log-format json`` (default: ``[supervisor] log_format``).
 """
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.state_dir is not None:
         topology = replace(topology, settings=replace(topology.settings, state_dir=args.state_dir))
+    from st2000r.supervisor.state import check_state_dir
+
+    problem = check_state_dir(topology.settings.state_dir)  # state.sqlite and the audit log live there
+    if problem is not None:
+        return _fail(problem)
     log_format = args.log_format or topology.settings.log_format
 
     from st2000r.supervisor.reactor import install_reactor

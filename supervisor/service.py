@@ -10,7 +10,12 @@
   ``GprsServer`` on ``[supervisor] gprs_listen``), a ``Poller`` running the reading plans
   with the point database as its sink (``.pollers[name]``);
 - the :class:`~st2000r.supervisor.commands.CommandDispatcher` (``.commands``), auditing to
-  ``audit_path`` (default ``STATE_DIR/audit.jsonl``).
+  ``audit_path`` (default ``STATE_DIR/audit.jsonl``);
+- the :class:`~st2000r.supervisor.state.StateStore` (``.state``, ``STATE_DIR/state.sqlite``):
+  on start, before any poller reads, the saved alarms and meter points are restored (values
+  STALE until read); it is started first and stopped last, outside the child list, so its
+  final flush sees everything the other services published while stopping, and
+  ``stopService`` fires only once that flush is on disk.
 
 Children start in that order and stop in reverse (links and pollers before the point
 database); on stop, running commands finish as ``failed`` and every master fails what it
@@ -37,6 +42,7 @@ from st2000r.supervisor.alarms import AlarmManager
 from st2000r.supervisor.commands import CommandDispatcher
 from st2000r.supervisor.events import EventBus
 from st2000r.supervisor.points import PointDatabase
+from st2000r.supervisor.state import StateStore
 
 __all__ = ["SupervisorService", "SupervisorError"]
 
@@ -53,7 +59,8 @@ class SupervisorService(MultiService):
     ``reactor``: the reactor (clock, TCP, serial).  ``link_factory(link, master, reactor,
     gprs_server=...) -> IService``: how link services are made (default
     ``links.link_service``; tests pass their own).  ``audit_path``: the command audit file,
-    or ``False`` for none.  ``local_time``: for the pollers' daily plan times.
+    or ``False`` for none.  ``local_time``: for the pollers' daily plan times.  ``state``:
+    keep and restore ``STATE_DIR/state.sqlite`` (``False``: start empty, save nothing).
     """
 
     def __init__(
@@ -65,12 +72,13 @@ class SupervisorService(MultiService):
         audit_path: str | os.PathLike[str] | None | bool = None,
         local_time: Callable[[float], datetime] | None = None,
         poller_options: dict[str, Any] | None = None,
+        state: bool = True,
     ) -> None:
         super().__init__()
         self.topology = topology
         self.reactor = reactor
         settings = topology.settings
-        self.bus = EventBus()
+        self.bus = EventBus(reactor)
         self.points = PointDatabase(topology, reactor, self.bus)
         self.alarms = AlarmManager(topology, reactor, self.bus)
         self.points.setServiceParent(self)
@@ -111,6 +119,20 @@ class SupervisorService(MultiService):
             audit_path = os.path.join(settings.state_dir, "audit.jsonl")
         self.commands = CommandDispatcher(topology, reactor, self.masters, self.points, self.bus,
                                           audit_path=audit_path or None)
+        self.state = StateStore(settings.state_dir, reactor, self.bus, topology) if state else None
+
+    # ---- state store: built, started first, stopped last (see the module docstring)
+
+    def startService(self) -> None:
+        if self.state is not None:
+            self.state.startService()
+            self.state.restore_into(self.points, self.alarms)
+        super().startService()
+
+    def _stop_state(self, result: Any) -> Any:
+        if self.state is None or not self.state.running:
+            return result
+        return self.state.stopService().addCallback(lambda _: result)
 
     def stopService(self) -> defer.Deferred:
         self.commands.shutdown()
@@ -121,4 +143,4 @@ class SupervisorService(MultiService):
                 master.shutdown("supervisor stopping")
             return result
 
-        return d.addBoth(masters_down)
+        return d.addBoth(masters_down).addBoth(self._stop_state)
