@@ -25,7 +25,7 @@ ROOMS = {
 ALLOWED = {
     "config": set(),
     "drivers": {"config"},
-    "supervisor": {"config", "drivers", "bridge", "historian", "simulation"},
+    "supervisor": {"config", "drivers", "bridge", "historian"},  # never the simulator: it is the field twin
     "bridge": {"supervisor", "config"},
     "historian": {"supervisor", "config"},
     "tui": set(),
