@@ -14,9 +14,11 @@ from datetime import datetime, timedelta
 
 import pytest
 import pytest_twisted
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
@@ -429,3 +431,73 @@ def test_times_round_trip_exactly(tmp_path):
     point = next(p for p in Rig(tmp_path).store.load().meters if p.id == M111)
     assert point.timestamp == expected and point.timestamp - expected == timedelta(0)
     assert isinstance(point.timestamp, datetime)
+
+
+# --------------------------------------------------------------------------- in the assembled supervisor
+
+
+class NoField(Service):
+    """A link service with nothing behind it: these tests feed the point database directly."""
+
+
+def supervisor(state_dir):
+    from st2000r.supervisor.service import SupervisorService
+
+    clock = Clock()
+    clock.advance(T0)
+    service = SupervisorService(topology(state_dir), clock, link_factory=lambda *a, **k: NoField())
+    return service, clock
+
+
+def settle(clock, d=None, limit=30.0):
+    """Advance ``clock`` call by call until ``d`` fired (or, without ``d``, by ``limit`` s)."""
+    out = []
+    if d is not None:
+        d.addBoth(out.append)
+    end = clock.seconds() + limit
+    while not out and clock.getDelayedCalls():
+        step = max(0.0, min(c.getTime() for c in clock.getDelayedCalls()) - clock.seconds())
+        if clock.seconds() + step > end:
+            break
+        clock.advance(step)
+    return out
+
+
+def stopped(clock, service):
+    """Stop ``service``; True once its Deferred fired without a failure."""
+    out = settle(clock, service.stopService())
+    return len(out) == 1 and not isinstance(out[0], Failure)
+
+
+@pytest.mark.parametrize("clean_stop", [True, False], ids=["stopped cleanly", "killed"])
+def test_a_second_supervisor_on_the_same_folder_restores_points_and_acknowledged_alarms(tmp_path, clean_stop):
+    first, clock = supervisor(tmp_path)
+    first.startService()
+    first.points.on_bulk("bus", 1, bulk(1, [100, 200, 300, 110, 210, 310], [TAMPER] + [0] * 5), clock.seconds())
+    first.alarms.acknowledge("meter:bus/1/1/1:tamper", "alice", "magnet removed on site")
+    settle(clock, limit=2.0)  # the first periodic flush
+    assert first.state.stats.flushes == 1
+    read_at = utc(clock.seconds())
+    first.points.on_bulk("bus", 2, bulk(2, [400, 401, 402, 403, 404, 405]), clock.seconds())  # after that flush
+    if clean_stop:
+        assert stopped(clock, first)
+        assert clock.getDelayedCalls() == []
+    # else: killed -- never stopped, nothing more reaches the file
+
+    second, clock2 = supervisor(tmp_path)
+    clock2.advance(clock.seconds() - T0 + 60)
+    second.startService()
+    try:
+        acked = second.alarms.alarm("meter:bus/1/1/1:tamper")
+        assert (acked.state, acked.acked_by, acked.ack_note) == ("active-acked", "alice", "magnet removed on site")
+        assert [a.id for a in second.alarms.alarms()] == ["meter:bus/1/1/1:tamper"]
+        first_cdt = second.points.meter("bus/1/1/1")
+        assert (first_cdt.value, first_cdt.quality) == (1000, Quality.STALE)
+        second_cdt = second.points.meter("bus/2/1/1")
+        if clean_stop:  # the final flush saved what came after the last periodic one
+            assert (second_cdt.value, second_cdt.timestamp, second_cdt.quality) == (4000, read_at, Quality.STALE)
+        else:
+            assert second_cdt.value is None
+    finally:
+        assert stopped(clock2, second)
+    assert clock2.getDelayedCalls() == []
