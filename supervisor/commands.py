@@ -1,49 +1,53 @@
-"""The one write path: every valve command, from any source, goes through here.
+"""The one command path: every write to the field and every alarm operation goes through here.
 
-:meth:`CommandDispatcher.submit` takes a :class:`ValveRequest` and returns a Deferred that
-always fires (never errbacks) with a :class:`CommandOutcome` whose ``result`` is one of
-``succeeded``, ``failed``, ``timed_out``, ``rejected``.  Steps, in order:
+:meth:`CommandDispatcher.submit` takes a request and returns at once a
+:class:`CommandHandle` — the command id, and a Deferred that fires with the final
+:class:`~st2000r.supervisor.events.CommandRecord` (it never errbacks).  Commands can be
+looked up by id (:meth:`~CommandDispatcher.get`) and by target
+(:meth:`~CommandDispatcher.last_for`); every state change is published as a
+``CommandChanged`` event and written to the audit log.  Only this module builds write
+frames (a layer test says so); the bridge and the API use the dispatcher, never a master.
 
-1. **checks** (any failure -> ``rejected`` with the reason; nothing is sent):
-   the source is known; the caller may operate valves (below); the meter exists; no other
-   command for the same meter is running (``busy``); the meter reports a valve (not
-   ``Valve.NONE``); for a close: the household is not protected, and the link has had fewer
-   than ``max_closes_per_minute`` accepted closes in the last 60 s (sliding window);
-2. **send** ``ValveControl`` (meter type by kind: water 10h, gas 30h, electricity 40h;
-   address = the meter serial; the link's DI order) at ``Priority.COMMAND``.  A
-   ``ValveReply`` continues; an ``ErrorReply`` -> ``failed`` (status named);
-   ``TransactionTimeout`` -> ``timed_out``; ``LinkDown`` -> ``failed``;
-3. **confirm by read-back**: ``BulkRead(first_channel=n, count=1)`` of the meter's CDT at
-   ``Priority.COMMAND``, repeated every ``confirm_interval_s`` until the channel's valve is
-   the target (``succeeded``) or ``FAULT`` (``failed``), or ``timeout_s`` after the send
-   (``timed_out``; the motor takes seconds).  A read-back that times out is tried again
-   until the deadline; an ``ErrorReply`` or ``LinkDown`` -> ``failed``.  Read-backs are
-   also handed to the point database (``points.on_bulk``).
+Kinds (:class:`~st2000r.supervisor.events.CommandKind`): valve open/close, read now (a CDT
+or one meter), set base reading (the pulse counter of a replaced meter), CDT time sync, and
+alarm acknowledge / shelve / unshelve.  Steps of a field command:
 
-Permissions: sources ``api``, ``console`` and ``cli`` act as the operator named ``who``,
-who must be in ``operators`` with role ``operator``, ``engineer`` or ``admin`` (a
-``viewer`` is refused, an unknown name is refused).  Source ``modbus`` (the bridge, whose
-masters have no login) acts as the configured operator named ``"modbus"`` — Modbus writes
-are refused unless that service identity is configured with a role that may operate;
-``who`` is still recorded.  Source ``plan`` is the supervisor's own scheduler and acts with
-the ``operator`` role.
+1. **checks** (any failure -> REFUSED with the reason; nothing is sent): the source and
+   the caller's role (:mod:`st2000r.supervisor.authz`); the target exists and its link runs;
+   no other command runs on the same target (``busy``); valve: the meter reports a valve;
+   close: the household is not protected and the link had fewer than
+   ``max_closes_per_minute`` accepted closes in the last 60 s; set base: the value is
+   ``initial + k x pulse_constant``;
+2. **audit first**: the PENDING record is written and synced; only then may the frame go
+   on the wire.  An audit log that cannot be written refuses the command (and raises the
+   ``system:audit:unwritable`` alarm until a write succeeds again);
+3. **send within the deadline**: the frame is queued at ``Priority.COMMAND``; if it has not
+   gone on the wire ``timeout_s`` after the request (link down, bus stuck) the command
+   FAILS as "not sent" and is withdrawn — it is never sent later.  When the frame is
+   written the command is SENT, and its own timeout starts then;
+4. **confirm**: valve — read back the channel every ``confirm_interval_s`` until it shows
+   the target (SUCCEEDED) or FAULT (FAILED), or ``timeout_s`` after the send (TIMED_OUT);
+   set base — the CDT's reply must echo the count; time sync — the CDT's reply; read now —
+   every reply.  Read-backs are ordinary transactions (purpose ``READ_BACK``): their
+   replies reach the point database by the one path every reply takes.
 
-Audit: every submission — rejected ones too — gets an :class:`AuditRecord` in an in-memory
-ring (``ring_size`` newest) and, with ``audit_path``, one JSON line per record appended to
-that file (opened, written, flushed, fsynced and closed per record, so a crash loses
-nothing written).  A command that is sent first writes a ``pending`` line, then its final
-line with the same ``id``.  A write error is logged and counted, never raised.
-``CommandFinished`` is published on the event bus for every outcome.
+**The audit never contradicts the field.**  After a valve command TIMED_OUT the meter is
+watched for ``late_window_s``: a later reading (one more read-back is made after
+``timeout_s``, and every plan round counts) that shows the target revises the outcome to
+SUCCEEDED with ``late`` set, audited as a late confirmation.  A valve that changes state
+with no command of ours running or watching raises ``meter:<id>:valve_moved`` (a second
+master on the bus, a hand on the valve).  A command cut off by a crash (its last audit
+line PENDING or SENT) is closed at the next start by :meth:`~CommandDispatcher.recover` as
+INTERRUPTED, after a read-back of its valve.  Ids are unique across restarts (run id prefix).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer
@@ -51,33 +55,53 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from st2000r.config.model import Interlocks, MeterKind, Operator, Topology
+from st2000r.config.model import Interlocks, Operator, Topology
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.master import LinkDown, Priority, TransactionError, TransactionTimeout
 from st2000r.drivers.st2000r.messages import DiOrder, Valve
+from st2000r.drivers.st2000r.poller import bulk_ranges
+from st2000r.drivers.st2000r.reachability import Purpose
 from st2000r.drivers.st2000r.timing import hops_latency_s
-from st2000r.supervisor.events import AuditRecord, CommandFinished, EventBus, MeterId, utc
+from st2000r.supervisor.audit import MemoryAudit
+from st2000r.supervisor.authz import Source, authorize
+from st2000r.supervisor.commands_model import (
+    AlarmRequest,
+    CommandHandle,
+    ReadNowRequest,
+    Request,
+    SetBaseRequest,
+    TimeSyncRequest,
+    ValveRequest,
+    METER_TYPES,
+    describe,
+)
+from st2000r.supervisor.events import (
+    CommandChanged,
+    CommandKind,
+    CommandRecord,
+    CommandState,
+    EventBus,
+    MeterChanged,
+    MeterId,
+    utc,
+)
 
 __all__ = [
     "CommandDispatcher",
+    "CommandHandle",
     "ValveRequest",
-    "CommandOutcome",
-    "SOURCES",
-    "RESULTS",
-    "OPERATING_ROLES",
+    "ReadNowRequest",
+    "SetBaseRequest",
+    "TimeSyncRequest",
+    "AlarmRequest",
     "METER_TYPES",
+    "AUDIT_ALARM",
 ]
 
 log = Logger()
 
-SOURCES: tuple[str, ...] = ("api", "modbus", "console", "plan", "cli")
-RESULTS: tuple[str, ...] = ("succeeded", "failed", "timed_out", "rejected")
-#: roles that may operate valves
-OPERATING_ROLES: frozenset[str] = frozenset({"operator", "engineer", "admin"})
-#: CJ/T 188 meter type of a valve command by meter kind
-METER_TYPES: dict[MeterKind, int] = {MeterKind.WATER: 0x10, MeterKind.GAS: 0x30, MeterKind.ELECTRICITY: 0x40}
-MODBUS_IDENTITY = "modbus"
 WINDOW_S = 60.0
+AUDIT_ALARM = "system:audit:unwritable"
 
 _ERROR_NAMES = {
     m.ErrorReply.UNKNOWN_DI: "unknown data identifier",
@@ -88,56 +112,44 @@ _ERROR_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ValveRequest:
-    """Open (``open=True``) or close a meter's valve.  ``who``: the operator (or service)
-    asking; ``source``: one of ``SOURCES``; ``reason``: free text for the audit log;
-    ``peer``: where the request came from (address of an API client, Modbus master ...)."""
-
-    meter: MeterId | str
-    open: bool
-    who: str
-    source: str
-    reason: str = ""
-    peer: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    """The definite outcome of one request.  ``result``: one of ``RESULTS``; ``detail``: why,
-    in words; ``record``: the final audit record."""
-
-    result: str
-    detail: str
-    record: AuditRecord
+def _error_text(reply: m.ErrorReply) -> str:
+    return f"error status {reply.status:02X}h ({_ERROR_NAMES.get(reply.status, 'unknown status')})"
 
 
 class _Command:
-    __slots__ = ("id", "request", "mid", "action", "requested_at", "deferred", "deadline", "call", "target",
-                 "attempts")
+    __slots__ = ("id", "request", "kind", "target", "action", "record", "deferred", "mid", "link", "cdt",
+                 "deadline", "send_timer", "call", "valve", "count", "attempts", "tx", "sent", "steps")
 
-    def __init__(self, cid: str, request: ValveRequest, action: str, requested_at: float) -> None:
+    def __init__(self, cid: str, request: Request, record: CommandRecord) -> None:
         self.id = cid
         self.request = request
-        self.mid: MeterId | None = None
-        self.action = action
-        self.requested_at = requested_at
+        self.kind = record.kind
+        self.target = record.target
+        self.action = record.action
+        self.record = record
         self.deferred: defer.Deferred = defer.Deferred()
+        self.mid: MeterId | None = None
+        self.link: Any = None
+        self.cdt: Any = None
         self.deadline = 0.0
+        self.send_timer: Any = None
         self.call: Any = None
-        self.target = Valve.OPEN if request.open else Valve.CLOSED
+        self.valve: Valve | None = None  # a valve command's target
+        self.count: int | None = None  # a set-base command's pulse count
         self.attempts = 0
+        self.tx: defer.Deferred | None = None
+        self.sent = False
+        self.steps: list[m.Message] = []
 
 
 class CommandDispatcher:
-    """Runs valve commands (rules in the module docstring).
+    """Runs commands (rules in the module docstring).
 
-    ``masters``: link name -> bus master (anything with ``transact(request, *, priority,
-    hops_latency_s) -> Deferred``).  ``points``: the point database (``meter(id)`` for the
-    last known valve, ``on_bulk`` for read-backs).  ``operators``/``interlocks`` default to
-    the topology's.  ``timeout_s``: read-back deadline after the send (default
-    ``topology.settings.command_timeout_s``).  ``confirm_interval_s``: time between
-    read-backs.
+    ``masters``: link name -> bus master.  ``points``: the point database (``meter``,
+    ``meter_config``).  ``audit``: an ``AuditLog`` (default: in memory only).  ``alarms``:
+    the alarm manager (alarm operations, the audit and valve-moved alarms).  ``timeout_s``:
+    default ``topology.settings.command_timeout_s``.  ``local_time(seconds) -> datetime``:
+    the wall time a time sync sets.  ``run_id``: prefix of this run's command ids.
     """
 
     def __init__(
@@ -148,287 +160,544 @@ class CommandDispatcher:
         points: Any,
         bus: EventBus,
         *,
-        audit_path: str | os.PathLike[str] | None = None,
+        audit: Any = None,
+        alarms: Any = None,
         operators: tuple[Operator, ...] | None = None,
         interlocks: Interlocks | None = None,
         timeout_s: float | None = None,
         confirm_interval_s: float = 3.0,
-        ring_size: int = 1000,
+        late_window_s: float = 3600.0,
+        history_size: int = 10_000,
+        local_time: Callable[[float], datetime] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.topology = topology
         self.clock = clock
         self.masters = masters
         self.points = points
         self.bus = bus
-        self.audit_path = os.fspath(audit_path) if audit_path is not None else None
+        self.audit = audit if audit is not None else MemoryAudit()
+        self.alarms = alarms
         self.operators = {o.name: o for o in (topology.operators if operators is None else operators)}
         self.interlocks = topology.interlocks if interlocks is None else interlocks
         self.timeout_s = float(topology.settings.command_timeout_s if timeout_s is None else timeout_s)
         self.confirm_interval_s = confirm_interval_s
-        self.audit: deque[AuditRecord] = deque(maxlen=ring_size)
-        self.audit_errors = 0
-        self._running: dict[MeterId, _Command] = {}
+        self.late_window_s = late_window_s
+        self.local_time = local_time or datetime.fromtimestamp
+        self.audit_failed: str | None = None
+        self._history: OrderedDict[str, CommandRecord] = OrderedDict()
+        self._history_size = history_size
+        self._last: dict[str, str] = {}
+        self._running: dict[str, _Command] = {}
+        self._late: dict[MeterId, tuple[_Command, Any]] = {}
+        self._valves: dict[MeterId, Valve] = {}
         self._closes: dict[str, deque[float]] = {}
         self._seq = itertools.count(1)
-        self._boot = f"{int(clock.seconds()):x}"
+        self._prefix = (run_id or bus.run_id)[:8]
+        self._unsubscribe = bus.subscribe(self._on_meter, MeterChanged)
 
     # ---------------------------------------------------------------- public API
 
-    def submit(self, request: ValveRequest) -> defer.Deferred:
-        """Run ``request``; the Deferred fires with a :class:`CommandOutcome` (never errbacks)."""
+    def submit(self, request: Request) -> CommandHandle:
+        """Run ``request``; returns its handle at once (see the module docstring)."""
         now = self.clock.seconds()
-        action = "open" if request.open else "close"
-        command = _Command(f"{self._boot}-{next(self._seq)}", request, action, now)
+        cid = f"{self._prefix}-{next(self._seq):06d}"
+        kind, target, action = describe(request)
+        source = request.source.value if isinstance(request.source, Source) else str(request.source)
+        record = CommandRecord(id=cid, kind=kind, target=target, action=action, who=request.who, source=source,
+                               peer=request.peer, reason=request.reason, requested_at=utc(now),
+                               state=CommandState.PENDING, detail="accepted")
+        command = _Command(cid, request, record)
         try:
-            reason = self._check(command)
+            why = self._check(command)
         except Exception as exc:  # a check must never take the caller down
-            log.failure("command {id}: check failed", id=command.id)
-            reason = f"internal error while checking: {exc}"
-        if reason is not None:
-            self._finish(command, "rejected", reason)
-            return command.deferred
-        mid = command.mid
-        self._running[mid] = command
-        if not request.open:
-            self._closes.setdefault(mid.link, deque()).append(now)
-        self._write_audit(self._record(command, "pending", "sent", finished=False))
-        log.info("command {id}: {action} {meter} by {who} via {source} ({reason})", id=command.id, action=action,
-                 meter=str(mid), who=request.who, source=request.source, reason=request.reason or "no reason given")
-        self._send(command)
-        return command.deferred
+            log.failure("command {id}: check failed", id=cid)
+            why = f"internal error while checking: {exc}"
+        if why is not None:
+            self._finish(command, CommandState.REFUSED, why)
+            return CommandHandle(cid, command.deferred)
+        if command.target != target:  # normalised by the checks (e.g. a MeterId)
+            command.record = record = replace(record, target=command.target)
+        if kind in (CommandKind.ALARM_ACK, CommandKind.ALARM_SHELVE, CommandKind.ALARM_UNSHELVE):
+            self._alarm_op(command)
+            return CommandHandle(cid, command.deferred)
+        self._running[target] = command
+        if kind is CommandKind.VALVE and not command.request.open:
+            self._closes.setdefault(command.mid.link, deque()).append(now)
+        self._store(record)
+        self._publish(record)
+        log.info("command {id}: {action} {target} by {who} via {source} ({reason})", id=cid, action=action,
+                 target=target, who=request.who, source=source, reason=request.reason or "no reason given")
+        d = self._write_audit(record)
+        d.addCallbacks(lambda _: self._start(command),
+                       lambda f: self._finish(command, CommandState.REFUSED,
+                                              f"the audit log cannot be written, so nothing is sent: "
+                                              f"{f.getErrorMessage()}"))
+        return CommandHandle(cid, command.deferred)
 
-    def running(self) -> tuple[MeterId, ...]:
-        """Meters with a command in progress."""
-        return tuple(self._running)
+    def get(self, command_id: str) -> CommandRecord:
+        """The current record of a command of this run or a recent one; ``KeyError``."""
+        try:
+            return self._history[command_id]
+        except KeyError:
+            raise KeyError(f"no command {command_id!r}") from None
 
-    def recent(self, n: int | None = None) -> list[AuditRecord]:
-        """The newest ``n`` (all) audit records of the ring, oldest first."""
-        items = list(self.audit)
+    def last_for(self, target: str | MeterId) -> CommandRecord | None:
+        """The newest command on ``target`` (a meter id, ``link/cdt`` or an alarm id)."""
+        cid = self._last.get(str(target))
+        return self._history.get(cid) if cid is not None else None
+
+    def history(self, n: int | None = None) -> list[CommandRecord]:
+        """The newest ``n`` (all kept) commands, oldest first, each as it is now."""
+        items = list(self._history.values())
         return items if n is None else items[-n:]
 
+    def running(self) -> tuple[str, ...]:
+        """Targets with a command in progress."""
+        return tuple(self._running)
+
     def shutdown(self) -> None:
-        """Finish every running command as ``failed`` ("supervisor stopping")."""
+        """Close every running command as INTERRUPTED (the supervisor is stopping)."""
         for command in list(self._running.values()):
-            if command.call is not None and command.call.active():
-                command.call.cancel()
-            self._finish(command, "failed", "supervisor stopping before the command was confirmed")
+            if command.tx is not None and not command.tx.called:
+                command.tx.cancel()
+            self._finish(command, CommandState.INTERRUPTED, "the supervisor stopped before the outcome was known")
+        for _, timer in self._late.values():
+            if timer.active():
+                timer.cancel()
+        self._late.clear()
+        self._unsubscribe()
+
+    def recover(self, records: Iterable[CommandRecord]) -> int:
+        """Load the audit log's records of earlier runs into the history and close those cut
+        off by a crash (last state PENDING or SENT) as INTERRUPTED — valve commands after
+        reading the valve back.  Returns how many were closed."""
+        closed = 0
+        for record in records:
+            self._store(record)
+            if record.state.final:
+                continue
+            closed += 1
+            command = _Command(record.id, ValveRequest(record.target, True, record.who, record.source), record)
+            if (record.kind is CommandKind.VALVE and self._resolve_meter(command, record.target) is None
+                    and command.link.name in self.masters):
+                self._running.setdefault(record.target, command)
+                command.valve = Valve.CLOSED if record.action == "close" else Valve.OPEN
+                self._interrupted_read_back(command)
+            else:
+                self._finish(command, CommandState.INTERRUPTED, "cut off by a restart of the supervisor")
+        return closed
 
     # ---------------------------------------------------------------- checks
 
     def _check(self, command: _Command) -> str | None:
         request = command.request
-        if request.source not in SOURCES:
-            return f"unknown source {request.source!r} (expected one of {', '.join(SOURCES)})"
+        try:
+            source = Source(request.source)
+        except ValueError:
+            return f"unknown source {request.source!r} (expected one of {', '.join(s.value for s in Source)})"
         if not request.who:
             return "no user given ('who' is empty)"
-        reason = self._permission(request)
-        if reason is not None:
-            return reason
-        if isinstance(request.meter, MeterId):
-            mid = request.meter
+        why = authorize(self.operators, request.who, source, command.kind)
+        if why is not None:
+            return why
+        if isinstance(request, AlarmRequest):
+            return None if self.alarms is not None else "no alarm manager"
+        if isinstance(request, (ValveRequest, SetBaseRequest)):
+            why = self._resolve_meter(command, request.meter)
+        elif isinstance(request, ReadNowRequest):
+            why = self._resolve_meter(command, request.target) if request.target.count("/") == 3 else \
+                self._resolve_cdt(command, request.target)
         else:
-            try:
-                mid = MeterId.parse(request.meter)
-            except ValueError as exc:
-                return str(exc)
+            why = self._resolve_cdt(command, f"{request.link}/{request.cdt}")
+        if why is not None:
+            return why
+        if command.link.name not in self.masters:
+            return f"link {command.link.name!r} has no bus master (not running)"
+        if command.target in self._running:
+            return f"busy: command {self._running[command.target].id} on {command.target} is still running"
+        if isinstance(request, ValveRequest):
+            return self._check_valve(command, request)
+        if isinstance(request, SetBaseRequest):
+            meter = self.points.meter_config(command.mid)
+            steps, rest = divmod(request.value - meter.initial, meter.pulse_constant)
+            if request.value < meter.initial or rest:
+                return (f"base value {request.value} {meter.kind.base_unit} is not the meter's initial "
+                        f"{meter.initial} plus a whole number of pulses of {meter.pulse_constant}")
+            if steps > 0xFFFFFFFF:
+                return f"base value {request.value} needs {steps} pulses, more than a CDT counter holds"
+            command.count = steps
+        return None
+
+    def _resolve_meter(self, command: _Command, meter: MeterId | str) -> str | None:
         try:
-            meter = self.points.meter_config(mid)
-            point = self.points.meter(mid)
+            mid = meter if isinstance(meter, MeterId) else MeterId.parse(meter)
+        except ValueError as exc:
+            return str(exc)
+        try:
+            self.points.meter_config(mid)
         except KeyError:
             return f"no meter {mid} in the configuration"
-        command.mid = mid
-        if mid.link not in self.masters:
-            return f"link {mid.link!r} has no bus master (not running)"
-        if mid in self._running:
-            return f"busy: command {self._running[mid].id} for meter {mid} is still running"
+        link = self.topology.link(mid.link)
+        command.mid, command.link, command.cdt = mid, link, link.cdt(mid.cdt)
+        command.target = str(mid)
+        return None
+
+    def _resolve_cdt(self, command: _Command, text: str) -> str | None:
+        link_name, _, address = text.rpartition("/")
+        if not link_name or not address.isdigit():
+            return f"CDT {text!r}: expected LINK/CDT, e.g. 'bus1/3'"
+        try:
+            link = self.topology.link(link_name)
+            cdt = link.cdt(int(address))
+        except (KeyError, ValueError):
+            return f"no CDT {text} in the configuration"
+        command.link, command.cdt = link, cdt
+        command.target = f"{link.name}/{cdt.address}"
+        return None
+
+    def _check_valve(self, command: _Command, request: ValveRequest) -> str | None:
+        mid = command.mid
+        point = self.points.meter(mid)
         if point.valve is Valve.NONE:
             return f"meter {mid} reports no valve fitted"
-        if not request.open:
-            if meter.household is not None and meter.household in self.interlocks.protected_households:
-                return f"interlock: household {meter.household!r} is protected (its meters are never closed)"
-            limit = self.interlocks.max_closes_per_minute
-            window = self._closes.setdefault(mid.link, deque())
-            horizon = self.clock.seconds() - WINDOW_S
-            while window and window[0] <= horizon:
-                window.popleft()
-            if limit == 0:
-                return "interlock: closing valves is disabled (max_closes_per_minute = 0)"
-            if len(window) >= limit:
-                return (f"interlock: {len(window)} closes on link {mid.link!r} in the last minute "
-                        f"(limit {limit} per minute)")
-        return None
-
-    def _permission(self, request: ValveRequest) -> str | None:
-        if request.source == "plan":
+        command.valve = Valve.OPEN if request.open else Valve.CLOSED
+        if request.open:
             return None
-        name = MODBUS_IDENTITY if request.source == "modbus" else request.who
-        operator = self.operators.get(name)
-        if operator is None:
-            if request.source == "modbus":
-                return ("permission denied: Modbus writes need the service identity 'modbus' in [[operators]] "
-                        "with role operator, engineer or admin")
-            return f"permission denied: unknown user {name!r}"
-        if operator.role not in OPERATING_ROLES:
-            return f"permission denied: {name!r} is a {operator.role} (operating valves needs operator or above)"
+        meter = self.points.meter_config(mid)
+        if meter.household is not None and meter.household in self.interlocks.protected_households:
+            return f"interlock: household {meter.household!r} is protected (its meters are never closed)"
+        limit = self.interlocks.max_closes_per_minute
+        if limit == 0:
+            return "interlock: closing valves is disabled (max_closes_per_minute = 0)"
+        window = self._closes.setdefault(mid.link, deque())
+        horizon = self.clock.seconds() - WINDOW_S
+        while window and window[0] <= horizon:
+            window.popleft()
+        if len(window) >= limit:
+            return f"interlock: {len(window)} closes on link {mid.link!r} in the last minute (limit {limit} per minute)"
         return None
 
-    # ---------------------------------------------------------------- send and confirm
+    # ---------------------------------------------------------------- alarm operations
 
-    def _meter_and_cdt(self, command: _Command) -> tuple[Any, Any, Any]:
-        mid = command.mid
-        link = self.topology.link(mid.link)
-        cdt = link.cdt(mid.cdt)
-        return link, cdt, self.points.meter_config(mid)
+    def _alarm_op(self, command: _Command) -> None:
+        from st2000r.supervisor.alarms import AlarmError
 
-    def _send(self, command: _Command) -> None:
-        link, cdt, meter = self._meter_and_cdt(command)
-        request = m.ValveControl(meter_type=METER_TYPES[meter.kind], address=meter.serial,
-                                 di_order=DiOrder(link.di_order), open=command.request.open)
-        hops = hops_latency_s(link, cdt.repeater)
-        command.deadline = self.clock.seconds() + self.timeout_s
-        d = self._transact(command.mid.link, request, hops)
-        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(command,), errbackArgs=(command,))
+        request: AlarmRequest = command.request
+        try:
+            if command.kind is CommandKind.ALARM_ACK:
+                self.alarms.acknowledge(request.alarm, request.who, request.reason)
+                detail = "acknowledged"
+            elif command.kind is CommandKind.ALARM_SHELVE:
+                if request.duration_s is None:
+                    raise AlarmError("shelve: a duration is required")
+                self.alarms.shelve(request.alarm, request.who, request.reason, self.clock.seconds() + request.duration_s)
+                detail = f"shelved for {request.duration_s:g} s"
+            else:
+                self.alarms.unshelve(request.alarm, request.who)
+                detail = "unshelved"
+        except AlarmError as exc:
+            self._finish(command, CommandState.REFUSED, str(exc))
+            return
+        self._finish(command, CommandState.SUCCEEDED, detail)
+
+    # ---------------------------------------------------------------- field commands
+
+    def _start(self, command: _Command) -> None:
+        if not self._is_live(command):
+            return
+        remaining = command.record.requested_at.timestamp() + self.timeout_s - self.clock.seconds()
+        if remaining <= 0:
+            self._finish(command, CommandState.FAILED, f"not sent within {self.timeout_s:g} s; it will not be sent")
+            return
+        command.send_timer = self.clock.callLater(remaining, self._send_expired, command)
+        link, cdt = command.link, command.cdt
+        di = DiOrder(link.di_order)
+        if command.kind is CommandKind.VALVE:
+            meter = self.points.meter_config(command.mid)
+            first = m.ValveControl(meter_type=METER_TYPES[meter.kind], address=meter.serial, di_order=di,
+                                   open=command.request.open)
+        elif command.kind is CommandKind.SET_BASE:
+            first = m.SetBase(address=cdt.bcd_address, di_order=di, channel=command.mid.channel_no,
+                              count=command.count)
+        elif command.kind is CommandKind.TIME_SYNC:
+            first = m.TimeSync(address=cdt.bcd_address, di_order=di,
+                               time=self.local_time(self.clock.seconds()).replace(microsecond=0, tzinfo=None))
+        else:
+            ranges = ((command.mid.channel_no, 1),) if command.mid is not None else bulk_ranges(cdt)
+            command.steps = [m.BulkRead(address=cdt.bcd_address, di_order=di, first_channel=f, count=c)
+                             for f, c in ranges]
+            if command.mid is None:
+                command.steps += [m.ReadAlarms(address=cdt.bcd_address, di_order=di),
+                                  m.ReadCdtStatus(address=cdt.bcd_address, di_order=di)]
+            first = command.steps.pop(0)
+        purpose = Purpose.READ_NOW if command.kind is CommandKind.READ_NOW else Purpose.COMMAND
+        self._transact(command, first, purpose, self._replied)
+
+    def _transact(self, command: _Command, request: m.Message, purpose: Purpose, on_reply: Callable,
+                  on_error: Callable | None = None) -> None:
+        priority = Priority.STATUS if command.kind is CommandKind.READ_NOW else Priority.COMMAND
+        try:
+            d = self.masters[command.link.name].transact(
+                request, priority=priority, hops_latency_s=hops_latency_s(command.link, command.cdt.repeater),
+                purpose=purpose, on_sent=lambda: self._on_sent(command))
+        except Exception as exc:
+            d = defer.fail(exc)
+        command.tx = d
+        d.addCallbacks(on_reply, on_error or self._tx_failed, callbackArgs=(command,), errbackArgs=(command,))
         d.addErrback(self._internal, command)
 
-    def _transact(self, link: str, request: m.Message, hops: float) -> defer.Deferred:
-        try:
-            return defer.maybeDeferred(self.masters[link].transact, request, priority=Priority.COMMAND,
-                                       hops_latency_s=hops)
-        except Exception as exc:  # maybeDeferred catches; this is belt and braces
-            return defer.fail(exc)
+    def _on_sent(self, command: _Command) -> None:
+        if command.sent or not self._is_live(command):
+            return
+        command.sent = True
+        if command.send_timer is not None and command.send_timer.active():
+            command.send_timer.cancel()
+        command.send_timer = None
+        now = self.clock.seconds()
+        command.deadline = now + self.timeout_s
+        self._update(command, CommandState.SENT, "frame on the wire", sent_at=utc(now))
 
-    def _sent(self, reply: Any, command: _Command) -> None:
+    def _send_expired(self, command: _Command) -> None:
+        command.send_timer = None
+        if command.sent or not self._is_live(command):
+            return
+        tx = command.tx
+        self._finish(command, CommandState.FAILED,
+                     f"not sent within {self.timeout_s:g} s (link down or bus busy); withdrawn, it will not be sent")
+        if tx is not None and not tx.called:
+            tx.cancel()
+
+    def _replied(self, reply: Any, command: _Command) -> None:
         if not self._is_live(command):
             return
         if isinstance(reply, m.ErrorReply):
-            self._finish(command, "failed", f"valve command refused: {self._error_text(reply)}")
-            return
-        if not isinstance(reply, m.ValveReply):
-            self._finish(command, "failed", f"unexpected reply to the valve command: {type(reply).__name__}")
-            return
-        self._read_back(command)
+            self._finish(command, CommandState.FAILED, f"refused by the field: {_error_text(reply)}")
+        elif command.kind is CommandKind.VALVE:
+            if not isinstance(reply, m.ValveReply):
+                self._finish(command, CommandState.FAILED, f"unexpected reply: {type(reply).__name__}")
+            else:
+                self._read_back(command)
+        elif command.kind is CommandKind.SET_BASE:
+            if not isinstance(reply, m.SetBaseReply) or reply.count != command.count:
+                got = getattr(reply, "count", type(reply).__name__)
+                self._finish(command, CommandState.FAILED, f"the CDT did not confirm count {command.count} "
+                                                           f"(it answered {got})")
+            else:
+                self._finish(command, CommandState.SUCCEEDED, f"pulse counter set to {command.count} "
+                                                              "(confirmed by the CDT)")
+                self._refresh(command)
+        elif command.kind is CommandKind.TIME_SYNC:
+            when = getattr(reply, "time", None)
+            self._finish(command, CommandState.SUCCEEDED,
+                         f"CDT clock set to {when.isoformat() if when else 'an unreadable time'}")
+        elif command.steps:
+            self._transact(command, command.steps.pop(0), Purpose.READ_NOW, self._replied)
+        else:
+            self._finish(command, CommandState.SUCCEEDED, "read")
 
-    def _send_failed(self, failure: Failure, command: _Command) -> None:
+    def _tx_failed(self, failure: Failure, command: _Command) -> None:
         if not self._is_live(command):
             return
         exc = failure.value
         if isinstance(exc, TransactionTimeout):
-            self._finish(command, "timed_out", f"no reply to the valve command: {exc}")
+            self._finish(command, CommandState.TIMED_OUT, f"no reply: {exc}")
         elif isinstance(exc, LinkDown):
-            self._finish(command, "failed", f"link down, valve command not delivered: {exc}")
+            state = CommandState.FAILED
+            self._finish(command, state, f"link down, {'delivery unknown' if command.sent else 'not sent'}: {exc}")
         elif isinstance(exc, TransactionError):
-            self._finish(command, "failed", f"valve command failed: {exc}")
+            self._finish(command, CommandState.FAILED, f"failed: {exc}")
+        elif isinstance(exc, defer.CancelledError):
+            self._finish(command, CommandState.FAILED, "withdrawn before it was sent")
         else:
-            self._finish(command, "failed", f"valve command could not be sent: {exc!r}")
+            self._finish(command, CommandState.FAILED, f"could not be sent: {exc!r}")
+
+    def _read_back_request(self, command: _Command) -> m.BulkRead:
+        return m.BulkRead(meter_type=m.CDT_TYPE, address=command.cdt.bcd_address,
+                          di_order=DiOrder(command.link.di_order), first_channel=command.mid.channel_no, count=1)
 
     def _read_back(self, command: _Command) -> None:
         command.call = None
         if not self._is_live(command):
             return
-        link, cdt, _ = self._meter_and_cdt(command)
-        n = command.mid.channel_no
-        request = m.BulkRead(meter_type=m.CDT_TYPE, address=cdt.bcd_address, di_order=DiOrder(link.di_order),
-                             first_channel=n, count=1)
         command.attempts += 1
-        d = self._transact(link.name, request, hops_latency_s(link, cdt.repeater))
-        d.addCallbacks(self._read, self._read_failed, callbackArgs=(command,), errbackArgs=(command,))
-        d.addErrback(self._internal, command)
+        self._transact(command, self._read_back_request(command), Purpose.READ_BACK, self._read, self._read_failed)
+
+    def _read_failed(self, failure: Failure, command: _Command) -> None:
+        if not self._is_live(command):
+            return
+        if failure.check(TransactionTimeout):
+            self._again(command, f"read-back got no reply: {failure.getErrorMessage()}")
+        else:
+            self._tx_failed(failure, command)
 
     def _read(self, reply: Any, command: _Command) -> None:
         if not self._is_live(command):
             return
         if isinstance(reply, m.ErrorReply):
-            self._finish(command, "failed", f"read-back refused: {self._error_text(reply)}")
+            self._finish(command, CommandState.FAILED, f"read-back refused: {_error_text(reply)}")
             return
         if not isinstance(reply, m.BulkReadReply) or not reply.channels:
-            self._finish(command, "failed", f"unexpected read-back reply: {type(reply).__name__}")
+            self._finish(command, CommandState.FAILED, f"unexpected read-back reply: {type(reply).__name__}")
             return
-        self.points.on_bulk(command.mid.link, command.mid.cdt, reply, self.clock.seconds())
         valve = reply.channels[0].valve
-        if valve is command.target:
-            self._finish(command, "succeeded", f"valve {valve.name.lower()} (confirmed by read-back "
-                                               f"{command.attempts})")
+        if valve is command.valve:
+            self._finish(command, CommandState.SUCCEEDED,
+                         f"valve {valve.name.lower()} (confirmed by read-back {command.attempts})")
         elif valve is Valve.FAULT:
-            self._finish(command, "failed", "valve reports FAULT (jammed motor?)")
+            self._finish(command, CommandState.FAILED, "valve reports FAULT (jammed motor?)")
         elif valve is Valve.NONE:
-            self._finish(command, "failed", "the channel reports no valve fitted")
+            self._finish(command, CommandState.FAILED, "the channel reports no valve fitted")
         else:
             self._again(command, f"valve still {valve.name.lower()}")
 
-    def _read_failed(self, failure: Failure, command: _Command) -> None:
-        if not self._is_live(command):
-            return
-        exc = failure.value
-        if isinstance(exc, TransactionTimeout):
-            self._again(command, f"read-back got no reply: {exc}")
-        elif isinstance(exc, TransactionError):
-            self._finish(command, "failed", f"read-back failed: {exc}")
-        else:
-            self._finish(command, "failed", f"read-back could not be sent: {exc!r}")
-
     def _again(self, command: _Command, state: str) -> None:
-        now = self.clock.seconds()
-        if now + self.confirm_interval_s > command.deadline:
-            self._finish(command, "timed_out", f"not confirmed within {self.timeout_s:g} s: {state}")
+        if self.clock.seconds() + self.confirm_interval_s > command.deadline:
+            self._finish(command, CommandState.TIMED_OUT, f"not confirmed within {self.timeout_s:g} s: {state}")
             return
         command.call = self.clock.callLater(self.confirm_interval_s, self._read_back, command)
+
+    def _refresh(self, command: _Command) -> None:
+        """One more read of the meter so the point database shows the result (fire and forget)."""
+        try:
+            d = self.masters[command.link.name].transact(
+                self._read_back_request(command), priority=Priority.COMMAND,
+                hops_latency_s=hops_latency_s(command.link, command.cdt.repeater), purpose=Purpose.READ_BACK)
+            d.addErrback(lambda f: None)
+        except Exception:
+            log.failure("command {id}: refresh read failed", id=command.id)
 
     def _internal(self, failure: Failure, command: _Command) -> None:
         log.failure("command {id}: internal error", failure, id=command.id)
         if self._is_live(command):
-            self._finish(command, "failed", f"internal error: {failure.getErrorMessage()}")
+            self._finish(command, CommandState.FAILED, f"internal error: {failure.getErrorMessage()}")
 
-    # ---------------------------------------------------------------- outcome and audit
+    # ---------------------------------------------------------------- late outcomes, foreign moves, recovery
+
+    def _watch_late(self, command: _Command) -> None:
+        old = self._late.pop(command.mid, None)
+        if old is not None and old[1].active():
+            old[1].cancel()
+        timer = self.clock.callLater(self.late_window_s, self._late.pop, command.mid, None)
+        self._late[command.mid] = (command, timer)
+        self._refresh_later(command)
+
+    def _refresh_later(self, command: _Command) -> None:
+        call = self.clock.callLater(self.timeout_s, self._refresh, command)
+        command.call = call
+
+    def _on_meter(self, event: MeterChanged) -> None:
+        mid, valve = event.meter, event.valve
+        if valve is None:
+            return
+        before = self._valves.get(mid)
+        self._valves[mid] = valve
+        watched = self._late.get(mid)
+        if watched is not None and valve is watched[0].valve:
+            command, timer = self._late.pop(mid)
+            if timer.active():
+                timer.cancel()
+            self._revise_late(command, event)
+            return
+        if (before in (Valve.OPEN, Valve.CLOSED) and valve in (Valve.OPEN, Valve.CLOSED) and valve is not before
+                and str(mid) not in self._running and watched is None and self.alarms is not None):
+            aid = f"meter:{mid}:valve_moved"
+            self.alarms.raise_alarm(aid, str(mid), "valve_moved",
+                                    f"meter {mid}: valve went {valve.name.lower()} with no command of ours "
+                                    "(another master on the bus? a hand on the valve?)", "major")
+            self.alarms.clear_alarm(aid, "an event: acknowledge it")
+
+    def _revise_late(self, command: _Command, event: MeterChanged) -> None:
+        record = self._history.get(command.id, command.record)
+        when = event.timestamp.isoformat() if event.timestamp else "now"
+        revised = replace(record, state=CommandState.SUCCEEDED, late=True, finished_at=event.at,
+                          detail=f"confirmed late: valve {event.valve.name.lower()} read at {when} "
+                                 f"(was: {record.state.value}: {record.detail})")
+        log.info("command {id}: {action} {target} confirmed late", id=command.id, action=command.action,
+                 target=command.target)
+        self._store(revised)
+        self._write_audit(revised).addErrback(lambda f: None)  # reported by _audit_failed
+        self._publish(revised)
+
+    def _interrupted_read_back(self, command: _Command) -> None:
+        def read(reply: Any, command: _Command) -> None:
+            valve = reply.channels[0].valve if isinstance(reply, m.BulkReadReply) and reply.channels else None
+            seen = valve.name.lower() if valve is not None else f"unreadable ({type(reply).__name__})"
+            reached = "reached" if valve is command.valve else "not reached"
+            self._finish(command, CommandState.INTERRUPTED,
+                         f"cut off by a restart; valve read back {seen} after the restart (target {reached})")
+
+        def failed(failure: Failure, command: _Command) -> None:
+            self._finish(command, CommandState.INTERRUPTED,
+                         f"cut off by a restart; the valve could not be read back: {failure.getErrorMessage()}")
+
+        d = self.masters[command.link.name].transact(
+            self._read_back_request(command), priority=Priority.COMMAND,
+            hops_latency_s=hops_latency_s(command.link, command.cdt.repeater), purpose=Purpose.READ_BACK)
+        d.addCallbacks(read, failed, callbackArgs=(command,), errbackArgs=(command,))
+        d.addErrback(self._internal, command)
+
+    # ---------------------------------------------------------------- records
 
     def _is_live(self, command: _Command) -> bool:
-        return command.mid is not None and self._running.get(command.mid) is command
+        return self._running.get(command.target) is command
 
-    @staticmethod
-    def _error_text(reply: m.ErrorReply) -> str:
-        name = _ERROR_NAMES.get(reply.status, "unknown status")
-        return f"error status {reply.status:02X}h ({name})"
+    def _store(self, record: CommandRecord) -> None:
+        self._history[record.id] = record
+        self._history.move_to_end(record.id)
+        self._last[record.target] = record.id
+        while len(self._history) > self._history_size:
+            old_id, old = self._history.popitem(last=False)
+            if self._last.get(old.target) == old_id:
+                del self._last[old.target]
 
-    def _record(self, command: _Command, result: str, detail: str, *, finished: bool = True) -> AuditRecord:
-        request = command.request
-        return AuditRecord(
-            id=command.id, who=request.who, source=request.source, peer=request.peer, reason=request.reason,
-            meter=str(command.mid if command.mid is not None else request.meter), action=command.action,
-            requested_at=utc(command.requested_at), finished_at=utc(self.clock.seconds()) if finished else None,
-            result=result, detail=detail,
-        )
+    def _publish(self, record: CommandRecord) -> None:
+        self.bus.publish(CommandChanged(record, utc(self.clock.seconds())))
 
-    def _finish(self, command: _Command, result: str, detail: str) -> None:
-        if command.mid is not None and self._running.get(command.mid) is command:
-            del self._running[command.mid]
-        if command.call is not None and command.call.active():
-            command.call.cancel()
-        command.call = None
-        record = self._record(command, result, detail)
-        self.audit.append(record)
-        self._write_audit(record)
-        log_fn = log.info if result == "succeeded" else log.warn
-        log_fn("command {id}: {action} {meter} {result}: {detail}", id=command.id, action=command.action,
-               meter=record.meter, result=result, detail=detail)
-        outcome = CommandOutcome(result, detail, record)
-        try:
-            self.bus.publish(CommandFinished(record))
-        finally:
-            if not command.deferred.called:
-                command.deferred.callback(outcome)
+    def _update(self, command: _Command, state: CommandState, detail: str, **changes: Any) -> None:
+        command.record = replace(command.record, state=state, detail=detail, **changes)
+        self._store(command.record)
+        self._write_audit(command.record).addErrback(lambda f: None)  # reported by _audit_failed
+        self._publish(command.record)
 
-    def _write_audit(self, record: AuditRecord) -> None:
-        if self.audit_path is None:
-            return
-        line = json.dumps(record.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
-        try:
-            directory = os.path.dirname(self.audit_path)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            with open(self.audit_path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            self.audit_errors += 1
-            log.error("audit log {path}: cannot write record {id}: {error}", path=self.audit_path, id=record.id,
-                      error=exc)
+    def _finish(self, command: _Command, state: CommandState, detail: str) -> None:
+        if self._running.get(command.target) is command:
+            del self._running[command.target]
+        for name in ("call", "send_timer"):
+            call = getattr(command, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(command, name, None)
+        self._update(command, state, detail, finished_at=utc(self.clock.seconds()))
+        record = command.record
+        (log.info if state is CommandState.SUCCEEDED else log.warn)(
+            "command {id}: {action} {target} {state}: {detail}", id=command.id, action=command.action,
+            target=command.target, state=state.value, detail=detail)
+        if state is CommandState.TIMED_OUT and command.kind is CommandKind.VALVE and command.sent:
+            self._watch_late(command)
+        if not command.deferred.called:
+            command.deferred.callback(record)
+
+    def _write_audit(self, record: CommandRecord) -> defer.Deferred:
+        d = self.audit.append(record)
+        d.addCallbacks(self._audit_ok, self._audit_failed, errbackArgs=(record,))
+        return d
+
+    def _audit_ok(self, result: Any) -> Any:
+        if self.audit_failed is not None:
+            self.audit_failed = None
+            log.info("audit log writable again")
+            if self.alarms is not None:
+                self.alarms.clear_alarm(AUDIT_ALARM, "a record was written")
+        return result
+
+    def _audit_failed(self, failure: Failure, record: CommandRecord) -> Failure:
+        why = failure.getErrorMessage()
+        if self.audit_failed is None:
+            log.error("audit log: record {id} not written: {why}; commands are refused until it is writable",
+                      id=record.id, why=why)
+            if self.alarms is not None:
+                self.alarms.raise_alarm(AUDIT_ALARM, "system", "audit",
+                                        f"the audit log cannot be written ({why}): commands are refused", "critical")
+        self.audit_failed = why
+        return failure

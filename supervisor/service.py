@@ -10,7 +10,9 @@
   ``GprsServer`` on ``[supervisor] gprs_listen``), a ``Poller`` running the reading plans
   with the point database as its sink (``.pollers[name]``);
 - the :class:`~st2000r.supervisor.commands.CommandDispatcher` (``.commands``), auditing to
-  ``audit_path`` (default ``STATE_DIR/audit.jsonl``);
+  ``audit_path`` (default ``STATE_DIR/audit.jsonl``, written by its own thread); on start
+  it takes the audit log's earlier commands into its history and closes those a crash cut
+  off (:meth:`~st2000r.supervisor.commands.CommandDispatcher.recover`);
 - the :class:`~st2000r.supervisor.state.StateStore` (``.state``, ``STATE_DIR/state.sqlite``):
   on start, before any poller reads, the saved alarms and meter points are restored (values
   STALE until read); it is started first and stopped last, outside the child list, so its
@@ -18,8 +20,9 @@
   ``stopService`` fires only once that flush is on disk.
 
 Children start in that order and stop in reverse (links and pollers before the point
-database); on stop, running commands finish as ``failed`` and every master fails what it
-still has queued.  Nothing here reads the wall clock: ``reactor`` is the clock too.
+database); on stop, every link is first marked ``stopped`` (a deliberate stop raises no link
+alarm), running commands finish as ``interrupted``, every master fails what it still has
+queued, and the audit log is closed last.  Nothing here reads the wall clock: ``reactor`` is the clock too.
 Raises ``SupervisorError`` for a topology the supervisor cannot run (a GPRS link without
 ``gprs_listen``).
 """
@@ -39,6 +42,7 @@ from st2000r.config.model import Topology
 from st2000r.drivers.st2000r.master import BusMaster
 from st2000r.drivers.st2000r.poller import Poller
 from st2000r.supervisor.alarms import AlarmManager
+from st2000r.supervisor.audit import AuditError, AuditLog, MemoryAudit, read_records
 from st2000r.supervisor.commands import CommandDispatcher
 from st2000r.supervisor.events import EventBus
 from st2000r.supervisor.points import PointDatabase
@@ -117,8 +121,15 @@ class SupervisorService(MultiService):
             poller.setServiceParent(self)
         if audit_path is None:
             audit_path = os.path.join(settings.state_dir, "audit.jsonl")
+        if audit_path:
+            try:
+                self.audit: Any = AuditLog(audit_path, reactor.callFromThread)
+            except AuditError as exc:
+                raise SupervisorError(str(exc)) from None
+        else:
+            self.audit = MemoryAudit()
         self.commands = CommandDispatcher(topology, reactor, self.masters, self.points, self.bus,
-                                          audit_path=audit_path or None)
+                                          audit=self.audit, alarms=self.alarms, local_time=local_time)
         self.state = StateStore(settings.state_dir, reactor, self.bus, topology) if state else None
 
     # ---- state store: built, started first, stopped last (see the module docstring)
@@ -128,6 +139,19 @@ class SupervisorService(MultiService):
             self.state.startService()
             self.state.restore_into(self.points, self.alarms)
         super().startService()
+        self._recover_commands()
+
+    def _recover_commands(self) -> None:
+        """Commands of earlier runs into the history; those cut off by a crash closed."""
+        path = getattr(self.audit, "path", None)
+        if path is None:
+            return
+        report = read_records(path)
+        for offset, why in report.bad_lines:
+            log.error("audit log {path}: line at byte {offset} skipped: {why}", path=path, offset=offset, why=why)
+        closed = self.commands.recover(report.records)
+        if closed:
+            log.warn("{n} command(s) cut off by the last stop are being closed as interrupted", n=closed)
 
     def _stop_state(self, result: Any) -> Any:
         if self.state is None or not self.state.running:
@@ -135,6 +159,8 @@ class SupervisorService(MultiService):
         return self.state.stopService().addCallback(lambda _: result)
 
     def stopService(self) -> defer.Deferred:
+        for name in self.masters:  # a deliberate stop is no fault: no link alarm for it
+            self.points.on_link_state(name, "stopped")
         self.commands.shutdown()
         d = defer.maybeDeferred(super().stopService)
 
@@ -143,4 +169,7 @@ class SupervisorService(MultiService):
                 master.shutdown("supervisor stopping")
             return result
 
-        return d.addBoth(masters_down).addBoth(self._stop_state)
+        def audit_closed(result: Any) -> Any:
+            return self.audit.close().addBoth(lambda _: result)
+
+        return d.addBoth(masters_down).addBoth(self._stop_state).addBoth(audit_closed)

@@ -243,7 +243,7 @@ class LinkStats(DeviceStats):
 class _Pending:
     __slots__ = (
         "request", "priority", "retries_left", "hops", "deferred", "timer", "dead",
-        "cancelled", "attempts", "corrupted", "purpose", "plan",
+        "cancelled", "attempts", "corrupted", "purpose", "plan", "on_sent",
     )  # fmt: skip
 
     def __init__(self, request: m.Message, priority: Priority, retries: int, hops: float,
@@ -251,6 +251,7 @@ class _Pending:
         self.request = request
         self.purpose = purpose
         self.plan = plan
+        self.on_sent: Callable[[], None] | None = None
         self.priority = priority
         self.retries_left = retries
         self.hops = hops
@@ -358,6 +359,7 @@ class BusMaster:
         hops_latency_s: float = 0.0,
         purpose: Purpose = Purpose.OTHER,
         plan: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> defer.Deferred:
         """Queue ``request`` (its ``ser`` is replaced by the master's rolling SER).
 
@@ -366,6 +368,8 @@ class BusMaster:
         be encoded fails at once with ``CodecError`` (``TypeError`` for a non-message).
         ``hops_latency_s``: one-way repeater latency to the device (``timing.hops_latency_s``).
         ``purpose``/``plan``: why it is made; carried into its :class:`Outcome`.
+        ``on_sent()``: called once, when the request's first frame is written (a command
+        knows from then on that the field may act on it).
         Cancelling the Deferred removes a queued request; an in-flight one still finishes on
         the wire (its result is dropped).
         """
@@ -379,6 +383,7 @@ class BusMaster:
             request, Priority(priority), self.retries if retries is None else retries, hops_latency_s,
             purpose, plan,
         )
+        pending.on_sent = on_sent
         pending.deferred = defer.Deferred(lambda d: self._cancel(pending))
         self._push(pending, next(self._seq))
         if not self.connected:
@@ -595,6 +600,13 @@ class BusMaster:
         except Exception as exc:  # a transport that fails to write is a lost link
             log.failure("link {link}: write failed", Failure(), link=self.name)
             self.connection_lost(f"write failed: {exc}")
+            return
+        on_sent, pending.on_sent = pending.on_sent, None
+        if on_sent is not None:
+            try:
+                on_sent()
+            except Exception:
+                log.failure("link {link}: on_sent callback failed", link=self.name)
 
     # ---------------------------------------------------------------- receiving
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sup_support import T0, Recorder, bulk, cdt_status, make_link, make_topology, repeater_topology, status
+from support.builders import T0, Recorder, bulk, cdt_status, make_link, make_topology, repeater_topology, status
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
 from st2000r.supervisor.alarms import AlarmError, AlarmManager
 from st2000r.supervisor.events import AlarmChanged, EventBus

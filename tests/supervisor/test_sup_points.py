@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time as dtime
 import pytest
 from twisted.internet.task import Clock
 
-from sup_support import T0, Recorder, bulk, cdt_status, make_link, make_topology, status
+from support.builders import T0, Recorder, bulk, cdt_status, make_link, make_topology, status
 from st2000r.config import example_path
 from st2000r.config.loader import load
 from st2000r.config.model import ReadingPlan, SupervisorSettings
@@ -230,7 +230,7 @@ def test_stale_after_defaults():
     assert default_stale_after((fast,)) == 3600  # at least 1 h
     status_only = ReadingPlan("s", "status", (), 300, None)
     assert default_stale_after((status_only,)) == 3600
-    topo = make_topology(settings=SupervisorSettings(None, 2, "text", "var", 7200))
+    topo = make_topology(settings=SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir="var", stale_after_s=7200))
     assert db_for(topo)[0].stale_after_s == 7200
 
 

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 
 from datetime import time
 
-from sup_support import OPERATORS, T0, make_cdt, make_link, make_topology
+from support.builders import OPERATORS, T0, make_cdt, make_link, make_topology
 from st2000r.config import example_path
 from st2000r.config.model import ReadingPlan, Repeater, SupervisorSettings
 from st2000r.supervisor.commands import ValveRequest
@@ -66,7 +66,7 @@ def rig(tmp_path):
     plans = (ReadingPlan("full", "full", (time(2, 0),), None, None),
              ReadingPlan("status", "status", (time(3, 0),), None, None))
     topology = make_topology(make_link(cdts=cdts, repeaters=reps), plans=plans, operators=OPERATORS,
-                             settings=SupervisorSettings(None, 2, "text", str(tmp_path)))
+                             settings=SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir=str(tmp_path)))
     clock = Clock()
     clock.advance(T0)
     world = World(topology, clock, seed=2, start=datetime(2026, 5, 28, 12, 0))
@@ -76,7 +76,7 @@ def rig(tmp_path):
         sims[link.name] = SimulatedBus(world, link.name, clock, physical_timing=True)
         return SimLinkService(sims[link.name], master)
 
-    service = SupervisorService(topology, clock, link_factory=factory)
+    service = SupervisorService(topology, clock, link_factory=factory, audit_path=False)
     service.startService()
     yield service, clock, world
     run_until(clock, service.stopService())
@@ -109,17 +109,19 @@ def test_a_failed_repeater_yields_one_alarm_and_a_command_succeeds(rig):
     world.apply(parse_action({"action": "repeater", "link": "bus", "name": "R1", "failed": True}))
     run_until(clock, service.pollers["bus"].run_plan_now("status"))
     assert [a.id for a in service.alarms.alarms()] == ["repeater:bus/R1:suspected"]
-    outcome = run_until(clock, service.commands.submit(ValveRequest("bus/1/1/1", False, "alice", "api", "test")))
-    assert outcome.result == "succeeded", outcome.detail
-    audit = [json.loads(line) for line in open(os.path.join(service.topology.settings.state_dir, "audit.jsonl"))]
-    assert [line["result"] for line in audit] == ["pending", "succeeded"]
+    handle = service.commands.submit(ValveRequest("bus/1/1/1", False, "alice", "api", "test"))
+    record = run_until(clock, handle.outcome)
+    assert record.state.value == "succeeded", record.detail
+    assert [r.state.value for r in service.audit.records] == ["pending", "sent", "succeeded"]
+    assert service.commands.last_for("bus/1/1/1") == record
 
 
 def test_gprs_link_without_a_server_is_a_clear_error():
     from st2000r.config.model import GprsEndpoint, Link
 
     link = make_link()
-    gprs = Link("dtu", "gprs", GprsEndpoint("139", "plain", 60), link.line, 20, "901F", (), (make_cdt(1),))
+    gprs = Link(name="dtu", kind="gprs", endpoint=GprsEndpoint("139", "plain", 60), line=link.line, turnaround_ms=20,
+                di_order="901F", repeaters=(), cdts=(make_cdt(1),))
     with pytest.raises(SupervisorError, match=r"GPRS link\(s\) dtu need a GPRS server: set \[supervisor\] gprs_listen"):
         SupervisorService(make_topology(gprs), Clock())
 
@@ -172,12 +174,12 @@ def test_gprs_links_share_one_server_on_gprs_listen(tmp_path):
     from st2000r.config.model import GprsEndpoint, Link
 
     line = make_link().line
-    links = [Link(f"dtu{i}", "gprs", GprsEndpoint(f"1390000000{i}", "plain", 60), line, 20, "901F", (),
-                  (make_cdt(1),)) for i in (1, 2)]
+    links = [Link(name=f"dtu{i}", kind="gprs", endpoint=GprsEndpoint(f"1390000000{i}", "plain", 60), line=line,
+                  turnaround_ms=20, di_order="901F", repeaters=(), cdts=(make_cdt(1),)) for i in (1, 2)]
     reactor = MemoryReactorClock()
     reactor.advance(T0)
-    topology = make_topology(*links, settings=SupervisorSettings("tcp:9000", 2, "text", str(tmp_path)))
-    service = SupervisorService(topology, reactor)
+    topology = make_topology(*links, settings=SupervisorSettings(gprs_listen="tcp:9000", retries=2, log_format="text", state_dir=str(tmp_path)))
+    service = SupervisorService(topology, reactor, audit_path=False)
     service.startService()
     assert [port for port, *_ in reactor.tcpServers] == [9000]
     assert set(service.gprs_server.sessions()) == set()  # no DTU registered yet

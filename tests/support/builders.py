@@ -47,7 +47,7 @@ def make_link(name: str = "bus", cdts: tuple[Cdt, ...] | None = None, repeaters:
 
 
 def make_topology(*links: Link, **extra) -> Topology:
-    return Topology((Site("test site", "nowhere", links or (make_link(),)),), "<test>", **extra)
+    return Topology(sites=(Site("test site", "nowhere", links or (make_link(),)),), source="<test>", **extra)
 
 
 def repeater_topology() -> Topology:

@@ -1,0 +1,236 @@
+"""The audit log: one JSON line per command record, on disk before the field acts on it.
+
+The command dispatcher appends a record when a command is accepted and waits for
+:meth:`AuditLog.append`'s Deferred — the line is written, flushed and fsynced — before the
+command's frame goes on the wire, so a crash can lose an outcome but never the fact that a
+command was sent.  The writing happens on one writer thread, never on the reactor: an
+``fsync`` of tens of milliseconds on a busy disk must not stall the field buses.  Lines
+queued while a sync runs are written and synced together (group commit), so a burst of
+commands costs one sync, not one each.
+
+A line torn by a crash mid-write (the file does not end in a newline) is found when the
+log is opened: it is reported with its byte offset, moved to ``<file>.torn-<n>``, and the
+file is cut back to its last whole line — never silently appended to, which would spoil the
+next record too.  :func:`read_records` reads the log back (the last line per command id
+wins), reporting undecodable lines the same way.
+
+:class:`MemoryAudit` keeps records in memory only (tests, a supervisor run without a state
+folder); its appends succeed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from st2000r.supervisor.events import CommandKind, CommandRecord, CommandState
+
+__all__ = ["AuditLog", "MemoryAudit", "AuditError", "read_records", "record_from_json", "AuditReadReport"]
+
+log = Logger()
+
+
+class AuditError(Exception):
+    """The audit log cannot be opened or written; the message names the file and why."""
+
+
+def _line(record: CommandRecord) -> bytes:
+    return (json.dumps(record.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def record_from_json(data: dict[str, Any]) -> CommandRecord:
+    """A record from its JSON form (``KeyError``/``ValueError`` for a malformed one)."""
+    def when(key: str) -> datetime | None:
+        value = data.get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    return CommandRecord(
+        id=str(data["id"]), kind=CommandKind(data["kind"]), target=str(data["target"]), action=str(data["action"]),
+        who=str(data["who"]), source=str(data["source"]), peer=data.get("peer"), reason=str(data.get("reason", "")),
+        requested_at=datetime.fromisoformat(data["requested_at"]), state=CommandState(data["state"]),
+        detail=str(data.get("detail", "")), sent_at=when("sent_at"), finished_at=when("finished_at"),
+        late=bool(data.get("late", False)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReadReport:
+    """What :func:`read_records` found: the records (last line per id, in first-seen order)
+    and the lines it could not use, as ``(byte offset, reason)``."""
+
+    records: tuple[CommandRecord, ...]
+    bad_lines: tuple[tuple[int, str], ...]
+
+
+def read_records(path: str | os.PathLike[str]) -> AuditReadReport:
+    """Read an audit log back.  A missing file is an empty log."""
+    latest: dict[str, CommandRecord] = {}
+    bad: list[tuple[int, str]] = []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return AuditReadReport((), ())
+    with f:
+        offset = 0
+        for raw in f:
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("torn line (no newline at the end of the file)")
+                record = record_from_json(json.loads(raw))
+            except (ValueError, KeyError, TypeError) as exc:
+                bad.append((offset, str(exc)[:200]))
+            else:
+                latest[record.id] = record
+            offset += len(raw)
+    return AuditReadReport(tuple(latest.values()), tuple(bad))
+
+
+def _cut_torn_tail(path: str) -> None:
+    """If the file does not end in a newline, keep its last whole line and set the rest aside."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        start = (size - len(tail)) + cut + 1 if cut >= 0 else size - len(tail)
+        if cut < 0 and size > len(tail):
+            start = size - len(tail)  # a torn line longer than 64 KiB: set aside what we read
+        f.seek(start)
+        torn = f.read()
+        n = 1
+        while os.path.exists(f"{path}.torn-{n}"):
+            n += 1
+        with open(f"{path}.torn-{n}", "wb") as aside:
+            aside.write(torn)
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+    log.error("audit log {path}: a torn last line at byte {offset} ({n} bytes, from a crash mid-write) was "
+              "moved to {aside}", path=path, offset=start, n=len(torn), aside=f"{path}.torn-{n}")
+
+
+class MemoryAudit:
+    """Audit records kept in memory only (no state folder)."""
+
+    path = None
+
+    def __init__(self) -> None:
+        self.records: list[CommandRecord] = []
+        self.errors = 0
+
+    def append(self, record: CommandRecord) -> defer.Deferred:
+        self.records.append(record)
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+class AuditLog:
+    """Appends command records to ``path`` from one writer thread (rules in the module
+    docstring).  ``call_from_thread``: how the writer hands results back to the reactor
+    (``reactor.callFromThread``).  Raises :class:`AuditError` if the file cannot be opened
+    for appending."""
+
+    def __init__(self, path: str | os.PathLike[str], call_from_thread: Callable[..., Any]) -> None:
+        self.path = os.fspath(path)
+        self._call = call_from_thread
+        self.errors = 0
+        self.synced = 0
+        try:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            _cut_torn_tail(self.path)
+            self._file = open(self.path, "ab")
+        except OSError as exc:
+            raise AuditError(f"audit log {self.path}: cannot open for appending: {exc.strerror or exc}") from exc
+        self._queue: queue.SimpleQueue[tuple[bytes, defer.Deferred] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="st2000r-audit", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def append(self, record: CommandRecord) -> defer.Deferred:
+        """Fires with None once the record's line is on disk, or errbacks with
+        :class:`AuditError`."""
+        d: defer.Deferred = defer.Deferred()
+        if self._closed:
+            return defer.fail(AuditError(f"audit log {self.path}: closed"))
+        self._queue.put((_line(record), d))
+        return d
+
+    def close(self) -> defer.Deferred:
+        """Write what is queued, then stop the writer; fires when done."""
+        if self._closed:
+            return defer.succeed(None)
+        self._closed = True
+        done: defer.Deferred = defer.Deferred()
+        self._queue.put(None)
+        self._done = done
+        return done
+
+    # ---------------------------------------------------------------- the writer thread
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = []
+            stop = item is None
+            if item is not None:
+                batch.append(item)
+            while not stop:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+            if stop:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._call(self._done.callback, None)
+                return
+
+    def _write(self, batch: list[tuple[bytes, defer.Deferred]]) -> None:
+        start = None
+        try:
+            start = self._file.tell()
+            self._file.write(b"".join(line for line, _ in batch))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except Exception as exc:  # the writer thread must outlive any error: report it per record
+            error = AuditError(f"audit log {self.path}: cannot write: {getattr(exc, 'strerror', None) or exc}")
+            self.errors += 1
+            if start is not None:  # never leave half a line for the next record to follow
+                try:
+                    self._file.truncate(start)
+                except (OSError, ValueError):
+                    pass
+            for _, d in batch:
+                self._call(d.errback, error)
+            return
+        self.synced += 1
+        for _, d in batch:
+            self._call(d.callback, None)
