@@ -171,9 +171,22 @@ def _int(value: Any, what: str, *, optional: bool = False) -> int | None:
 # thread (load), later on the writer thread only.
 
 
+#: SQLite result codes that mean the file's content is bad (SQLITE_CORRUPT, SQLITE_NOTADB);
+#: anything else (locked, read-only, I/O, cannot open) is a fault of the moment, not of the file
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def _damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGE_CODES
+
+
+#: how long a statement waits for another connection's lock before failing (seconds)
+BUSY_TIMEOUT_S = 2.0
+
+
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    return conn
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
 
 
 def _inspect(conn: sqlite3.Connection) -> bool:
@@ -186,6 +199,8 @@ def _inspect(conn: sqlite3.Connection) -> bool:
             return True
         check = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
     except sqlite3.DatabaseError as exc:
+        if not _damage(exc):
+            raise
         raise _Corrupt(f"unreadable as a SQLite database ({exc})") from None
     if check != ["ok"]:
         problems = [line.strip() for c in check for line in str(c).splitlines() if line.strip()]
@@ -244,7 +259,9 @@ def _read(conn: sqlite3.Connection) -> tuple[list[tuple[MeterPoint, tuple]], lis
         saved = conn.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone()
         saved_at = _time(saved[0], "saved_at") if saved else None
     except sqlite3.DatabaseError as exc:
-        raise _Corrupt(f"cannot read its tables ({exc})") from None
+        if _damage(exc) or "no such" in str(exc):  # damaged, or a table/column of our schema is missing
+            raise _Corrupt(f"cannot read its tables ({exc})") from None
+        raise
     except (ValueError, TypeError) as exc:
         raise _Corrupt(f"a saved row does not decode ({exc})") from None
     return meters, alarms, saved_at
@@ -372,8 +389,9 @@ class StateStore(Service):
     def load(self) -> SavedState:
         """Check and read the file (once; later calls return the same answer).  A damaged
         file is logged, moved aside and an empty state returned; a missing one is created.
-        Raises ``OSError``/``sqlite3.Error`` when the file cannot be created or set aside
-        (a folder that is not writable)."""
+        Raises ``OSError``/``sqlite3.Error`` -- and moves nothing -- when the file cannot be
+        opened, written, created or set aside for a reason that is not its content (a folder
+        or file that is not writable, a file another supervisor holds locked)."""
         if self.saved is not None:
             return self.saved
         set_aside = problem = None
@@ -391,6 +409,8 @@ class StateStore(Service):
                     _create(conn)
                 else:
                     meters, alarms, saved_at = _read(conn)
+                    conn.execute("BEGIN IMMEDIATE")  # writable? (else: an error at start, not at every flush)
+                    conn.execute("ROLLBACK")
             except _Corrupt as exc:
                 problem = str(exc)
             finally:

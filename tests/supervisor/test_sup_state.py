@@ -445,7 +445,8 @@ def supervisor(state_dir):
 
     clock = Clock()
     clock.advance(T0)
-    service = SupervisorService(topology(state_dir), clock, link_factory=lambda *a, **k: NoField())
+    service = SupervisorService(topology(state_dir), clock, link_factory=lambda *a, **k: NoField(),
+                                audit_path=False)  # the audit log writes through a real reactor
     return service, clock
 
 
@@ -501,3 +502,21 @@ def test_a_second_supervisor_on_the_same_folder_restores_points_and_acknowledged
     finally:
         assert stopped(clock2, second)
     assert clock2.getDelayedCalls() == []
+
+
+def test_a_file_locked_by_another_writer_is_an_error_at_start_not_damage(tmp_path, monkeypatch):
+    """A second supervisor on the same folder must not take the first one's file for damaged."""
+    from st2000r.supervisor import state
+
+    path = saved_file(tmp_path)
+    before = open(path, "rb").read()
+    monkeypatch.setattr(state, "BUSY_TIMEOUT_S", 0.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            Rig(tmp_path).store.load()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert sorted(os.listdir(tmp_path)) == ["state.sqlite"] and open(path, "rb").read() == before
