@@ -56,7 +56,7 @@ from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
 from st2000r.supervisor.events import Alarm, AlarmChanged, EventBus, MeterChanged, MeterId, Quality, utc
 from st2000r.supervisor.points import MeterPoint
 
-__all__ = ["StateStore", "SavedState", "StateStats", "check_state_dir", "FILE_NAME", "SCHEMA_VERSION"]
+__all__ = ["FILE_NAME", "SCHEMA_VERSION", "SavedState", "StateStats", "StateStore", "check_state_dir"]
 
 log = Logger()
 

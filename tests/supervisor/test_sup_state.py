@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -311,7 +312,7 @@ def foreign_file(path):
 def test_a_damaged_file_is_reported_set_aside_and_the_start_is_fresh(tmp_path, damage, reason):
     path = saved_file(tmp_path)
     damage(path)
-    damaged = open(path, "rb").read()
+    damaged = Path(path).read_bytes()
     with capturedLogs() as events:
         rig = Rig(tmp_path)
         rig.clock.advance(60)
@@ -319,7 +320,7 @@ def test_a_damaged_file_is_reported_set_aside_and_the_start_is_fresh(tmp_path, d
     saved = rig.store.saved
     aside = str(tmp_path / "state.sqlite.corrupt-20260528T202740Z")
     assert saved.problem.startswith(reason) and saved.set_aside == aside
-    assert open(aside, "rb").read() == damaged  # kept for a post-mortem, byte for byte
+    assert Path(aside).read_bytes() == damaged  # kept for a post-mortem, byte for byte
     errors = [e for e in events if e["log_level"].name == "error"]
     assert len(errors) == 1
     text = formatEvent(errors[0])
@@ -509,7 +510,7 @@ def test_a_file_locked_by_another_writer_is_an_error_at_start_not_damage(tmp_pat
     from st2000r.supervisor import state
 
     path = saved_file(tmp_path)
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     monkeypatch.setattr(state, "BUSY_TIMEOUT_S", 0.0)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
@@ -519,4 +520,4 @@ def test_a_file_locked_by_another_writer_is_an_error_at_start_not_damage(tmp_pat
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert sorted(os.listdir(tmp_path)) == ["state.sqlite"] and open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["state.sqlite"] and Path(path).read_bytes() == before
