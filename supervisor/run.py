@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", metavar="CONFIG", help="TOML topology file (see 'st2000r config check')")
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="log line format (default: [supervisor] log_format)")
-    parser.add_argument("--state-dir", default=None, help="folder for the audit log (default: [supervisor] state_dir)")
+    parser.add_argument("--state-dir", default=None,
+                        help="folder for the audit log and the saved state (default: [supervisor] state_dir)")
     parser.add_argument("--duration", type=seconds, default=None, metavar="SECONDS",
                         help="stop after this many seconds (tests, demos)")
     return parser
@@ -51,6 +52,21 @@ def _observer(log_format: str) -> Any:
     base = jsonFileLogObserver(sys.stdout, recordSeparator="") if log_format == "json" else \
         textFileLogObserver(sys.stdout)
     return FilteringLogObserver(base, [LogLevelFilterPredicate(LogLevel.info)])
+
+
+def _stop_before_running(reactor: Any, service: Any) -> None:
+    """Stop a half-started service: its stop waits for writer threads (audit log, state
+    store) that hand their results back through the reactor, so run the reactor until the
+    stop is done (bounded), else the process would wait for them forever at exit."""
+    from twisted.internet import defer
+
+    def stop() -> None:
+        d = defer.maybeDeferred(service.stopService)
+        d.addErrback(lambda f: None).addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(stop)
+    reactor.callLater(10, reactor.stop)
+    reactor.run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             if failed:
                 raise RuntimeError(failed[0].getErrorMessage())
     except Exception as exc:  # cannot listen, device problems at start ...
-        try:
-            service.stopService()
-        except Exception:  # pragma: no cover - best effort
-            pass
+        _stop_before_running(reactor, service)
         return _fail(f"cannot start: {exc}", 1)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: reactor.callFromThread(reactor.stop))

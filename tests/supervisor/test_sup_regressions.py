@@ -50,7 +50,7 @@ def test_gsm_signal_before_the_first_call_raises_no_alarm_within_the_grace():
     def factory(link, master, reactor, gprs_server=None):
         return GsmLinkService(link, master, clock, open_port=open_port)
 
-    sup = SupervisorService(loads(GSM), clock, link_factory=factory, audit_path=False)
+    sup = SupervisorService(loads(GSM), clock, link_factory=factory, audit_path=False, state=False)
     sup.startService()
     modem = protos[0]
     modem.dataReceived(b"\r\nOK\r\n")  # ATZ
