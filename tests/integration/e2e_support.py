@@ -100,7 +100,8 @@ def for_supervisor(topology: Topology, state_dir: str, *, devices: dict[str, str
         sites.append(replace(site, links=tuple(links)))
     return replace(topology, sites=tuple(sites), plans=manual_plans() if plans is None else plans,
                    operators=tuple(operators),
-                   settings=SupervisorSettings(gprs_listen, 2, "text", state_dir))
+                   settings=SupervisorSettings(gprs_listen=gprs_listen, retries=2, log_format="text",
+                                              state_dir=state_dir))
 
 
 def load_text(text: str) -> Topology:
