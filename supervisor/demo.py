@@ -442,12 +442,18 @@ class Demo:
         self.read: set[Any] = set()
         self.halves_read = 0
         self.in_round = False
+        self.stopping = False
         self.started = 0.0
         self.last_reply: dict[str, float] = {}
         self.finished: Any = None  # fires after the summary
         self._loops: list[Any] = []
         self._truth_busy: Any = None
         self._truth_failed = False
+        self.truth_in_round = 0  # snapshots taken while the round ran
+        self.truth_timeouts = 0  # master timeouts while one of those was being taken
+        self._counts: dict[Callable[[], None], Any] = {}  # pending counts of those -> their timer
+        # the longest a transaction may take: its timeout counts from writing the request
+        self.grace_s = 2.0 * self.bound_s / max(1, self.halves) + 0.5
         service.bus.subscribe(self._on_batch, types=(ReadingBatch,))
         service.bus.subscribe(self._on_alarm, types=(AlarmChanged,))
 
@@ -475,19 +481,34 @@ class Demo:
     # ---------------------------------------------------------------- ground truth
 
     def fetch_truth(self) -> Any:
-        """One ground truth snapshot into the check (after the one in flight, if any)."""
+        """A ground truth snapshot into the check: a new one, or the one in flight."""
         from twisted.internet import defer
 
         if self._truth_busy is not None:
             return self._truth_busy
+
+        in_round = self.in_round
+        timeouts0 = self.master.stats.timeouts
+
+        def count_timeouts() -> None:
+            # a reply in flight while the simulator builds the snapshot comes late: count the
+            # master's timeouts from the request until one transaction after the answer
+            call = self._counts.pop(count_timeouts, None)
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                self.truth_timeouts += self.master.stats.timeouts - timeouts0
 
         async def fetch() -> None:
             sent = self.reactor.seconds()
             try:
                 doc = await self.control.get("/truth")
                 self.check.snapshot(Snapshot(sent, self.reactor.seconds(), truth_table(doc)))
+                if in_round:
+                    self.truth_in_round += 1
+                    self._counts[count_timeouts] = self.reactor.callLater(self.grace_s, count_timeouts)
             except Exception as exc:  # the simulator gone or too slow: the summary says so
-                if not self._truth_failed and self.sim.running:
+                if not self._truth_failed and self.sim.running and not self.stopping:
                     self.say(f"ground truth unavailable: {_reason(exc)}")
                 self._truth_failed = True
             finally:
@@ -510,6 +531,8 @@ class Demo:
 
         await self.fetch_truth()
         self.stats0 = await self._wire()
+        if self.stopping:
+            return
         self.requests0 = self.master.stats.requests
         self.started = self.reactor.seconds()
         self.in_round = True
@@ -537,6 +560,9 @@ class Demo:
         self._loops.append(loop)
 
     def stop(self) -> None:
+        """No more progress lines, snapshots or rounds (the round running ends with the
+        supervisor)."""
+        self.stopping = True
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -564,6 +590,8 @@ class Demo:
         while self._truth_busy is not None:  # a snapshot requested during the round
             await self._truth_busy
         await self.fetch_truth()  # requested after every reply of the round arrived
+        for count in list(self._counts):  # the round is over: nothing more to wait for
+            count()
         check = self.check
         read = len(self.read)
         equal = sum(1 for ok in check.verdict.values() if ok)
@@ -587,12 +615,16 @@ class Demo:
             bound = timing.wire_time(nbytes) + requests * (timing.gap_s + timing.turnaround_s) + self.latency_s
             self.say(f"summary: sweep {sweep:.1f} s / wire bound {bound:.1f} s = {sweep / bound:.3f} "
                      f"({requests} transactions, {self._errors()})")
+            if self.truth_in_round:
+                self.say(f"summary: {self.truth_in_round} ground truth snapshots were taken during the round, "
+                         f"{self.truth_timeouts} timeouts while one was being taken (each holds the simulator "
+                         f"about a second; --truth-every 0 takes them only before and after the round)")
         if read and nbytes is not None:
             self.say(f"summary: {nbytes / read:.2f} bytes on the wire per meter read with ST2000R bulk reads "
                      f"(CJ/T 188 per-meter reads: {bytes_per_meter_cjt188()} bytes per meter)")
         self.say("")
-        if interrupted:
-            return  # stopped mid-round: nothing comes next
+        if interrupted or self.stopping:
+            return  # stopped: nothing comes next
         self.say(f"next: a status round every {self.status_every_s:g} s (alarms print as they come); Ctrl-C stops")
         self._every(self.status_every_s, self._status)
 
@@ -612,6 +644,9 @@ def _reason(exc: BaseException) -> str:
 
     if isinstance(exc, DeferredTimeout):
         return "no answer in time"
+    reasons = getattr(exc, "reasons", None)  # twisted.web's ResponseFailed & co: a list of Failures
+    if reasons:
+        return "; ".join(r.getErrorMessage() or r.type.__name__ for r in reasons)
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
 
@@ -774,7 +809,8 @@ def _run(args: Any, workdir: str, load: Callable[..., Any], config_error: type[E
         state["demo"] = demo
         service.startService()
         await demo.start()
-        _say("full round started" + (f"; stopping after {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
+        if demo.in_round:
+            _say("full round started" + (f"; stopping after {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
 
     def ended(exit_: Any) -> Any:
         if not state["stopping"] and state["ready"]:

@@ -204,9 +204,10 @@ def test_demo_ctrl_c_mid_round_prints_the_interrupted_summary_and_stops_its_simu
 
 
 def test_demo_for_seconds_stops_by_itself_and_leaves_no_process():
+    """Three seconds end it wherever it is: starting the simulator, fetching the first
+    ground truth, or reading."""
     demo = Demo("--baud", "115200", "--for", "3", "--no-scenario", "--truth-every", "0")
     try:
-        demo.started()
         status, err = demo.finish()
         assert status == 0, err
         assert err == ""
