@@ -54,7 +54,7 @@ from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import WAKE, FrameDecoder
 from st2000r.drivers.st2000r.master import BusMaster
 from st2000r.drivers.st2000r.poller import Poller, bulk_ranges
-from st2000r.drivers.st2000r.timing import BusTiming, hops_latency_s
+from st2000r.drivers.st2000r.timing import hops_latency_s
 from st2000r.drivers.st2000r.units import M3, Quantity
 from st2000r.simulation.bus import SimulatedBus
 from st2000r.simulation.world import World

@@ -2,7 +2,7 @@
 
 :class:`BusMaster` is transport-agnostic: a link hands it a byte pipe with
 :meth:`~BusMaster.connection_made` (``write``), feeds it :meth:`~BusMaster.data_received`
-and reports :meth:`~BusMaster.connection_lost`; :class:`BusProtocol` is the thin Twisted
+and reports :meth:`~BusMaster.connection_lost`; ``links.LinkProtocol`` is the thin Twisted
 adapter for serial ports, TCP, a GPRS socket or a GSM data call.  Time comes only from the
 injected ``IReactorTime``.
 
@@ -52,7 +52,6 @@ from typing import Any, Final
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -72,7 +71,6 @@ __all__ = [
     "DeviceStats",
     "LinkStats",
     "BusMaster",
-    "BusProtocol",
 ]
 
 log = Logger()
@@ -759,21 +757,3 @@ class BusMaster:
                 fn(event, data)
             except Exception:
                 log.failure("link {link}: observer failed on {event}", link=self.name, event=event)
-
-
-class BusProtocol(Protocol):
-    """Thin Twisted adapter: the transport's bytes go to ``master``, the master's requests
-    to ``transport.write`` (serial port, TCP, GPRS socket, GSM data call)."""
-
-    def __init__(self, master: BusMaster) -> None:
-        self.master = master
-
-    def connectionMade(self) -> None:
-        self.master.connection_made(self.transport.write)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.master.data_received(data)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        text = "" if reason is None else reason.getErrorMessage()
-        self.master.connection_lost(text)

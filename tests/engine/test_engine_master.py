@@ -13,9 +13,9 @@ from engine_support import FakeBus, advance, bulk_reply, make_cdt, make_link
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.errors import CodecError
 from st2000r.drivers.st2000r.frame import decode_frame
+from st2000r.drivers.st2000r.links import LinkProtocol
 from st2000r.drivers.st2000r.master import (
     BusMaster,
-    BusProtocol,
     LinkDown,
     Priority,
     RttHistogram,
@@ -379,7 +379,7 @@ def test_timeout_adapts_to_late_replies_within_bounds():
 def test_bus_protocol_adapter_over_string_transport():
     clock = Clock()
     master = BusMaster(make_link([make_cdt(1)]), clock)
-    proto = BusProtocol(master)
+    proto = LinkProtocol(master)
     transport = StringTransport()
     proto.makeConnection(transport)
     assert master.connected

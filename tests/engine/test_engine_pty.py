@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 
 from engine_support import RecordingSink, make_cdt, make_link, make_topology, plan
 from st2000r.drivers.st2000r import messages as m
-from st2000r.drivers.st2000r.master import BusMaster, BusProtocol, Priority
+from st2000r.drivers.st2000r.links import LinkProtocol
+from st2000r.drivers.st2000r.master import BusMaster, Priority
 from st2000r.drivers.st2000r.poller import Poller
 from st2000r.simulation.bus import SimulatedBus
 from st2000r.simulation.endpoints import PtyEndpoint
@@ -31,7 +32,7 @@ async def test_sweep_and_command_over_a_real_pty():
     master = BusMaster(link, reactor)
     closed = defer.Deferred()
 
-    class Proto(BusProtocol):
+    class Proto(LinkProtocol):
         def connectionLost(self, reason=None):
             super().connectionLost(reason)
             closed.callback(None)
