@@ -318,7 +318,7 @@ def sweep(link: Link, baud: int, gap_ms: float | None, seed: int) -> dict:
     master.connection_made(wire.to_bus)
     clock.advance(1.0)  # the bus has been idle for a while when the round starts
     poller = Poller(link, master, clock, _Sink(), (ReadingPlan("full", "full", (), None, None),))
-    fitted = {(c.address, (mod - 1) * 3 + inp) for c in link.cdts for mod, inp, _ in c.meters()}
+    fitted = {(c.address, m.channel_number(mod, inp)) for c in link.cdts for mod, inp, _ in c.meters()}
     before = {k: wire.truth(k[0], range(k[1], k[1] + 1))[k[1]][0] for k in fitted}
     cpu0 = time.process_time()
     result = _run_until(clock, poller.run_plan_now("full"), 24 * 3600.0)
@@ -373,7 +373,7 @@ def bytes_per_meter(link: Link) -> tuple[float, float]:
     bulk = 0
     meters = 0
     for cdt in link.cdts:
-        kinds = {(mod - 1) * 3 + inp: meter.kind for mod, inp, meter in cdt.meters()}
+        kinds = {m.channel_number(mod, inp): meter.kind for mod, inp, meter in cdt.meters()}
         for first, count in bulk_ranges(cdt):
             chans = []
             for n in range(first, first + count):

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from st2000r.config.model import Cdt, Link, Meter, MeterKind, Topology
-from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
+from st2000r.drivers.st2000r.messages import AlarmFlag, Valve, channel_number, module_input
 from st2000r.simulation import faults
 from st2000r.simulation.meters import EPOCH, Consumption, household
 
@@ -126,7 +126,7 @@ class MeterState:
         self.cdt = cdt
         self.module = module
         self.input = input_no
-        self.channel = (module - 1) * 3 + input_no
+        self.channel = channel_number(module, input_no)
         self.serial = config.serial
         self.kind = config.kind
         self.meter_type = METER_TYPES[config.kind]
@@ -574,7 +574,7 @@ class World:
             if meter is None:
                 raise faults.FaultError(f"link {lw.name!r} CDT {cdt.address} has no meter on channel {channel}")
             return meter
-        module = (channel - 1) // 3 + 1
+        module, _ = module_input(channel)
         if module not in cdt.modules:
             raise faults.FaultError(
                 f"link {lw.name!r} CDT {cdt.address} has no module {module} (channel {channel})"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
+from st2000r.drivers.st2000r.messages import AlarmFlag, Valve, channel_number
 from st2000r.drivers.st2000r.reachability import Purpose
 
 __all__ = [
@@ -84,8 +84,8 @@ class MeterId:
 
     @property
     def channel_no(self) -> int:
-        """The CDT-wide channel number 1..96: ``(module - 1) * 3 + channel``."""
-        return (self.module - 1) * 3 + self.channel
+        """The CDT-wide channel number 1..96."""
+        return channel_number(self.module, self.channel)
 
     @classmethod
     def parse(cls, text: str) -> MeterId:

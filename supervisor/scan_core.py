@@ -118,7 +118,7 @@ class Scanner:
         self.sample = sample
         self.broadcast = broadcast
         self.timing = master.timing
-        self._max_hops = max((hops_latency_s(link, r.name) for r in link.repeaters), default=0.0)
+        self._max_latency_s = max((hops_latency_s(link, r.name) for r in link.repeaters), default=0.0)
         self._done = 0.0
         self._total = 0.0
         self._started = 0.0
@@ -128,31 +128,31 @@ class Scanner:
 
     # ---------------------------------------------------------------- cost model
 
-    def _cost(self, request: m.Message, *, answered: bool, hops: float = 0.0, attempts: int = 2) -> float:
+    def _cost(self, request: m.Message, *, answered: bool, latency_s: float = 0.0, attempts: int = 2) -> float:
         """Modelled bus seconds of one transaction: answered -> gap + request + turnaround
         + repeaters + reply; unanswered -> ``attempts`` x (gap + model timeout)."""
         t = self.timing
         q = len(m.encode(request, self.master.preamble))
         r = max_reply_size(request)
         if answered:
-            return t.gap_s + t.wire_time(q + r) + t.turnaround_s + 2 * hops
-        return attempts * (t.gap_s + t.reply_timeout(q, r, hops))
+            return t.gap_s + t.wire_time(q + r) + t.turnaround_s + 2 * latency_s
+        return attempts * (t.gap_s + t.reply_timeout(q, r, latency_s))
 
     def _status_cost(self, address: int) -> float:
         req = m.ReadCdtStatus(meter_type=m.CDT_TYPE, address=f"{address:014d}")
         try:
             cdt = self.link.cdt(address)
         except KeyError:
-            return self._cost(req, answered=False, hops=self._max_hops)
-        return self._cost(req, answered=True, hops=hops_latency_s(self.link, cdt.repeater))
+            return self._cost(req, answered=False, latency_s=self._max_latency_s)
+        return self._cost(req, answered=True, latency_s=hops_latency_s(self.link, cdt.repeater))
 
-    def _cdt_detail_cost(self, modules: Iterable[int], hops: float) -> float:
+    def _cdt_detail_cost(self, modules: Iterable[int], latency_s: float) -> float:
         addr = "00000000000001"
-        chans = [(mod - 1) * 3 + i for mod in modules for i in (1, 2, 3)]
-        cost = self._cost(m.ReadAlarms(meter_type=m.CDT_TYPE, address=addr), answered=True, hops=hops)
+        chans = [m.channel_number(mod, i) for mod in modules for i in (1, 2, 3)]
+        cost = self._cost(m.ReadAlarms(meter_type=m.CDT_TYPE, address=addr), answered=True, latency_s=latency_s)
         for first, count in _ranges(chans, m.MAX_INFO):
             req = m.ReadChannelInfo(meter_type=m.CDT_TYPE, address=addr, first_channel=first, count=count)
-            cost += self._cost(req, answered=True, hops=hops)
+            cost += self._cost(req, answered=True, latency_s=latency_s)
         return cost
 
     def _meter_cost(self) -> float:
@@ -173,11 +173,11 @@ class Scanner:
         except Exception:
             log.failure("scan: progress callback failed")
 
-    async def _transact(self, request: m.Message, *, retries: int, hops: float) -> m.Message | TransactionError:
+    async def _transact(self, request: m.Message, *, retries: int, latency_s: float) -> m.Message | TransactionError:
         self._transactions += 1
         try:
             return await self.master.transact(
-                request, priority=Priority.STATUS, retries=retries, hops_latency_s=hops
+                request, priority=Priority.STATUS, retries=retries, hops_latency_s=latency_s
             )
         except TransactionError as exc:
             if isinstance(exc, LinkDown):
@@ -208,23 +208,23 @@ class Scanner:
         statuses: dict[int, m.CdtStatus] = {}
         for address in self.addresses:
             try:
-                hops = hops_latency_s(link, link.cdt(address).repeater)
+                latency_s = hops_latency_s(link, link.cdt(address).repeater)
             except KeyError:
-                hops = self._max_hops
+                latency_s = self._max_latency_s
             req = m.ReadCdtStatus(meter_type=m.CDT_TYPE, address=f"{address:014d}", di_order=_order(link))
-            reply = await self._transact(req, retries=1, hops=hops)
+            reply = await self._transact(req, retries=1, latency_s=latency_s)
             answered = isinstance(reply, m.CdtStatus)
             expected = self._status_cost(address)
-            actual = self._cost(req, answered=answered, hops=hops)
+            actual = self._cost(req, answered=answered, latency_s=latency_s)
             self._total += actual - expected
             self._done += actual
             if answered:
                 statuses[address] = reply
                 if not _configured(link, address):
-                    self._total += self._cdt_detail_cost(reply.modules, hops)
+                    self._total += self._cdt_detail_cost(reply.modules, latency_s)
             elif _configured(link, address):
                 cdt = link.cdt(address)
-                self._total -= self._cdt_detail_cost((mod.number for mod in cdt.modules), hops)
+                self._total -= self._cdt_detail_cost((mod.number for mod in cdt.modules), latency_s)
             self._progress()
 
         found: list[FoundCdt] = []
@@ -252,30 +252,30 @@ class Scanner:
     async def _detail(self, address: int, status: m.CdtStatus) -> FoundCdt:
         link = self.link
         configured = _configured(link, address)
-        hops = hops_latency_s(link, link.cdt(address).repeater) if configured else self._max_hops
+        latency_s = hops_latency_s(link, link.cdt(address).repeater) if configured else self._max_latency_s
         bcd = f"{address:014d}"
         order = _order(link)
         modules = tuple(sorted(status.modules))
-        chans = [(mod - 1) * 3 + i for mod in modules for i in (1, 2, 3)]
+        chans = [m.channel_number(mod, i) for mod in modules for i in (1, 2, 3)]
         channels: list[FoundChannel] | None = []
         for first, count in _ranges(chans, m.MAX_INFO):
             req = m.ReadChannelInfo(meter_type=m.CDT_TYPE, address=bcd, first_channel=first, count=count, di_order=order)
-            reply = await self._transact(req, retries=2, hops=hops)
-            self._done += self._cost(req, answered=True, hops=hops)
+            reply = await self._transact(req, retries=2, latency_s=latency_s)
+            self._done += self._cost(req, answered=True, latency_s=latency_s)
             self._progress()
             if not isinstance(reply, m.ChannelInfoReply):
                 channels = None
                 break
             for k, info in enumerate(reply.channels):
                 n = reply.first_channel + k
-                module, inp = (n - 1) // 3 + 1, (n - 1) % 3 + 1
+                module, inp = m.module_input(n)
                 if info.meter_type == 0 or module not in status.modules:
                     continue
                 channels.append(FoundChannel(n, module, inp, info.meter_type, kind_of_meter_type(info.meter_type),
                                              info.serial, info.pulse_constant))  # fmt: skip
         req_alarms = m.ReadAlarms(meter_type=m.CDT_TYPE, address=bcd, di_order=order)
-        reply = await self._transact(req_alarms, retries=2, hops=hops)
-        self._done += self._cost(req_alarms, answered=True, hops=hops)
+        reply = await self._transact(req_alarms, retries=2, latency_s=latency_s)
+        self._done += self._cost(req_alarms, answered=True, latency_s=latency_s)
         self._progress()
         alarms: tuple[tuple[int, tuple[str, ...]], ...] | None = None
         if isinstance(reply, m.AlarmsReply):
@@ -308,9 +308,9 @@ class Scanner:
         out: list[MeterCheck] = []
         order = _order(self.link)
         for address, module, inp, meter in todo:
-            hops = hops_latency_s(self.link, self.link.cdt(address).repeater)
+            latency_s = hops_latency_s(self.link, self.link.cdt(address).repeater)
             req = m.ReadData(meter_type=_METER_TYPE[meter.kind], address=meter.serial, di_order=order)
-            reply = await self._transact(req, retries=1, hops=hops)
+            reply = await self._transact(req, retries=1, latency_s=latency_s)
             self._done += self._meter_cost()
             self._progress()
             if isinstance(reply, m.CurrentData):
@@ -331,12 +331,12 @@ class Scanner:
         req = m.ReadAddress(meter_type=meter_type, address=BROADCAST, di_order=_order(self.link))
         before = self.master.device_stats(BROADCAST)
         garbled_before = before.checksum_errors + before.crc_errors
-        reply = await self._transact(req, retries=1, hops=self._max_hops)
+        reply = await self._transact(req, retries=1, latency_s=self._max_latency_s)
         if isinstance(reply, (m.AddressReply, m.ErrorReply)):
             # colliding replies AND-ed on the line can still pass the additive checksum:
             # a single answer counts only if that address answers again when asked directly
             direct = m.ReadAddress(meter_type=meter_type, address=reply.address, di_order=_order(self.link))
-            again = await self._transact(direct, retries=1, hops=self._max_hops)
+            again = await self._transact(direct, retries=1, latency_s=self._max_latency_s)
             if isinstance(again, (m.AddressReply, m.ErrorReply)) and again.address == reply.address:
                 return BroadcastResult(meter_type, "one", reply.address)
             return BroadcastResult(meter_type, "several", None)
@@ -450,7 +450,7 @@ def _compare_cdt(cdt: Cdt | None, fc: FoundCdt) -> list[Difference]:
         diffs.append(Difference("alarms_unread", a, None, None, f"CDT {a}: the alarms could not be read"))
     else:
         for n, names in fc.alarms:
-            module, inp = (n - 1) // 3 + 1, (n - 1) % 3 + 1
+            module, inp = m.module_input(n)
             diffs.append(Difference("alarm", a, module, inp,
                                     f"CDT {a} module {module} channel {inp}: alarm {', '.join(names)}"))  # fmt: skip
     if cdt is None:

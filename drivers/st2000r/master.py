@@ -240,11 +240,11 @@ class LinkStats(DeviceStats):
 
 class _Pending:
     __slots__ = (
-        "request", "priority", "retries_left", "hops", "deferred", "timer", "dead",
+        "request", "priority", "retries_left", "latency_s", "deferred", "timer", "dead",
         "cancelled", "attempts", "corrupted", "purpose", "plan", "on_sent",
     )  # fmt: skip
 
-    def __init__(self, request: m.Message, priority: Priority, retries: int, hops: float,
+    def __init__(self, request: m.Message, priority: Priority, retries: int, latency_s: float,
                  purpose: Purpose = Purpose.OTHER, plan: str | None = None) -> None:
         self.request = request
         self.purpose = purpose
@@ -252,7 +252,7 @@ class _Pending:
         self.on_sent: Callable[[], None] | None = None
         self.priority = priority
         self.retries_left = retries
-        self.hops = hops
+        self.latency_s = latency_s
         self.deferred: defer.Deferred | None = None
         self.timer: IDelayedCall | None = None  # queue timeout while disconnected
         self.dead = False  # removed from the queue (lazy heap deletion)
@@ -562,9 +562,9 @@ class BusMaster:
         else:
             self._send_next()
 
-    def _timeout(self, request: m.Message, hops: float) -> tuple[float, float]:
+    def _timeout(self, request: m.Message, latency_s: float) -> tuple[float, float]:
         nbytes = len(m.encode(replace(request, ser=0), self.preamble))
-        model = self.timing.reply_timeout(nbytes, max_reply_size(request), hops)
+        model = self.timing.reply_timeout(nbytes, max_reply_size(request), latency_s)
         allowance = 0.0
         if self._excess.count >= _ADAPT_MIN_SAMPLES:
             p99 = self._excess.percentile(0.99) or 0.0
@@ -581,7 +581,7 @@ class BusMaster:
         self._ser = (self._ser + 1) & 0xFF
         msg = replace(pending.request, ser=self._ser)
         wire = m.encode(msg, self.preamble)
-        model, timeout = self._timeout(pending.request, pending.hops)
+        model, timeout = self._timeout(pending.request, pending.latency_s)
         now = self._clock.seconds()
         attempt = _Attempt(pending, msg, now, model, timeout)
         self._inflight = attempt

@@ -54,6 +54,17 @@ MAX_BULK: Final = 48  # channels per BulkRead (worst case fills the 255-byte L f
 MAX_INFO: Final = 24  # channels per ReadChannelInfo
 MAX_CHANNELS: Final = 96  # 32 modules × 3 channels
 DATA_OFFSET: Final = 11  # DATA starts 11 bytes after the 68
+INPUTS_PER_MODULE: Final = 3  # pulse inputs of one MP-2203R module
+
+
+def channel_number(module: int, input_no: int) -> int:
+    """The CDT-wide channel 1..96 of pulse input ``input_no`` (1..3) of module ``module`` (1..32)."""
+    return (module - 1) * INPUTS_PER_MODULE + input_no
+
+
+def module_input(channel: int) -> tuple[int, int]:
+    """``(module, input)`` of CDT-wide channel ``channel`` (the inverse of :func:`channel_number`)."""
+    return (channel - 1) // INPUTS_PER_MODULE + 1, (channel - 1) % INPUTS_PER_MODULE + 1
 
 
 class DiOrder(enum.Enum):

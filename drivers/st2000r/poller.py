@@ -103,7 +103,7 @@ def bulk_ranges(cdt: Cdt) -> tuple[tuple[int, int], ...]:
     """``(first_channel, count)`` ranges of at most ``MAX_BULK`` channels covering every
     fitted channel of ``cdt`` with as few BulkReads as possible; each range starts and ends
     on a fitted channel."""
-    fitted = sorted({(mod - 1) * 3 + inp for mod, inp, _ in cdt.meters()})
+    fitted = sorted({m.channel_number(mod, inp) for mod, inp, _ in cdt.meters()})
     out: list[tuple[int, int]] = []
     i = 0
     while i < len(fitted):
@@ -117,14 +117,14 @@ def bulk_ranges(cdt: Cdt) -> tuple[tuple[int, int], ...]:
 
 
 class _CdtPlan:
-    __slots__ = ("address", "bcd", "hops", "ranges", "fitted")
+    __slots__ = ("address", "bcd", "latency_s", "ranges", "fitted")
 
     def __init__(self, link: Link, cdt: Cdt) -> None:
         self.address = cdt.address
         self.bcd = cdt.bcd_address
-        self.hops = hops_latency_s(link, cdt.repeater)
+        self.latency_s = hops_latency_s(link, cdt.repeater)
         self.ranges = bulk_ranges(cdt)
-        self.fitted = tuple(sorted({(mod - 1) * 3 + inp for mod, inp, _ in cdt.meters()}))
+        self.fitted = tuple(sorted({m.channel_number(mod, inp) for mod, inp, _ in cdt.meters()}))
 
     def halves(self, first: int, count: int) -> tuple[tuple[int, int], ...]:
         """The fitted channels of ``first .. first+count-1`` as two tight ranges (one if
@@ -257,7 +257,7 @@ class Poller(Service):
                 result.callback(CdtRead(cdt, kind, tuple(replies)))
                 return
             req = requests.pop(0)
-            d = self._master.transact(req, priority=priority, hops_latency_s=plan.hops, purpose=Purpose.READ_NOW)
+            d = self._master.transact(req, priority=priority, hops_latency_s=plan.latency_s, purpose=Purpose.READ_NOW)
             d.addCallbacks(got, result.errback)
 
         def got(reply: m.Message) -> None:
@@ -379,7 +379,7 @@ class Poller(Service):
             if cdt.address in rnd.failed:
                 continue
             rnd.outstanding += 1
-            d = self._master.transact(req, priority=rnd.priority, hops_latency_s=cdt.hops, purpose=Purpose.PLAN,
+            d = self._master.transact(req, priority=rnd.priority, hops_latency_s=cdt.latency_s, purpose=Purpose.PLAN,
                                       plan=rnd.plan)
             rnd.calls.add(d)
             d.addBoth(self._round_reply, rnd, cdt, d, req)
