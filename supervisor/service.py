@@ -115,8 +115,10 @@ class SupervisorService(MultiService):
             if service.parent is None:
                 service.setServiceParent(self)
         for link in links:
+            options = {"read_on_connect": settings.read_on_connect,
+                       "full_read_after_outage_s": settings.full_read_after_outage_s, **(poller_options or {})}
             poller = Poller(link, self.masters[link.name], reactor, self.points, topology.plans,
-                            local_time=local_time, **(poller_options or {}))
+                            local_time=local_time, **options)
             self.pollers[link.name] = poller
             poller.setServiceParent(self)
         if audit_path is None:

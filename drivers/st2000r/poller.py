@@ -31,7 +31,11 @@ reads and command read-backs), and whether a CDT answers is read from there too.
 - **schedule**: plans fire at their daily local times (``at``, via ``local_time``) and/or
   every ``every_s`` seconds (the first periodic round starts when the service starts); a
   plan whose previous round is still running when it is due again is skipped (logged).
-  Only the injected clock is used.
+  Only the injected clock is used;
+- **read on connect**: with ``read_on_connect``, the link's first ``full`` plan also runs
+  when the link first comes up while the service runs (a restarted supervisor has values
+  within one round, not at the next 02:00), and when it comes back after at least
+  ``full_read_after_outage_s`` down (the values are comm_fail and old by then).
 """
 
 from __future__ import annotations
@@ -181,6 +185,8 @@ class Poller(Service):
         demote_after: int = 3,
         max_demotion: int = 4,
         status_in_full: bool = False,
+        read_on_connect: bool = False,
+        full_read_after_outage_s: float = 3600.0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -210,11 +216,18 @@ class Poller(Service):
         self.rounds_done = 0
         self.rounds_skipped = 0
         self.splits = 0
+        self.read_on_connect = read_on_connect
+        self.full_read_after_outage_s = full_read_after_outage_s
+        self._connected_once = False
+        self._down_since: float | None = None
+        master.add_observer(self._link_event)
 
     # ---------------------------------------------------------------- service
 
     def startService(self) -> None:
         super().startService()
+        if getattr(self._master, "connected", False):
+            self._link_event("connected", {})
         now = self._clock.seconds()
         for plan in self.plans:
             if plan.every_s:
@@ -287,6 +300,27 @@ class Poller(Service):
         return frozenset(self._rounds)
 
     # ---------------------------------------------------------------- schedule
+
+    def _link_event(self, event: str, data: dict) -> None:
+        now = self._clock.seconds()
+        if event == "disconnected":
+            if self._down_since is None:
+                self._down_since = now
+            return
+        if event != "connected" or not self.running:
+            return
+        down, self._down_since = self._down_since, None
+        first = not self._connected_once
+        self._connected_once = True
+        if not self.read_on_connect:
+            return
+        if first or (down is not None and now - down >= self.full_read_after_outage_s):
+            plan = next((p for p in self.plans if p.kind == "full"), None)
+            if plan is not None:
+                why = "first connection" if first else f"back after {now - down:.0f} s down"
+                log.info("link {link}: {why}: full round of {plan} now", link=self.link.name, why=why,
+                         plan=plan.name)
+                self._start_round(plan)
 
     def _schedule(self, delay: float, fn, *args) -> None:
         self._calls = [c for c in self._calls if c.active()]

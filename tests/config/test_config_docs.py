@@ -19,6 +19,8 @@ def _toml(value) -> str:
         return "—"
     if isinstance(value, str):
         return f'`"{value}"`'
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
     if value == []:
         return "`[]`"
     if value == {}:

@@ -292,7 +292,7 @@ def test_supervisor_errors():
     assert issues('[supervisor]\ngprs_listen = "9000"\nretries = 11\nlog_format = "xml"\nstate_dir = "my dir"\n'
                   'stale_after = "10s"\ncommand_timeout = "2h"\nport = 1\n') == [
         ("supervisor.port", "unknown key 'port' (allowed: gprs_listen, retries, log_format, state_dir, "
-                            "stale_after, command_timeout)"),
+                            "stale_after, command_timeout, read_on_connect, full_read_after_outage)"),
         ("supervisor.gprs_listen", "value '9000' is not a server endpoint string: write TYPE:ARGS without spaces, "
                                    "e.g. \"tcp:9000\" or \"tcp:port=9000:interface=0.0.0.0\""),
         ("supervisor.retries", "value 11 out of range 0..10"),

@@ -201,3 +201,45 @@ def test_stop_service_cancels_schedule_and_round():
     assert sink.rounds == []  # a stopped round is not reported as done
     advance(rig.clock, 200_000)
     assert rig.master.queued == 0 and not rig.master.busy
+
+
+def _noon(rig):
+    """Local time: noon at the rig's start, so a 02:00 plan is 14 h away."""
+    t0 = rig.clock.seconds()
+    return lambda seconds: datetime(2026, 3, 10, 12, 0) + timedelta(seconds=seconds - t0)
+
+
+def test_read_on_connect_runs_a_full_round_at_start_and_after_a_long_outage_only():
+    """With the default daily plans a restarted supervisor would show nothing read until
+    02:00: the first connection, and a return after a long outage, start a full round."""
+    rig = SimRig(small_link(n=3))
+    sink = RecordingSink.on(rig.master)
+    daily = plan("daily", "full", at=[time(2, 0)])
+    poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("status", "status", at=[time(3, 0)]), daily),
+                    local_time=_noon(rig), read_on_connect=True, full_read_after_outage_s=600)
+    poller.startService()
+    advance(rig.clock, 30)
+    assert [r[1] for r in sink.rounds] == ["daily"] and len(sink.bulk) == 3  # at once, not at 02:00
+    write = rig.master._write
+    rig.master.connection_lost("cable pulled")
+    advance(rig.clock, 60)
+    rig.master.connection_made(write)  # a short outage: the plans carry on, no extra round
+    advance(rig.clock, 30)
+    assert [r[1] for r in sink.rounds] == ["daily"]
+    rig.master.connection_lost("cable pulled")
+    advance(rig.clock, 600)
+    rig.master.connection_made(write)
+    advance(rig.clock, 30)
+    assert [r[1] for r in sink.rounds] == ["daily", "daily"] and len(sink.bulk) == 6
+    poller.stopService()
+
+
+def test_without_read_on_connect_nothing_is_read_before_the_plan_is_due():
+    rig = SimRig(small_link(n=3))
+    sink = RecordingSink.on(rig.master)
+    poller = Poller(rig.link, rig.master, rig.clock, sink, (plan("daily", "full", at=[time(2, 0)]),),
+                    local_time=_noon(rig))
+    poller.startService()
+    advance(rig.clock, 30)
+    assert sink.rounds == [] and sink.bulk == []
+    poller.stopService()
