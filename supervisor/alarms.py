@@ -45,6 +45,12 @@ covering it clear at once; CDTs still offline come back as individual alarms at 
 round end.  While a link is disconnected no offline alarm is raised on it (the link alarm
 says it all).  A link that has not connected ``connect_grace_s`` (60 s) after the service
 started gets its ``disconnected`` alarm then.  Transitions are logged once, never repeats.
+
+Link alarms are debounced, so a link that connects and drops again and again (a DTU on a
+weak cell, a serial server rebooting) is one alarm, not one per drop: ``disconnected`` is
+raised once the link has been down ``link_raise_after_s`` (default 30 s) without a break,
+and cleared once it has been up ``link_clear_after_s`` (default 30 s) without a break.  A
+link stopped on purpose (``LinkState.STOPPED``) raises nothing.
 """
 
 from __future__ import annotations
@@ -175,9 +181,13 @@ class AlarmManager(Service):
     service unsubscribes and cancels the shelf timers."""
 
     def __init__(self, topology: Topology, clock: IReactorTime, bus: EventBus, *,
-                 connect_grace_s: float = 60.0) -> None:
+                 connect_grace_s: float = 60.0, link_raise_after_s: float = 30.0,
+                 link_clear_after_s: float = 30.0) -> None:
         self.topology = topology
         self.connect_grace_s = connect_grace_s
+        self.link_raise_after_s = link_raise_after_s
+        self.link_clear_after_s = link_clear_after_s
+        self._link_timers: dict[str, IDelayedCall] = {}
         self.clock = clock
         self.bus = bus
         self._alarms: dict[str, _Alarm] = {}
@@ -197,6 +207,10 @@ class AlarmManager(Service):
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
+        for timer in self._link_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._link_timers.clear()
         self._unsubscribe()
         for alarm in self._alarms.values():
             if alarm.shelf is not None and alarm.shelf.active():
@@ -411,21 +425,34 @@ class AlarmManager(Service):
                                  f"link {link}: not connected {self.connect_grace_s:g} s after start")
 
     def _on_link(self, event: LinkChanged) -> None:
-        aid = f"link:{event.link}:disconnected"
+        link = event.link
+        timer = self._link_timers.pop(link, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if event.state is LinkState.STOPPED:
             return  # stopped on purpose: not a fault, nothing to raise
-        if not event.connected and event.link not in self._connected and self._grace is not None:
+        if not event.connected and link not in self._connected and self._grace is not None:
             # not connected yet (a GSM modem reports its signal before it dials): the
             # connect grace decides, so a healthy start raises nothing
             return
         if event.connected:
-            self._connected.add(event.link)
-            self._disconnected.discard(event.link)
-            self.clear_alarm(aid)
+            self._connected.add(link)
+            self._disconnected.discard(link)
+            if f"link:{link}:disconnected" in self._alarms:
+                self._link_timers[link] = self.clock.callLater(self.link_clear_after_s, self._link_up, link)
         else:
-            self._connected.discard(event.link)
-            self._disconnected.add(event.link)
-            self.raise_alarm(aid, event.link, "disconnected", f"link {event.link}: disconnected")
+            self._connected.discard(link)
+            self._disconnected.add(link)
+            self._link_timers[link] = self.clock.callLater(self.link_raise_after_s, self._link_down, link)
+
+    def _link_down(self, link: str) -> None:
+        self._link_timers.pop(link, None)
+        self.raise_alarm(f"link:{link}:disconnected", link, "disconnected",
+                         f"link {link}: disconnected for {self.link_raise_after_s:g} s or more")
+
+    def _link_up(self, link: str) -> None:
+        self._link_timers.pop(link, None)
+        self.clear_alarm(f"link:{link}:disconnected", f"up for {self.link_clear_after_s:g} s")
 
     def _evaluate(self, link: str, *, allow_raise: bool) -> None:
         """Reconcile the offline / suspected / no_answer alarms of ``link`` with the CDTs'

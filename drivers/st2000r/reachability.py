@@ -24,8 +24,10 @@ Rules:
   every attempt got a corrupted reply does not (the device is there, the line is noisy:
   the poller splits the read instead);
 - a link that goes down makes every CDT of it *silent* at once (reason ``"link down"``)
-  without adding to the failure counts (the CDTs did nothing wrong); a ``LinkDown`` error
-  of one transaction is not a fact about the CDT and changes nothing;
+  without adding to the failure counts (the CDTs did nothing wrong); when the link is back,
+  those CDTs are *unknown* again (``answering`` None, no listener call) until a transaction
+  tells: the first failure then is a real transition, heard by everyone; a ``LinkDown``
+  error of one transaction is not a fact about the CDT and changes nothing;
 - listeners are called on transitions only, with the time the transition happened.
 
 Sans-I/O like the codec: it is handed times, it keeps no clock.
@@ -144,8 +146,12 @@ class Reachability:
         self._transition(state, False, outcome.at, "no answer")
 
     def link_up(self, at: float) -> None:
-        """The link's byte pipe is up (CDTs stay as they are until they answer)."""
+        """The link's byte pipe is up: CDTs silent only because it was down are unknown
+        again until they answer or fail (their meters stay comm_fail until read)."""
         self.connected = True
+        for state in self._by_cdt.values():
+            if state.answering is False and state.reason == "link down":
+                state.answering = None
 
     def link_down(self, at: float) -> None:
         """The link's byte pipe is gone: every CDT of it is silent from ``at``."""

@@ -202,12 +202,45 @@ def test_whole_link_silent_is_one_link_alarm_and_disconnected_link_raises_no_off
     rig2.points.on_link_state("bus", "connected", {})
     rig2.points.on_link_state("bus", "disconnected", {"reason": "cable cut"})
     rig2.round(offline=[1])
+    rig2.clock.advance(30)
     assert rig2.ids() == {"link:bus:disconnected"}
     assert rig2.alarms.alarm("link:bus:disconnected").severity == "critical"
     rig2.points.on_link_state("bus", "connected", {})
     rig2.round(offline=[1])
+    rig2.clock.advance(30)
     assert {a.id: a.state for a in rig2.alarms.alarms()} == {"link:bus:disconnected": "cleared-unacked",
                                                              "cdt:bus/1:offline": "active-unacked"}
+
+
+def test_a_flapping_link_is_one_alarm_raised_late_and_cleared_late():
+    """36 connect-then-drop cycles in 90 s were 36 alarms: now the alarm waits for 30 s
+    down without a break, and clears after 30 s up without a break."""
+    rig = Rig()
+    rig.points.on_link_state("bus", "connected", {})
+    for _ in range(36):  # up 1.5 s, down 1 s, for 90 s
+        rig.points.on_link_state("bus", "disconnected", {"reason": "dropped"})
+        rig.clock.advance(1)
+        rig.points.on_link_state("bus", "connected", {})
+        rig.clock.advance(1.5)
+    assert rig.changes() == []
+    rig.points.on_link_state("bus", "disconnected", {"reason": "dropped"})
+    rig.clock.advance(29)
+    assert rig.changes() == []
+    rig.clock.advance(1)
+    assert rig.changes() == [("link:bus:disconnected", "active-unacked")]
+    for _ in range(10):  # flapping back: the alarm neither clears nor repeats
+        rig.points.on_link_state("bus", "connected", {})
+        rig.clock.advance(5)
+        rig.points.on_link_state("bus", "disconnected", {"reason": "dropped"})
+        rig.clock.advance(1)
+    assert rig.changes() == [("link:bus:disconnected", "active-unacked")]
+    rig.points.on_link_state("bus", "connected", {})
+    rig.clock.advance(30)
+    assert rig.changes()[-1] == ("link:bus:disconnected", "cleared-unacked")
+    rig.points.on_link_state("bus", "disconnected", {"reason": "dropped"})
+    rig.points.on_link_state("bus", "stopped", {})  # a deliberate stop: no alarm comes
+    rig.clock.advance(60)
+    assert rig.changes()[-1] == ("link:bus:disconnected", "cleared-unacked")
 
 
 def test_a_link_that_never_connects_is_alarmed_after_the_grace_time():
@@ -220,6 +253,7 @@ def test_a_link_that_never_connects_is_alarmed_after_the_grace_time():
     assert rig.ids() == {"link:other:disconnected"}
     assert rig.alarms.alarm("link:other:disconnected").text == "link other: not connected 60 s after start"
     rig.points.on_link_state("other", "connected", {})
+    rig.clock.advance(30)  # up long enough: cleared
     assert rig.alarms.alarm("link:other:disconnected").state == "cleared-unacked"
     rig.alarms.stopService()
     assert rig.clock.getDelayedCalls() == []
