@@ -28,8 +28,17 @@ from st2000r.config.schema import (
     TEMPLATE_SCHEMA,
     Key,
 )
-from st2000r.config.validation import Context, check_table, indexed, unique
-from st2000r.config.values import MAX_CHANNELS_PER_MODULE, check_name, key_path, show, type_name
+from st2000r.config.validation import Context, check_table, indexed, string_list, unique
+from st2000r.config.values import (
+    CHALLENGE_SECRET_MIN,
+    MAX_ALLOW_FROM,
+    MAX_CHANNELS_PER_MODULE,
+    check_name,
+    key_path,
+    parse_network,
+    show,
+    type_name,
+)
 
 __all__ = ["templates_section", "sites_section", "compile_template", "build_link"]
 
@@ -149,6 +158,10 @@ def build_link(ctx: Context, item: Any, path: str, site_no: int, link_no: int) -
         elif registration in ("plain", "usr") and dtu.startswith("{"):
             ctx.error(key_path(path, "dtu_id"), "a plain or usr identity must not start with '{' (7Bh starts a DDP packet)")
             ok = False
+    gprs_auth: tuple[str, tuple[str, ...]] | None = None
+    if kind == "gprs":
+        gprs_auth = _gprs_auth(ctx, values, path)
+        ok &= gprs_auth is not None
 
     endpoint: Any = None
     if ok:
@@ -157,8 +170,10 @@ def build_link(ctx: Context, item: Any, path: str, site_no: int, link_no: int) -
         elif kind == "tcp":
             endpoint = TcpEndpoint(host=values["host"], port=values["port"])
         elif kind == "gprs":
+            assert gprs_auth is not None
             endpoint = GprsEndpoint(dtu_id=values["dtu_id"], registration=values["registration"],
-                                    heartbeat_s=values["heartbeat_s"])
+                                    heartbeat_s=values["heartbeat_s"], auth=gprs_auth[0], secret=values["secret"],
+                                    allow_from=gprs_auth[1])
         else:
             endpoint = GsmEndpoint(modem=values["modem"], number=values["number"], modem_baud=values["modem_baud"])
 
@@ -186,4 +201,60 @@ def build_link(ctx: Context, item: Any, path: str, site_no: int, link_no: int) -
         cdts=cdts,
     )
 
+
+def _gprs_auth(ctx: Context, values: dict[str, Any], path: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(auth mode, allow_from networks)`` of a GPRS link, or None after recording why not.
+
+    The rules (docs/security.md): ``auth`` defaults to ``"challenge"`` when a ``secret`` is
+    given and to ``"none"`` when only ``allow_from`` is; a link with neither must say
+    ``auth = "none"`` itself.  ``challenge``/``password`` need a secret (challenge: at least
+    ``CHALLENGE_SECRET_MIN`` characters), ``none`` takes none, ``password`` needs a text
+    registration (a DDP packet has no room for one)."""
+    if "auth" not in values or "secret" not in values or "allow_from" not in values:
+        return None  # a bad value, already reported
+    ok = True
+    networks: list[str] = []
+    apath = key_path(path, "allow_from")
+    allow = values["allow_from"]
+    if len(allow) > MAX_ALLOW_FROM:
+        ctx.error(apath, f"{len(allow)} networks exceed the limit of {MAX_ALLOW_FROM} per link")
+        ok = False
+    elif string_list(ctx, allow, apath, "network") is None:
+        ok = False
+    else:
+        for i, text in enumerate(allow):
+            network, reason = parse_network(text)
+            if reason is not None:
+                ctx.error(f"{apath}[{i}]", reason)
+                ok = False
+            else:
+                networks.append(network)
+    auth, secret = values["auth"], values["secret"]
+    name = values.get("name", "?")
+    if auth is None:
+        if secret is not None:
+            auth = "challenge"
+        elif allow:
+            auth = "none"
+        else:
+            ctx.error(path, f"GPRS link {name!r} has no proof of identity: give its DTU a secret (auth = \"challenge\" "
+                            "or \"password\"), limit it with allow_from = [networks], or write auth = \"none\" to let "
+                            "any connection that names its DTU id take the link")
+            return None
+    spath = key_path(path, "secret")
+    if auth in ("challenge", "password") and secret is None:
+        ctx.error(spath, f"auth = {auth!r} needs the DTU's secret")
+        ok = False
+    elif auth == "none" and secret is not None:
+        ctx.error(spath, "a secret is never checked with auth = \"none\": remove it, or set auth = \"challenge\" "
+                         "or \"password\"")
+        ok = False
+    elif auth == "challenge" and len(secret) < CHALLENGE_SECRET_MIN:
+        ctx.error(spath, f"a challenge secret is at least {CHALLENGE_SECRET_MIN} characters long, got {len(secret)}")
+        ok = False
+    if auth == "password" and values.get("registration") == "ddp":
+        ctx.error(key_path(path, "auth"), "a DDP registration packet has no room for a password: use auth = "
+                                          "\"challenge\" (a DTU that can answer it) or allow_from")
+        ok = False
+    return (auth, tuple(networks)) if ok else None
 

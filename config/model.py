@@ -27,7 +27,7 @@ import datetime as _dt
 import enum
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SerialEndpoint",
     "TcpEndpoint",
     "GprsEndpoint",
+    "AUTH_MODES",
     "GsmEndpoint",
     "Endpoint",
     "Link",
@@ -185,17 +186,33 @@ class TcpEndpoint:
     port: int
 
 
+#: how a GPRS DTU proves its identity (``GprsEndpoint.auth``), strongest first
+AUTH_MODES: tuple[str, ...] = ("challenge", "password", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class GprsEndpoint:
     """A GPRS DTU that connects in to the supervisor and registers as ``dtu_id``.
 
     ``registration``: ``"plain"``, ``"ddp"`` or ``"usr"`` (the registration packet
     format); ``heartbeat_s``: expected heartbeat interval in seconds.
+
+    ``auth``: how the registration proves identity (``AUTH_MODES``): ``"challenge"`` (the
+    server sends a nonce, the DTU answers HMAC-SHA256(secret, nonce || id)),
+    ``"password"`` (the registration packet carries ``secret`` in clear; plain/usr only),
+    ``"none"`` (the id alone, optionally limited by ``allow_from``).  ``secret``: the
+    shared secret (set exactly when ``auth`` is challenge or password; left out of
+    ``repr``).  ``allow_from``: normalised networks (``"10.0.0.0/8"``) the connection must
+    come from, or ``()`` for any source.  The loader guarantees these are consistent and
+    that ``auth = "none"`` without ``allow_from`` was written explicitly.
     """
 
     dtu_id: str
     registration: str
     heartbeat_s: int
+    auth: str = "none"
+    secret: str | None = field(default=None, repr=False)
+    allow_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +420,9 @@ class SupervisorSettings:
     ``log_format``: ``"text"`` or ``"json"``.  ``state_dir``: folder for state files (audit
     log ...).  ``stale_after_s``: seconds after which an unrefreshed reading is STALE, or
     None (2 x the longest plan period, at least 1 h).  ``command_timeout_s``: how long a
-    valve command waits for its read-back confirmation.
+    valve command waits for its read-back confirmation.  ``read_on_connect``: run the
+    link's first full plan when the link first comes up, and when it comes back after
+    ``full_read_after_outage_s`` or more down (so a restart does not wait for 02:00).
     """
 
     gprs_listen: str | None
@@ -412,6 +431,8 @@ class SupervisorSettings:
     state_dir: str
     stale_after_s: int | None = None
     command_timeout_s: int = 60
+    read_on_connect: bool = True
+    full_read_after_outage_s: int = 3600
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from st2000r.config.model import PLAN_KINDS, ROLES, MeterKind
+from st2000r.config.model import AUTH_MODES, PLAN_KINDS, ROLES, MeterKind
 from st2000r.config.values import (
     BAUD_RATES,
     CDT_ADDRESS_MAX,
     CDT_NAME_FIELDS,
     COMMAND_TIMEOUT_RANGE,
+    REREAD_AFTER_OUTAGE_RANGE,
     MAX_CHANNELS_PER_MODULE,
     MAX_CLOSES_PER_MINUTE,
     MAX_MODULES_PER_CDT,
@@ -33,6 +34,7 @@ from st2000r.config.values import (
     check_name,
     check_phone,
     check_range_value,
+    check_secret,
     check_serial,
     check_text,
     check_token,
@@ -134,6 +136,10 @@ LINK_KIND_SCHEMAS: dict[str, Schema] = {
         "dtu_id": Key(STR, REQUIRED, check_token, "identity the DTU registers with, unique in the file"),
         "registration": Key(STR, "plain", one_of("plain", "ddp", "usr"), "registration packet format"),
         "heartbeat_s": Key(INT, 60, in_range(1, 3600), "heartbeat interval, s"),
+        "auth": Key(STR, None, one_of(*AUTH_MODES), "challenge | password | none (default: challenge with a "
+                                                     "secret, none with only allow_from)"),
+        "secret": Key(STR, None, check_secret, "the DTU's shared secret (challenge key or registration password)"),
+        "allow_from": Key(ARRAY, [], doc="source networks the DTU may connect from, e.g. [\"10.0.0.0/8\"]"),
     },
     "gsm": {
         "modem": Key(STR, REQUIRED, check_token, "serial device of the local modem"),
@@ -217,13 +223,16 @@ OPERATOR_SCHEMA: Schema = {
 }
 
 SUPERVISOR_SCHEMA: Schema = {
-    "gprs_listen": Key(STR, None, check_endpoint, "GPRS DTU server endpoint, e.g. \"tcp:9000\""),
+    "gprs_listen": Key(STR, None, check_endpoint, "GPRS DTU server endpoint, e.g. \"tcp:9000\" (127.0.0.1 unless interface= is given)"),
     "retries": Key(INT, 2, in_range(0, MAX_RETRIES), "bus retries per transaction"),
     "log_format": Key(STR, "text", one_of("text", "json"), "text | json"),
     "state_dir": Key(STR, "var", check_token, "folder for state files (audit log)"),
     "stale_after": Key(("string", "integer"), None, check_duration(*STALE_AFTER_RANGE), "reading age that is STALE"),
     "command_timeout": Key(("string", "integer"), 60, check_duration(*COMMAND_TIMEOUT_RANGE),
                            "valve read-back deadline"),
+    "read_on_connect": Key(("boolean",), True, None, "a full round when a link first comes up"),
+    "full_read_after_outage": Key(("string", "integer"), 3600, check_duration(*REREAD_AFTER_OUTAGE_RANGE),
+                                  "a full round when a link returns after this long down"),
 }
 
 #: every schema table by the name docs/configuration.md gives it

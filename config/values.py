@@ -9,6 +9,7 @@ file in one pass.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import math
 import re
 import string
@@ -29,6 +30,7 @@ PULSE_CONSTANT_MAX = 65_535  # a CDT reports it in 16 bits (ChannelInfoReply)
 PLAN_EVERY_RANGE = (10, 7 * 86_400)            # a plan period: 10 s .. 7 days
 STALE_AFTER_RANGE = (60, 30 * 86_400)          # supervisor.stale_after: 1 min .. 30 days
 COMMAND_TIMEOUT_RANGE = (5, 3600)              # supervisor.command_timeout: 5 s .. 1 h
+REREAD_AFTER_OUTAGE_RANGE = (60, 30 * 86_400)  # supervisor.full_read_after_outage: 1 min .. 30 days
 MAX_CLOSES_PER_MINUTE = 1000
 MAX_RETRIES = 10
 GAP_MS_MAX = 10_000              # link.gap_ms: 0 .. 10 s
@@ -128,6 +130,35 @@ def check_gap(value: float) -> str | None:
     if not math.isfinite(value) or value < 0 or value > GAP_MS_MAX:
         return f"value {value} out of range 0..{GAP_MS_MAX} ms (a finite number of milliseconds)"
     return None
+
+
+#: a DTU secret: printable ASCII without spaces (it travels in a registration packet in
+#: password mode), this many characters
+SECRET_LEN = (8, 128)
+#: challenge mode: the secret is never sent, but an eavesdropper who saw one challenge and
+#: its answer can try guesses offline -- at least this long
+CHALLENGE_SECRET_MIN = 16
+#: networks per ``allow_from`` list
+MAX_ALLOW_FROM = 256
+
+
+def check_secret(value: str) -> str | None:
+    """A DTU secret (never echoed in the reason: it may be a real one with a typo)."""
+    lo, hi = SECRET_LEN
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        return "a secret is printable ASCII without spaces (DTUs send it in a text registration)"
+    if not lo <= len(value) <= hi:
+        return f"a secret is {lo}..{hi} characters long, got {len(value)}"
+    return None
+
+
+def parse_network(value: str) -> tuple[str | None, str | None]:
+    """``(normalised network, None)`` for an IPv4/IPv6 address or network in CIDR notation
+    (``"10.0.0.0/8"``, ``"192.0.2.7"``), else ``(None, reason)``; host bits must be zero."""
+    try:
+        return str(ipaddress.ip_network(value, strict=True)), None
+    except ValueError as exc:
+        return None, f"not a network{show(value)}: {exc}; write an address or a network like \"10.0.0.0/8\""
 
 
 def check_phone(value: str) -> str | None:
@@ -235,17 +266,81 @@ def parse_time(value: Any) -> tuple[_dt.time | None, str | None]:
     return _dt.time(h, m, sec), None
 
 
+def split_endpoint(value: str) -> tuple[str, list[str], dict[str, str]]:
+    """A Twisted endpoint string as Twisted reads it: ``(type, positional args, keyword
+    args)``.  ``:`` separates arguments, the first ``=`` of an argument makes it a keyword
+    argument, ``\\`` escapes the next character (``tcp6:9000:interface=\\:\\:1``)."""
+    parts: list[list[str]] = [[""]]
+    chars = iter(value)
+    for c in chars:
+        if c == "\\":
+            parts[-1][-1] += next(chars, "")
+        elif c == ":":
+            parts.append([""])
+        elif c == "=" and len(parts[-1]) == 1:
+            parts[-1].append("")
+        else:
+            parts[-1][-1] += c
+    kind = parts[0][0] if len(parts[0]) == 1 else "=".join(parts[0])
+    args = [p[0] for p in parts[1:] if len(p) == 1]
+    kwargs = {p[0]: p[1] for p in parts[1:] if len(p) == 2}
+    return kind, args, kwargs
+
+
+#: endpoint types whose listening interface ``listen_interface`` knows: type -> index of
+#: ``interface`` among Twisted's positional arguments
+_INTERFACE_ARG = {"tcp": 1, "tcp6": 1, "ssl": 4}
+#: the interface an endpoint of these types binds when the configuration names none
+DEFAULT_INTERFACE = {"tcp": "127.0.0.1", "tcp6": "::1", "ssl": "127.0.0.1"}
+
+
+def listen_interface(value: str) -> str | None:
+    """The interface a TCP (``tcp``, ``tcp6``, ``ssl``) server endpoint string names, by
+    keyword or position; ``""`` when it names none; None for another endpoint type."""
+    kind, args, kwargs = split_endpoint(value)
+    index = _INTERFACE_ARG.get(kind)
+    if index is None:
+        return None
+    if "interface" in kwargs:
+        return kwargs["interface"]
+    return args[index] if len(args) > index else ""
+
+
+def with_default_interface(value: str) -> str:
+    """``value`` with the loopback interface added when it is a TCP server endpoint string
+    that names no interface (``"tcp:9000"`` -> ``"tcp:9000:interface=127.0.0.1"``,
+    ``tcp6`` -> ``::1``): nothing listens on every interface unless the configuration says
+    ``interface=0.0.0.0`` (or ``::``).  Other strings are returned unchanged."""
+    kind = split_endpoint(value)[0]
+    if listen_interface(value) != "":
+        return value
+    return value + ":interface=" + DEFAULT_INTERFACE[kind].replace(":", "\\:")
+
+
 def check_endpoint(value: str) -> str | None:
-    """A Twisted server endpoint string, checked for shape only (config imports no Twisted)."""
+    """A Twisted server endpoint string, checked for shape only (config imports no Twisted);
+    for ``tcp``/``tcp6``/``ssl`` also the port and the interface (an IP address of the
+    endpoint's family; empty is refused -- write ``0.0.0.0`` or ``::`` for every interface)."""
     match = _ENDPOINT_RE.fullmatch(value)
     if match is None:
         return (f"value{show(value)} is not a server endpoint string: write TYPE:ARGS without spaces, "
                 "e.g. \"tcp:9000\" or \"tcp:port=9000:interface=0.0.0.0\"")
-    kind, args = match.groups()
-    if kind in ("tcp", "tcp6", "ssl"):
-        port = next((a.split("=", 1)[1] for a in args.split(":") if a.startswith("port=")), args.split(":")[0])
+    kind, args, kwargs = split_endpoint(value)
+    if kind in _INTERFACE_ARG:
+        port = kwargs.get("port", args[0] if args else "")
         if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
             return f"value{show(value)}: port {port!r} is not a TCP port 0..65535"
+        interface = listen_interface(value)
+        if interface is None or ("interface" in kwargs and interface == ""):
+            return (f"value{show(value)}: empty interface: name an IP address, e.g. interface=127.0.0.1, "
+                    "or interface=0.0.0.0 to listen on every interface")
+        if interface:
+            family = ipaddress.IPv6Address if kind == "tcp6" else ipaddress.IPv4Address
+            try:
+                family(interface)
+            except ValueError:
+                version = "IPv6" if kind == "tcp6" else "IPv4"
+                return f"value{show(value)}: interface {interface!r} is not an {version} address"
     return None
 
 

@@ -43,6 +43,7 @@ address = "2 South Road"
 name = "dtu"
 kind = "gprs"
 dtu_id = "13900000001"
+auth = "none"
 """
 
 LINK0 = "sites[0].links[0]"
@@ -250,7 +251,7 @@ def test_serial_as_integer_is_a_wrong_type_with_a_hint():
 
 
 def test_values_out_of_range_say_the_range():
-    text = mutate('kind = "gprs"\ndtu_id = "13900000001"',
+    text = mutate('kind = "gprs"\ndtu_id = "13900000001"\nauth = "none"',
                   'kind = "tcp"\nhost = "192.0.2.1"\nport = 70000\nturnaround_ms = 2001\nparity = "X"',
                   "address = 10", "address = 100000000")
     assert issues(text) == [
@@ -359,7 +360,7 @@ def test_every_error_is_collected_in_one_pass():
 
 
 def test_duplicate_dtu_id_serial_device_and_site_name():
-    text = mutate('name = "South"', 'name = "North"', 'kind = "gprs"\ndtu_id = "13900000001"',
+    text = mutate('name = "South"', 'name = "North"', 'kind = "gprs"\ndtu_id = "13900000001"\nauth = "none"',
                   'kind = "serial"\ndevice = "/dev/ttyUSB0"')
     assert issues(text) == [
         ("sites[1].name", "duplicate site name 'North' (already used at sites[0].name)"),
@@ -408,7 +409,7 @@ def test_load_accepts_a_byte_order_mark(tmp_path):
 
 
 def test_file_wide_duplicates_are_found_even_when_the_link_has_other_errors():
-    text = mutate('kind = "gprs"\ndtu_id = "13900000001"', 'kind = "serial"\ndevice = "/dev/ttyUSB0"\nbaud = 1')
+    text = mutate('kind = "gprs"\ndtu_id = "13900000001"\nauth = "none"', 'kind = "serial"\ndevice = "/dev/ttyUSB0"\nbaud = 1')
     assert issues(text) == [
         ("sites[1].links[0].baud", "value 1 is not one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"),
         ("sites[1].links[0].device", "duplicate serial device '/dev/ttyUSB0' (already used at sites[0].links[0].device)"),

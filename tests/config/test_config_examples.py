@@ -117,8 +117,13 @@ def test_city_counts(city):
 
 def test_city_endpoints_and_defaults(city):
     north, south = city.link("riverside-north"), city.link("riverside-south")
-    assert north.endpoint == GprsEndpoint(dtu_id="13900000001", registration="ddp", heartbeat_s=120)
-    assert south.endpoint == GprsEndpoint(dtu_id="RVS-SOUTH-02", registration="plain", heartbeat_s=60)
+    assert north.endpoint == GprsEndpoint(dtu_id="13900000001", registration="ddp", heartbeat_s=120, auth="challenge",
+                                          secret="EXAMPLE-ONLY-rvs-north-5u8Jq2Lw", allow_from=("10.64.0.0/16",))
+    assert south.endpoint == GprsEndpoint(dtu_id="RVS-SOUTH-02", registration="plain", heartbeat_s=60, auth="password",
+                                          secret="EXAMPLE-ONLY-south-pw")
+    usr = city.link("oldtown-usr").endpoint
+    assert (usr.auth, usr.secret, usr.allow_from) == ("none", None, ("10.64.12.0/24",))
+    assert "EXAMPLE-ONLY" not in repr(city)  # secrets stay out of reprs and logs
     assert (south.line, south.turnaround_ms, south.di_order) == (LineSettings(2400, 8, "E", 1), 20, "901F")
     assert city.link("oldtown-usr").endpoint.registration == "usr"
     assert city.link("hillview-tower-a").endpoint == TcpEndpoint("192.0.2.10", 4001)

@@ -58,6 +58,7 @@ channels = [
 name = "dtu"
 kind = "gprs"
 dtu_id = "13900000001"
+auth = "none"
 """
 
 
