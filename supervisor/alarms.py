@@ -407,12 +407,11 @@ class AlarmManager(Service):
         offline = self._offline.get(event.link)
         if offline is None:
             return
-        if event.online:
-            if event.cdt in offline:
-                offline.discard(event.cdt)
-                self._evaluate(event.link, allow_raise=False)
-        else:
+        if event.online is False:
             offline.add(event.cdt)  # decided at the end of the round
+        elif event.cdt in offline:  # answers, or unknown again (its link is back)
+            offline.discard(event.cdt)
+            self._evaluate(event.link, allow_raise=False)
 
     def _never_connected(self) -> None:
         """``connect_grace_s`` after start: a link that never reported a connection is as

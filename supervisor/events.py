@@ -180,13 +180,14 @@ class MeterChanged(EventBase):
 
 @dataclass(frozen=True, slots=True)
 class CdtChanged(EventBase):
-    """A CDT's point changed.  ``online``: it answers (from the link's reachability);
-    ``mains``/``battery_low``/``battery_mv``/``modules``: from its last status reply (None
-    until one arrived).  ``at``: when the change happened."""
+    """A CDT's point changed.  ``online``: it answers (from the link's reachability); None:
+    not known (never tried, or its link just came back); ``mains``/``battery_low``/
+    ``battery_mv``/``modules``: from its last status reply (None until one arrived).
+    ``at``: when the change happened."""
 
     link: str
     cdt: int
-    online: bool
+    online: bool | None
     mains: bool | None
     battery_low: bool | None
     battery_mv: int | None

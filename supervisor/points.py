@@ -245,7 +245,7 @@ class _Cdt:
         self.last_seen: float | None = None
 
     def event(self, at: float) -> CdtChanged:
-        return CdtChanged(self.link, self.config.address, bool(self.online), self.mains, self.battery_low,
+        return CdtChanged(self.link, self.config.address, self.online, self.mains, self.battery_low,
                           self.battery_mv, self.modules, utc(at))
 
     def point(self) -> CdtPoint:
@@ -420,12 +420,18 @@ class PointDatabase(Service):
             self._publish(state.event(at))
 
     @_never_raises
-    def on_reachability(self, link: str, cdt: int, answering: bool, at: float, reason: str = "") -> None:
+    def on_reachability(self, link: str, cdt: int, answering: bool | None, at: float, reason: str = "") -> None:
         """The link's reachability says the CDT started or stopped answering at ``at``.
         Silent: the CDT is offline and its meters COMM_FAIL from ``at``; answering: online
-        (its meters turn GOOD as they are read)."""
+        (its meters turn GOOD as they are read); None: unknown again (its link is back and
+        it was silent only because the link was down; its meters stay COMM_FAIL until read)."""
         state = self._cdt_state(link, cdt)
         if state is None:
+            return
+        if answering is None:
+            if state.online is not None:
+                state.online = None
+                self._publish(state.event(at))
             return
         if answering:
             if state.online is not True:

@@ -25,9 +25,9 @@ Rules:
   the poller splits the read instead);
 - a link that goes down makes every CDT of it *silent* at once (reason ``"link down"``)
   without adding to the failure counts (the CDTs did nothing wrong); when the link is back,
-  those CDTs are *unknown* again (``answering`` None, no listener call) until a transaction
-  tells: the first failure then is a real transition, heard by everyone; a ``LinkDown``
-  error of one transaction is not a fact about the CDT and changes nothing;
+  those CDTs are *unknown* again (``answering`` None, announced to the listeners) until a
+  transaction tells, so nobody alarms on a silence that was only the link's; a
+  ``LinkDown`` error of one transaction is not a fact about the CDT and changes nothing;
 - listeners are called on transitions only, with the time the transition happened.
 
 Sans-I/O like the codec: it is handed times, it keeps no clock.
@@ -103,8 +103,8 @@ class _State:
         self.reason = ""
 
 
-#: ``fn(link, cdt, answering, at, reason)``
-StateListener = Callable[[str, int, bool, float, str], None]
+#: ``fn(link, cdt, answering, at, reason)``; ``answering`` None: unknown again (link back)
+StateListener = Callable[[str, int, bool | None, float, str], None]
 #: ``fn(cdt, outcome)`` for every successful outcome of a configured CDT
 ReplyListener = Callable[[int, Outcome], None]
 
@@ -151,7 +151,7 @@ class Reachability:
         self.connected = True
         for state in self._by_cdt.values():
             if state.answering is False and state.reason == "link down":
-                state.answering = None
+                self._transition(state, None, at, "link back: not tried yet")
 
     def link_down(self, at: float) -> None:
         """The link's byte pipe is gone: every CDT of it is silent from ``at``."""
@@ -188,7 +188,7 @@ class Reachability:
 
     # ---------------------------------------------------------------- internals
 
-    def _transition(self, state: _State, answering: bool, at: float, reason: str) -> None:
+    def _transition(self, state: _State, answering: bool | None, at: float, reason: str) -> None:
         if state.answering is answering:
             return
         was = state.answering
@@ -197,7 +197,7 @@ class Reachability:
         state.reason = reason
         if answering and was is False:
             log.info("link {link}: CDT {cdt} answers again", link=self.link, cdt=state.cdt)
-        elif not answering and reason != "link down":
+        elif answering is False and reason != "link down":
             log.warn("link {link}: CDT {cdt} stopped answering", link=self.link, cdt=state.cdt)
         for fn in tuple(self._listeners):
             self._call(fn, self.link, state.cdt, answering, at, reason)

@@ -150,7 +150,7 @@ class RecordingSink:
             self.status.append(entry)
 
     def on_reachability(self, link, cdt, answering, at, reason):
-        if not answering:
+        if answering is False:
             self.unreachable.append((link, cdt, at))
 
     def on_round_done(self, link, plan, kind, started, ended):

@@ -257,3 +257,26 @@ def test_a_link_that_never_connects_is_alarmed_after_the_grace_time():
     assert rig.alarms.alarm("link:other:disconnected").state == "cleared-unacked"
     rig.alarms.stopService()
     assert rig.clock.getDelayedCalls() == []
+
+
+def test_recovery_after_a_link_outage_raises_no_cdt_offline_alarms():
+    """A 30 s outage in the middle of a round, then the link is back: the CDTs were silent
+    only because the link was down — the next rounds raise no offline alarm for them."""
+    from support.clock import advance
+    from support.simrig import sim_supervisor_parts
+
+    parts = sim_supervisor_parts()
+    alarms = AlarmManager(parts.points.topology, parts.clock, parts.bus)
+    parts.points.on_link_state("bus", "connected")
+    parts.round_time()
+    d = parts.poller.run_plan_now("full")
+    advance(parts.clock, 0.2)
+    parts.drop()
+    assert all(not c.online for c in parts.points.cdts())  # comm_fail at once
+    advance(parts.clock, 30)
+    parts.reconnect()
+    advance(parts.clock, 60)
+    assert d.called
+    parts.round_time()
+    assert [a.id for a in alarms.alarms() if a.kind == "offline"] == []
+    assert all(c.online for c in parts.points.cdts())

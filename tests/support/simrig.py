@@ -27,6 +27,14 @@ class SimParts:
     master: BusMaster
     poller: Poller
     world: Any
+    sim: Any
+
+    def drop(self, reason: str = "cable pulled") -> None:
+        """The link's byte pipe goes away (the simulator stays)."""
+        self.master.connection_lost(reason)
+
+    def reconnect(self) -> None:
+        self.master.connection_made(self.sim.data_received)
 
     def round_time(self, plan: str = "full") -> float:
         """Run one round of ``plan``; the clock seconds it took."""
@@ -53,4 +61,4 @@ def sim_supervisor_parts(cdts: int = 6, seed: int = 3) -> SimParts:
     sim.connect(master.data_received)
     master.connection_made(sim.data_received)
     poller = Poller(link, master, clock, points, (ReadingPlan("full", "full", (), None, None),))
-    return SimParts(clock, bus, points, master, poller, world)
+    return SimParts(clock, bus, points, master, poller, world, sim)
