@@ -263,7 +263,8 @@ class CommandDispatcher(CommandChecks):
             elif command.kind is CommandKind.ALARM_SHELVE:
                 if request.duration_s is None:
                     raise AlarmError("shelve: a duration is required")
-                self.alarms.shelve(request.alarm, request.who, request.reason, self.clock.seconds() + request.duration_s)
+                until = self.clock.seconds() + request.duration_s
+                self.alarms.shelve(request.alarm, request.who, request.reason, until)
                 detail = f"shelved for {request.duration_s:g} s"
             else:
                 self.alarms.unshelve(request.alarm, request.who)
