@@ -8,8 +8,9 @@ against the simulator core (World + SimulatedBus) with physical bus timing, on o
   in the point database, and only its meters; answering again, they are good again.
 
 APIs used: ``SupervisorService(topology, clock, link_factory=..., audit_path=False,
-poller_options={"window": n})``, its ``pollers[link].run_plan_now(plan)``,
-``commands.submit(ValveRequest(meter, open, who, source, reason))`` (outcome ``.result``),
+state=False, poller_options={"window": n})``, its ``pollers[link].run_plan_now(plan)``,
+``commands.submit(ValveRequest(meter, open, who, source, reason))`` (a handle whose
+``outcome`` Deferred fires with the final record: ``.state``, ``CommandState``),
 ``points.meter(id).quality`` with ``Quality``; ``BusMaster.connection_made(write)``,
 ``.data_received``, ``.connection_lost`` and ``.queued``; the config loader; the simulator's
 ``World``, ``SimulatedBus`` and ``faults.parse_action``.
@@ -30,7 +31,7 @@ from st2000r.simulation.bus import SimulatedBus
 from st2000r.simulation.faults import parse_action
 from st2000r.simulation.world import World
 from st2000r.supervisor.commands import ValveRequest
-from st2000r.supervisor.events import Quality
+from st2000r.supervisor.events import CommandState, Quality
 from st2000r.supervisor.service import SupervisorService
 
 T0 = 1_780_000_000.0  # 2026-05-28 UTC; the daily plan below is never due within a test
@@ -68,6 +69,9 @@ at = ["02:30"]
 [[operators]]
 name = "alice"
 role = "operator"
+
+[supervisor]
+state_dir = "STATE_DIR"
 """
 
 
@@ -111,7 +115,7 @@ def run_until(clock: Clock, d, limit: float = 3600.0):
 
 @pytest.fixture
 def field(tmp_path):
-    topology = loads(TOPOLOGY, "<test>")
+    topology = loads(TOPOLOGY.replace("STATE_DIR", str(tmp_path)), "<test>")
     clock = Clock()
     clock.advance(T0)
     world = World(topology, clock, seed=5, start=datetime(2026, 5, 28, 12, 0))
@@ -121,7 +125,7 @@ def field(tmp_path):
         return SimLink(SimulatedBus(world, link.name, clock, physical_timing=True), master, written)
 
     # window: the poller hands the master a whole round at once, so a full sweep is queued
-    service = SupervisorService(topology, clock, link_factory=factory, audit_path=False,
+    service = SupervisorService(topology, clock, link_factory=factory, audit_path=False, state=False,
                                 poller_options={"window": 1000})  # fmt: skip
     service.startService()
     run_until(clock, service.pollers["bus"].run_plan_now("full"))  # valves and values known
@@ -145,8 +149,9 @@ def test_a_valve_command_goes_ahead_of_every_queued_sweep_transaction(field):
     queued = service.masters["bus"].queued
     assert in_flight <= 1 and queued >= 10  # 6 CDTs x 60 channels: 12 bulk reads queued
 
-    outcome = service.commands.submit(ValveRequest(meter, False, "alice", "api", "boundary test"))
-    assert run_until(clock, outcome).result == "succeeded"
+    handle = service.commands.submit(ValveRequest(meter, False, "alice", "api", "boundary test"))
+    record = run_until(clock, handle.outcome)
+    assert record.state is CommandState.SUCCEEDED, record.detail
     run_until(clock, sweep)
 
     sent = requests(written)
