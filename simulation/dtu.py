@@ -18,10 +18,18 @@ the DTU's local address as seen on its socket, big-endian.  The 2-byte length fi
 the whole packet.  A heartbeat may come between any two bytes of the bus stream (a DTU
 does not know where frames end); :class:`UplinkDecoder` removes it wherever it falls.
 
+**Proof of identity** (``GprsEndpoint.auth``): ``password`` -- the registration packet is
+``<ID> <secret>`` (plain) or ``<ID> <secret> CR LF`` (usr); ``challenge`` -- after its
+registration the DTU waits for the server's challenge ``7B 83 00 15 <nonce 16> 7B`` and
+answers ``7B 03 00 25 <HMAC-SHA256(secret, nonce || id)> 7B`` before it carries any bus
+byte (DDP: then waits for the acknowledgement as usual); ``none`` -- the registration alone.
+
 **Twisted** -- :class:`DtuClient`, a ``MultiService`` around a ``ClientService`` (reconnect
-with ``backoffPolicy``): on every connection it sends the registration packet, for DDP
-waits for the acknowledgement (re-sending the registration every ``REGISTER_RETRY_S``),
-then attaches the bus and heartbeats every ``heartbeat_s / speedup`` real seconds.
+with ``backoffPolicy``): on every connection it sends the registration packet, answers a
+challenge, for DDP waits for the acknowledgement (re-sending the registration every
+``REGISTER_RETRY_S`` until a challenge or the acknowledgement comes), then attaches the bus
+and heartbeats every ``heartbeat_s / speedup`` real seconds.  :meth:`DtuClient.for_link`
+builds one from a link's ``GprsEndpoint`` (secret included).
 """
 
 from __future__ import annotations
@@ -47,10 +55,14 @@ from st2000r.drivers.st2000r.registration import (
     DtuFormatError,
     Heartbeat,
     Registered,
+    RegistrationError,
     UplinkDecoder,
+    auth_response,
+    challenge_proof,
     ddp_ack,
     ddp_heartbeat,
     ddp_register,
+    parse_challenge,
     parse_ddp,
 )
 from st2000r.simulation.endpoints import BusLike, EndpointInfo
@@ -86,6 +98,7 @@ class DtuStats:
     connections: int = 0
     registrations: int = 0
     acknowledged: int = 0
+    challenges: int = 0  # challenges answered
     heartbeats: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -98,6 +111,8 @@ class _DtuProtocol(Protocol):
         self.client = client
         self.decoder = DownlinkDecoder(client.format)
         self.online = False
+        self.challenged = client.auth == "challenge"  # waiting for the server's challenge
+        self._challenge = b""
         self._register: LoopingCall | None = None
         self._heartbeat: LoopingCall | None = None
 
@@ -113,7 +128,8 @@ class _DtuProtocol(Protocol):
             self._register.start(c.register_retry_s, now=True)
         else:
             self._send_registration()
-            self._go_online()
+            if not self.challenged:
+                self._go_online()
 
     def _send_registration(self) -> None:
         host = self.transport.getHost()
@@ -141,7 +157,35 @@ class _DtuProtocol(Protocol):
             self.client.stats.bytes_up += len(data)
             self.transport.write(data)
 
+    def _answer(self, data: bytes) -> bytes | None:
+        """Collect the challenge; answer it.  The bytes after it, or None while waiting."""
+        c = self.client
+        self._challenge += data
+        try:
+            parsed = parse_challenge(self._challenge)
+        except RegistrationError as exc:
+            log.warn("DTU {dtu}: {error} from the server; hanging up", dtu=c.format.dtu_id, error=str(exc))
+            self.transport.abortConnection()
+            return None
+        if parsed is None:
+            return None
+        nonce, used = parsed
+        rest, self._challenge = self._challenge[used:], b""
+        self.challenged = False
+        if self._register is not None and self._register.running:
+            self._register.stop()
+        c.stats.challenges += 1
+        self.transport.write(auth_response(challenge_proof(c.secret, nonce, c.format.dtu_id)))
+        if c.format.registration != "ddp":
+            self._go_online()
+        return rest
+
     def dataReceived(self, data: bytes) -> None:
+        if self.challenged:
+            rest = self._answer(data)
+            if not rest:
+                return
+            data = rest
         acked, bus = self.decoder.feed(data)
         if acked:
             if not self.online:
@@ -180,7 +224,10 @@ class DtuClient(MultiService):
     (default: ``reactor``).  ``heartbeat_s``: world seconds between heartbeats, divided by
     ``speedup`` for real time (at least ``MIN_HEARTBEAT_S``).  ``endpoint``: an ``IStreamClientEndpoint`` to dial instead of
     ``HostnameEndpoint(reactor, host, port)`` (tests).  ``retry``: a back-off policy
-    ``(attempt) -> seconds`` (default: 1 s doubling to 60 s, with jitter).
+    ``(attempt) -> seconds`` (default: 1 s doubling to 60 s, with jitter).  ``auth`` and
+    ``secret``: how it proves its identity (``"challenge"``/``"password"`` need the
+    secret; ``"none"``: the registration alone), as the link's ``GprsEndpoint`` says.
+    Raises ``DtuFormatError`` for a format/auth combination that cannot be sent.
     """
 
     kind = "dtu"
@@ -203,6 +250,8 @@ class DtuClient(MultiService):
         heartbeat: bytes | None = None,
         endpoint=None,
         retry: Callable[[int], float] | None = None,
+        auth: str = "none",
+        secret: str | bytes | None = None,
     ) -> None:
         super().__init__()
         self.setName(f"dtu:{link}")
@@ -210,7 +259,14 @@ class DtuClient(MultiService):
         self.bus = bus
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.format = DtuFormat(registration, dtu_id, heartbeat)
+        if auth not in ("challenge", "password", "none"):
+            raise DtuFormatError(f"auth {auth!r} is not one of challenge, password, none")
+        raw = secret.encode("utf-8") if isinstance(secret, str) else secret
+        if (auth != "none") != bool(raw):
+            raise DtuFormatError(f"auth {auth!r} needs a secret exactly when it is challenge or password")
+        self.auth = auth
+        self.secret = raw or b""
+        self.format = DtuFormat(registration, dtu_id, heartbeat, raw if auth == "password" else None)
         self.heartbeat_interval = max(self.MIN_HEARTBEAT_S, heartbeat_s / speedup)
         self.register_retry_s = min(self.REGISTER_RETRY_S, self.heartbeat_interval)
         self.host, self.port = host, port
@@ -221,6 +277,17 @@ class DtuClient(MultiService):
         self._protocol: _DtuProtocol | None = None
         self._client: ClientService | None = None
         self._drop_call = None
+
+    @classmethod
+    def for_link(cls, link, bus: BusLike, reactor, *, host: str, port: int, **options) -> DtuClient:
+        """The DTU of ``link`` (a ``config.model.Link`` of kind gprs): its id, registration
+        format, heartbeat, auth and secret from ``link.endpoint``; ``options`` as for the
+        constructor (``clock``, ``speedup``, ``retry`` ...)."""
+        ep = link.endpoint
+        return cls(
+            link.name, bus, reactor, dtu_id=ep.dtu_id, registration=ep.registration, heartbeat_s=ep.heartbeat_s,
+            host=host, port=port, auth=ep.auth, secret=ep.secret, **options,
+        )  # fmt: skip
 
     def _new_client(self) -> ClientService:
         client = ClientService(self.endpoint, _DtuFactory(self), retryPolicy=self.retry, clock=self.clock)
@@ -261,5 +328,5 @@ class DtuClient(MultiService):
         return EndpointInfo(
             self.link, self.kind, self.target_text,
             f"dials out as {self.format.dtu_id!r}, {self.format.registration} registration, "
-            f"heartbeat every {self.heartbeat_interval:g} s",
+            f"auth {self.auth}, heartbeat every {self.heartbeat_interval:g} s",
         )  # fmt: skip

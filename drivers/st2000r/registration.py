@@ -33,6 +33,25 @@ Server-side rules (what :class:`RegistrationDecoder` and :class:`HeartbeatFilter
   missed the acknowledgement) is removed the same way and reported as :class:`Registered`
   so the server acknowledges again.
 
+**Proof of identity** (``GprsEndpoint.auth``; what :class:`CredentialCheck` checks after
+the registration named a configured DTU)::
+
+    auth       DTU -> server                                  server -> DTU
+    challenge  registration as above, then                    after the registration:
+               7B 03 00 25 <proof 32> 7B  (response)          7B 83 00 15 <nonce 16> 7B  (challenge)
+               proof = HMAC-SHA256(secret, nonce || id)       (DDP: acknowledged after the proof)
+    password   plain: <ID> 20h <secret>                       --
+               usr:   <ID> 20h <secret> CR LF
+    none       the registration alone                         --
+
+The challenge is sent only after the registration named a DTU configured for it, so a DTU
+that cannot answer one never receives bytes it would pass on to its RS485 bus.  Before its
+response a challenged DTU may still send heartbeats (and, DDP, repeat its registration):
+they are skipped; any other byte fails the proof.  Proofs and passwords are compared with
+``hmac.compare_digest``.  A password travels in clear: anyone who reads one registration
+can replay it (docs/security.md); a challenge proof is useless a second time.  Error
+messages never contain a secret, a received password or a received proof.
+
 Names shared with ``st2000r.simulation.dtu`` (``DtuFormat``, ``ddp_*``, ``parse_ddp``,
 ``DdpPacket``, ``Registered``, ``Heartbeat``, ``Data``, ``UplinkDecoder``,
 ``DownlinkDecoder``, ``DtuFormatError``) have the same behaviour, so the simulator can
@@ -41,9 +60,11 @@ import them from here instead of keeping its own copy.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -52,6 +73,16 @@ __all__ = [
     "RegistrationError",
     "DtuFormatError",
     "UnknownDtu",
+    "AuthFailed",
+    "AUTH_MODES",
+    "NONCE_LEN",
+    "PROOF_LEN",
+    "PASSWORD_SEP",
+    "auth_challenge",
+    "auth_response",
+    "parse_challenge",
+    "challenge_proof",
+    "CredentialCheck",
     "DtuFormat",
     "DdpPacket",
     "Registered",
@@ -77,6 +108,16 @@ DDP_REGISTER_LEN = 0x16  # 22 bytes
 DDP_SHORT_LEN = 0x10  # 16 bytes: heartbeat and acknowledgement
 #: a text registration (plain/usr) longer than this without a decision is refused
 MAX_TEXT_REGISTRATION = 256
+AUTH_CHALLENGE = 0x83  # server -> DTU
+AUTH_RESPONSE = 0x03  # DTU -> server
+NONCE_LEN = 16
+PROOF_LEN = 32  # HMAC-SHA256
+AUTH_CHALLENGE_LEN = 4 + NONCE_LEN + 1  # 21 = 15h
+AUTH_RESPONSE_LEN = 4 + PROOF_LEN + 1  # 37 = 25h
+#: between the identity and the password of a password-mode text registration
+PASSWORD_SEP = b" "
+#: ``GprsEndpoint.auth`` values (the same tuple as ``config.model.AUTH_MODES``)
+AUTH_MODES = ("challenge", "password", "none")
 
 
 class RegistrationError(ValueError):
@@ -96,6 +137,17 @@ class UnknownDtu(RegistrationError):
         self.dtu_id = dtu_id
         self.format = fmt
         super().__init__(f"unknown DTU identity {dtu_id!r} ({fmt} registration)")
+
+
+class AuthFailed(RegistrationError):
+    """A registration that named a configured DTU but did not prove it (wrong or missing
+    proof or password, source address not allowed, no proof in time).  ``dtu_id``: the
+    DTU it named; the message never contains a secret or what was received for one."""
+
+    def __init__(self, dtu_id: str, why: str) -> None:
+        self.dtu_id = dtu_id
+        self.why = why
+        super().__init__(f"DTU {dtu_id!r}: {why}")
 
 
 # --------------------------------------------------------------------------- DDP packets
@@ -183,21 +235,164 @@ def parse_ddp(data: bytes) -> tuple[DdpPacket, int] | None:
     return DdpPacket(kind, dtu_id), length
 
 
+# --------------------------------------------------------------------------- proof of identity
+
+
+def auth_challenge(nonce: bytes) -> bytes:
+    """The server's challenge: ``7B 83 00 15 <nonce 16> 7B``; ValueError for another length."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
+    return bytes((DDP_FLAG, AUTH_CHALLENGE)) + struct.pack(">H", AUTH_CHALLENGE_LEN) + nonce + bytes((DDP_FLAG,))
+
+
+def auth_response(proof: bytes) -> bytes:
+    """The DTU's answer: ``7B 03 00 25 <proof 32> 7B``; ValueError for another length."""
+    if len(proof) != PROOF_LEN:
+        raise ValueError(f"a proof is {PROOF_LEN} bytes, got {len(proof)}")
+    return bytes((DDP_FLAG, AUTH_RESPONSE)) + struct.pack(">H", AUTH_RESPONSE_LEN) + proof + bytes((DDP_FLAG,))
+
+
+def challenge_proof(secret: bytes, nonce: bytes, dtu_id: str) -> bytes:
+    """HMAC-SHA256(secret, nonce || id), the id as its UTF-8 bytes (for DDP: unpadded)."""
+    return hmac.new(secret, nonce + dtu_id.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _auth_packet(data: bytes, kind: int, length: int, what: str) -> tuple[bytes, int] | None:
+    """``(body, bytes used)`` of an auth packet of ``kind`` at the start of ``data``; None
+    for a proper prefix of one; RegistrationError otherwise."""
+    head = bytes((DDP_FLAG, kind)) + struct.pack(">H", length)
+    n = min(len(data), 4)
+    if data[:n] != head[:n]:
+        raise RegistrationError(f"expected {what}")
+    if len(data) < length:
+        return None
+    if data[length - 1] != DDP_FLAG:
+        raise RegistrationError(f"{what} must end with 7Bh")
+    return data[4 : length - 1], length
+
+
+def parse_challenge(data: bytes) -> tuple[bytes, int] | None:
+    """DTU side: ``(nonce, bytes used)`` of a challenge at the start of ``data``, None when
+    more bytes are needed; RegistrationError when ``data`` does not start one."""
+    return _auth_packet(data, AUTH_CHALLENGE, AUTH_CHALLENGE_LEN, "a challenge (7B 83 00 15)")
+
+
+class CredentialCheck:
+    """Server side, second stage of a registration: the DTU named ``dtu_id`` proves it knows
+    ``secret`` (the rules in the module docstring).
+
+    ``mode``: ``"challenge"`` (``nonce``: the one sent; ``skip``: packets the DTU may send
+    before its answer -- its heartbeat, a repeated DDP registration) or ``"password"``
+    (``registration``: ``"plain"``, the password is ``len(secret)`` bytes; ``"usr"``, it
+    ends at CR LF).  Feed it the bytes that followed the registration packet.
+
+    :meth:`feed` returns True once the proof is verified (:attr:`rest`: the bytes after
+    it, bus bytes), False when more bytes are needed, and raises :class:`AuthFailed` for a
+    wrong proof.  :meth:`finish` (the registration time is up) raises :class:`AuthFailed`.
+    """
+
+    def __init__(self, dtu_id: str, mode: str, secret: bytes, *, registration: str = "plain", nonce: bytes = b"",
+                 skip: Sequence[bytes] = ()) -> None:
+        if mode not in ("challenge", "password"):
+            raise ValueError(f"no credential to check in auth mode {mode!r}")
+        if not secret:
+            raise ValueError("empty secret")
+        if mode == "challenge" and len(nonce) != NONCE_LEN:
+            raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
+        self.dtu_id = dtu_id
+        self.mode = mode
+        self.registration = registration
+        self.rest = b""
+        self._secret = secret
+        self._expected = challenge_proof(secret, nonce, dtu_id) if mode == "challenge" else b""
+        self._skip = tuple(p for p in skip if p)
+        self._head = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> bool:
+        if self._done:
+            raise RuntimeError("CredentialCheck fed after its result")
+        self._head += data
+        try:
+            ok = self._challenge() if self.mode == "challenge" else self._password()
+        except AuthFailed:
+            self._done = True
+            self._head = b""
+            raise
+        if ok:
+            self._done = True
+        return ok
+
+    def finish(self) -> None:
+        self._done = True
+        what = "challenge answer" if self.mode == "challenge" else "password"
+        raise AuthFailed(self.dtu_id, f"no {what} in time")
+
+    def _challenge(self) -> bool:
+        head = self._head
+        while True:  # heartbeats / a repeated registration before the answer are skipped
+            for packet in self._skip:
+                if head.startswith(packet):
+                    head = head[len(packet) :]
+                    break
+            else:
+                break
+        self._head = head
+        if not head:
+            return False
+        if any(p.startswith(head) for p in self._skip):
+            return False  # could still be a heartbeat
+        try:
+            parsed = _auth_packet(head, AUTH_RESPONSE, AUTH_RESPONSE_LEN, "a challenge answer (7B 03 00 25)")
+        except RegistrationError as exc:
+            raise AuthFailed(self.dtu_id, f"{exc}, got something else") from None
+        if parsed is None:
+            return False
+        proof, used = parsed
+        if not hmac.compare_digest(proof, self._expected):
+            raise AuthFailed(self.dtu_id, "wrong challenge answer (secret differs)")
+        self.rest = head[used:]
+        return True
+
+    def _password(self) -> bool:
+        head = self._head
+        if self.registration == "usr":
+            end = head.find(b"\r\n")
+            if end < 0:
+                if len(head) > MAX_TEXT_REGISTRATION:
+                    raise AuthFailed(self.dtu_id, f"no CR LF after the password within {MAX_TEXT_REGISTRATION} bytes")
+                return False
+            given, used = head[:end], end + 2
+        else:
+            n = len(self._secret)
+            if len(head) < n:
+                return False
+            given, used = head[:n], n
+        if not hmac.compare_digest(given, self._secret):
+            raise AuthFailed(self.dtu_id, "wrong password")
+        self.rest = head[used:]
+        return True
+
+
 # --------------------------------------------------------------------------- formats
 
 
 @dataclass(frozen=True, slots=True)
 class DtuFormat:
     """The packets one DTU sends.  ``registration``: ``"plain"``, ``"usr"`` or ``"ddp"``.
-    ``heartbeat``: the heartbeat bytes for plain/usr (None = the default of the format);
-    ignored for DDP.  Construction raises RegistrationError for an unknown format, an
+    ``heartbeat``: the heartbeat bytes for plain/usr (None = the default of the format: the
+    identity packet, never the password); ignored for DDP.  ``password``: sent in the
+    registration packet after the identity and a space (password mode; plain/usr only).  Construction raises RegistrationError for an unknown format, an
     empty identity or heartbeat, or an ID DDP cannot carry."""
 
     registration: str
     dtu_id: str
     heartbeat: bytes | None = None
+    password: bytes | None = None
 
     def __post_init__(self) -> None:
+        if self.password is not None and (self.registration == "ddp" or not self.password):
+            raise RegistrationError("a password travels only in a plain or usr registration, and is not empty")
         if self.registration not in FORMATS:
             raise RegistrationError(f"registration format {self.registration!r} is not one of {', '.join(FORMATS)}")
         if not self.dtu_id:
@@ -213,6 +408,8 @@ class DtuFormat:
         if self.registration == "ddp":
             return ddp_register(self.dtu_id, ip, port)
         ident = self.dtu_id.encode("utf-8")
+        if self.password is not None:
+            ident += PASSWORD_SEP + self.password
         return ident + b"\r\n" if self.registration == "usr" else ident
 
     def heartbeat_packet(self) -> bytes:
@@ -221,7 +418,8 @@ class DtuFormat:
             return ddp_heartbeat(self.dtu_id)
         if self.heartbeat is not None:
             return self.heartbeat
-        return self.registration_packet()
+        ident = self.dtu_id.encode("utf-8")
+        return ident + b"\r\n" if self.registration == "usr" else ident
 
 
 # --------------------------------------------------------------------------- events
@@ -261,6 +459,9 @@ class RegistrationDecoder:
 
     ``known``: dtu_id -> configured format (``"plain"``, ``"usr"``, ``"ddp"``).
     ``formats``: formats accepted at all (a registration in another format is refused).
+    ``passwords``: ids of plain/usr DTUs in password mode: their registration is the id and
+    a space (:attr:`rest` then starts with the password, for :class:`CredentialCheck`); the
+    id alone raises :class:`AuthFailed`.
 
     :meth:`feed` returns a :class:`Registered` (``format`` set) once the registration is
     complete -- :attr:`rest` then holds the bytes that followed it -- or None when more
@@ -270,7 +471,7 @@ class RegistrationDecoder:
     fed again.
     """
 
-    def __init__(self, known: Mapping[str, str], formats: Sequence[str] = FORMATS) -> None:
+    def __init__(self, known: Mapping[str, str], formats: Sequence[str] = FORMATS, passwords: Collection[str] = ()) -> None:
         for fmt in formats:
             if fmt not in FORMATS:
                 raise RegistrationError(f"registration format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -278,12 +479,19 @@ class RegistrationDecoder:
         self.formats = tuple(formats)
         self.rest = b""
         self._head = b""
-        # text candidates: (packet bytes, dtu_id, format), longest first
-        self._text = sorted(
-            ((DtuFormat(f, i).registration_packet(), i, f) for i, f in self.known.items() if f in ("plain", "usr")),
-            key=lambda c: len(c[0]),
-            reverse=True,
-        )
+        # text candidates: (packet bytes, dtu_id, format, password expected), longest first;
+        # a password DTU's id alone is a candidate too, refused when matched
+        text: list[tuple[bytes, str, str, bool | None]] = []
+        for i, f in known.items():
+            if f not in ("plain", "usr"):
+                continue
+            bare = DtuFormat(f, i).registration_packet()
+            if i in passwords:
+                text.append((i.encode("utf-8") + PASSWORD_SEP, i, f, True))
+                text.append((bare, i, f, None))
+            else:
+                text.append((bare, i, f, False))
+        self._text = sorted(text, key=lambda c: len(c[0]), reverse=True)
 
     def feed(self, data: bytes) -> Registered | None:
         self._head += data
@@ -322,18 +530,20 @@ class RegistrationDecoder:
 
     def _text_registration(self, head: bytes, *, final: bool) -> Registered | None:
         waiting = False
-        for packet, dtu_id, fmt in self._text:
+        for packet, dtu_id, fmt, password in self._text:
             if head.startswith(packet):
                 if waiting and not final:
                     return None  # a longer identity is still possible
                 self._check(dtu_id, fmt)
+                if password is None:
+                    raise AuthFailed(dtu_id, "registration without a password")
                 self.rest = head[len(packet) :]
                 return Registered(dtu_id, format=fmt)
             if packet.startswith(head):
                 waiting = True
         if waiting and not final:
             return None
-        # no known identity: say what it claimed
+        # no known identity: say what it claimed (never what followed a space: a password)
         end = head.find(b"\r\n")
         if end >= 0:
             claimed, fmt = head[:end], "usr"
@@ -341,6 +551,7 @@ class RegistrationDecoder:
             return None
         else:
             claimed, fmt = head[:40], "plain"
+        claimed = claimed.split(PASSWORD_SEP, 1)[0]
         if fmt not in self.formats:
             raise RegistrationError(f"{fmt} registration refused: format not accepted by this server")
         raise UnknownDtu(claimed.decode("utf-8", "replace"), fmt)

@@ -23,9 +23,9 @@ from st2000r.drivers.st2000r.registration import ddp_ack, ddp_heartbeat, ddp_reg
 TIMEOUT = 10.0
 
 LINKS = [
-    'name = "plain-link"\nkind = "gprs"\ndtu_id = "RVS-SOUTH-02"\nheartbeat_s = 60',
-    'name = "usr-link"\nkind = "gprs"\ndtu_id = "USR-0007"\nregistration = "usr"\nheartbeat_s = 30',
-    'name = "ddp-link"\nkind = "gprs"\ndtu_id = "13900000001"\nregistration = "ddp"\nheartbeat_s = 120',
+    'name = "plain-link"\nkind = "gprs"\ndtu_id = "RVS-SOUTH-02"\nheartbeat_s = 60\nauth = "none"',
+    'name = "usr-link"\nkind = "gprs"\ndtu_id = "USR-0007"\nregistration = "usr"\nheartbeat_s = 30\nauth = "none"',
+    'name = "ddp-link"\nkind = "gprs"\ndtu_id = "13900000001"\nregistration = "ddp"\nheartbeat_s = 120\nauth = "none"',
 ]
 
 
@@ -390,7 +390,8 @@ async def test_100_simulated_dtus_polled_dropped_reconnected_polled_again(kit):
     n = 100
     fmts = ("plain", "usr", "ddp")
     bodies = [
-        f'name = "g{i}"\nkind = "gprs"\ndtu_id = "DTU{i:04d}"\nregistration = "{fmts[i % 3]}"\nheartbeat_s = 1'
+        f'name = "g{i}"\nkind = "gprs"\ndtu_id = "DTU{i:04d}"\nregistration = "{fmts[i % 3]}"\nheartbeat_s = 1\n'
+        f'secret = "secret-of-dtu-{i:04d}"'
         for i in range(n)
     ]
     topo = kit.topology(bodies)
@@ -402,11 +403,8 @@ async def test_100_simulated_dtus_polled_dropped_reconnected_polled_again(kit):
     server.startService()
     port = (await server.when_listening()).getHost().port
     buses = [SimulatedBus(world, link.name, reactor, physical_timing=False) for link in links]
-    dtus = [
-        DtuClient(
-            link.name, bus, reactor, dtu_id=link.endpoint.dtu_id, registration=link.endpoint.registration,
-            heartbeat_s=1, host="127.0.0.1", port=port, retry=lambda attempt: 0.1,
-        )  # fmt: skip
+    dtus = [  # every DTU answers the server's challenge with its own secret
+        DtuClient.for_link(link, bus, reactor, host="127.0.0.1", port=port, retry=lambda attempt: 0.1)
         for link, bus in zip(links, buses)
     ]
 
@@ -432,6 +430,7 @@ async def test_100_simulated_dtus_polled_dropped_reconnected_polled_again(kit):
         print(f"\n{n} DTUs: registered and polled in {first:.2f} s; dropped, back and polled again in {again:.2f} s")
         assert server.stats.registrations >= 2 * n
         assert all(mm.stats.disconnects >= 1 for mm in masters)
+        assert all(d.stats.challenges >= 2 for d in dtus) and server.stats.auth_failed == 0
     finally:
         await DeferredList([d.stopService() for d in dtus])
         for svc in services:
