@@ -28,9 +28,11 @@ received *before the request was written* (before the previous reply on the link
 the bus is half-duplex, one transaction at a time) is <= the value <= the reading in the
 first snapshot requested *after the reply arrived*.  Meter readings never decrease, so the
 check is exact whatever the world does between the two snapshots; its window is the time
-between them (the summary gives the widest).  A snapshot costs the simulator about a second
-of CPU (4.5 MB of JSON), during which its bus answers late: ``--truth-every 0`` fetches only
-before and after the round.
+between them (the summary gives the widest: up to about twice ``--truth-every``).  A
+snapshot costs the simulator about a second of CPU (4.5 MB of JSON), during which a reply on
+its bus comes late: the summary counts the snapshots taken during the round and the master's
+errors while one was being taken; ``--truth-every 0`` fetches only before and after the
+round (the window is then the round).
 
 **Stopping.**  Ctrl-C, SIGTERM and ``--for`` stop the supervisor first, fetch the last
 ground truth, print the summary, then stop the simulator with SIGTERM (SIGKILL after
@@ -79,6 +81,7 @@ DEFAULT_TCP_PORT = 4001
 DEFAULT_CONTROL_PORT = 7188  # the simulator's own default (st2000r simulate --control)
 SIMULATOR_DEMO = "st2000r.simulation.demo"  # --simulator-only: run by name, as the CLI dispatcher does
 READY_TIMEOUT_S = 60.0  # the simulator builds its world and opens its endpoints within this
+LINK_TIMEOUT_S = 30.0  # the supervisor's link opens the simulator's pseudo-terminal within this
 STOP_TIMEOUT_S = 15.0  # a stopping simulator gets this long after SIGTERM before SIGKILL
 TRUTH_TIMEOUT_S = 60.0  # one control-interface request (a /truth answer is ~4.5 MB)
 SUMMARY_TIMEOUT_S = 90.0  # stopping waits this long for the last ground truth and the summary
@@ -440,6 +443,11 @@ class Demo:
         self.bound_s, _, self.halves, self.latency_s = wire_bound_s(link)
         self.check = TruthCheck()
         self.read: set[Any] = set()
+        # (cdt, first channel of its bulk range) -> meters of that range not read yet this round;
+        # a range (a "CDT half": 48 channels at most) is read when none is left, however many
+        # replies it took (a range spoiled by noise is read again as two shorter ones)
+        self.unread = _unread_by_range(link)
+        self.range_of = {key: rng for rng, keys in self.unread.items() for key in keys}
         self.halves_read = 0
         self.in_round = False
         self.stopping = False
@@ -450,7 +458,7 @@ class Demo:
         self._truth_busy: Any = None
         self._truth_failed = False
         self.truth_in_round = 0  # snapshots taken while the round ran
-        self.truth_timeouts = 0  # master timeouts while one of those was being taken
+        self.truth_errors = 0  # master errors while one of those was being taken
         self._counts: dict[Callable[[], None], Any] = {}  # pending counts of those -> their timer
         # the longest a transaction may take: its timeout counts from writing the request
         self.grace_s = 2.0 * self.bound_s / max(1, self.halves) + 0.5
@@ -465,9 +473,16 @@ class Demo:
         self.last_reply[event.link] = arrived
         if not self.in_round or event.plan != "full" or event.link != self.link.name:
             return
-        self.halves_read += 1
         for r in event.readings:
-            self.read.add(r.meter)
+            mid = r.meter
+            self.read.add(mid)
+            key = (mid.cdt, mid.channel_no)
+            rng = self.range_of.get(key)
+            left = self.unread.get(rng)
+            if left is not None and key in left:
+                left.discard(key)
+                if not left:
+                    self.halves_read += 1
         self.check.batch(event.readings, arrived, max(not_before, self.started))
 
     def _on_alarm(self, event: Any) -> None:
@@ -488,16 +503,16 @@ class Demo:
             return self._truth_busy
 
         in_round = self.in_round
-        timeouts0 = self.master.stats.timeouts
+        errors0 = self._error_count()
 
-        def count_timeouts() -> None:
-            # a reply in flight while the simulator builds the snapshot comes late: count the
-            # master's timeouts from the request until one transaction after the answer
-            call = self._counts.pop(count_timeouts, None)
+        def count_errors() -> None:
+            # a reply in flight while the simulator builds the snapshot comes late or broken:
+            # count the master's errors from the request until one transaction after the answer
+            call = self._counts.pop(count_errors, None)
             if call is not None:
                 if call.active():
                     call.cancel()
-                self.truth_timeouts += self.master.stats.timeouts - timeouts0
+                self.truth_errors += self._error_count() - errors0
 
         async def fetch() -> None:
             sent = self.reactor.seconds()
@@ -506,7 +521,7 @@ class Demo:
                 self.check.snapshot(Snapshot(sent, self.reactor.seconds(), truth_table(doc)))
                 if in_round:
                     self.truth_in_round += 1
-                    self._counts[count_timeouts] = self.reactor.callLater(self.grace_s, count_timeouts)
+                    self._counts[count_errors] = self.reactor.callLater(self.grace_s, count_errors)
             except Exception as exc:  # the simulator gone or too slow: the summary says so
                 if not self._truth_failed and self.sim.running and not self.stopping:
                     self.say(f"ground truth unavailable: {_reason(exc)}")
@@ -525,22 +540,47 @@ class Demo:
 
     # ---------------------------------------------------------------- round
 
-    async def start(self) -> None:
-        """Fetch the ground truth and the wire counters, then start the full round."""
+    async def start(self, timeout: float = LINK_TIMEOUT_S) -> bool:
+        """Fetch the ground truth and the wire counters while the bus is idle, start the
+        supervisor, and once its link is up run the full round (or join the one the
+        supervisor runs on connecting: ``[supervisor] read_on_connect``).  False if it was
+        stopped meanwhile.  Raises ``SimulatorFailed`` if the link does not come up."""
         from twisted.internet import defer
+
+        from st2000r.supervisor.events import LinkChanged
 
         await self.fetch_truth()
         self.stats0 = await self._wire()
         if self.stopping:
-            return
+            return False
+        up: Any = defer.Deferred()
+
+        def link_changed(event: Any) -> None:
+            if event.link == self.link.name and event.connected and not up.called:
+                up.callback(None)
+
+        unsubscribe = self.service.bus.subscribe(link_changed, types=(LinkChanged,))
         self.requests0 = self.master.stats.requests
-        self.started = self.reactor.seconds()
+        self.started = self.reactor.seconds()  # no request of the round was written before this
         self.in_round = True
+        self.service.startService()
+        try:
+            await up.addTimeout(timeout, self.reactor)
+        except defer.TimeoutError:
+            raise SimulatorFailed(f"the supervisor's link did not connect to {self.link.endpoint.device} "
+                                  f"within {timeout:g} s") from None
+        finally:
+            if callable(unsubscribe):
+                unsubscribe()
+        if self.stopping:
+            return False
+        await _turn(self.reactor)  # the poller hears of the link after the bus does
         self.finished = self.poller.run_plan_now("full")
         self.finished.addCallbacks(lambda r: defer.ensureDeferred(self._round_done(r)), self._round_failed)
         self._every(self.progress_s, self._progress)
         if self.truth_every_s > 0:
             self._every(self.truth_every_s, self._truth_tick)
+        return True
 
     async def _wire(self) -> int | None:
         """Bytes that crossed the simulated wire so far (both directions), or None."""
@@ -568,10 +608,14 @@ class Demo:
                 loop.stop()
         self._loops.clear()
 
+    def _error_count(self) -> int:
+        s = self.master.stats
+        return s.timeouts + s.checksum_errors + s.crc_errors
+
     def _errors(self) -> str:
         s = self.master.stats
-        total = s.timeouts + s.checksum_errors + s.crc_errors
-        return f"errors {total} (timeouts {s.timeouts}, checksum {s.checksum_errors}, CRC {s.crc_errors})"
+        return (f"errors {self._error_count()} (timeouts {s.timeouts}, checksum {s.checksum_errors}, "
+                f"CRC {s.crc_errors})")
 
     def _progress(self) -> None:
         if not self.in_round:
@@ -617,7 +661,7 @@ class Demo:
                      f"({requests} transactions, {self._errors()})")
             if self.truth_in_round:
                 self.say(f"summary: {self.truth_in_round} ground truth snapshots were taken during the round, "
-                         f"{self.truth_timeouts} timeouts while one was being taken (each holds the simulator "
+                         f"{self.truth_errors} of the errors while one was being taken (each holds the simulator "
                          f"about a second; --truth-every 0 takes them only before and after the round)")
         if read and nbytes is not None:
             self.say(f"summary: {nbytes / read:.2f} bytes on the wire per meter read with ST2000R bulk reads "
@@ -637,6 +681,28 @@ class Demo:
             return
         self.poller.run_plan_now("status").addErrback(
             lambda f: self.say(f"status round failed: {f.getErrorMessage()}"))
+
+
+def _unread_by_range(link: Any) -> dict[tuple[int, int], set[tuple[int, int]]]:
+    """``(cdt, first channel) -> {(cdt, channel), ...}``: the meters of each bulk range."""
+    from st2000r.drivers.st2000r.messages import channel_number
+    from st2000r.drivers.st2000r.poller import bulk_ranges
+
+    out: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    for cdt in link.cdts:
+        ranges = bulk_ranges(cdt)
+        for module, channel, _ in cdt.meters():
+            number = channel_number(module, channel)
+            first = next(f for f, count in ranges if f <= number < f + count)
+            out.setdefault((cdt.address, first), set()).add((cdt.address, number))
+    return out
+
+
+def _turn(reactor: Any) -> Any:
+    """A Deferred that fires on the reactor's next turn."""
+    from twisted.internet import task
+
+    return task.deferLater(reactor, 0, lambda: None)
 
 
 def _reason(exc: BaseException) -> str:
@@ -692,24 +758,24 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
 
-    from st2000r.config.errors import ConfigError
-    from st2000r.config.loader import load
-
-    workdir = tempfile.mkdtemp(prefix="st2000r-demo-")
+    workdir = tempfile.mkdtemp(prefix="st2000r-demo-")  # the simulator's config copy, pty links, state
     try:
-        return _run(args, workdir, load, ConfigError)
+        return _run(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(args: Any, workdir: str, load: Callable[..., Any], config_error: type[Exception]) -> int:
+def _run(args: Any, workdir: str) -> int:
+    from st2000r.config.errors import ConfigError
+    from st2000r.config.loader import load
+
     try:
         text = community_resource().read_text(encoding="utf-8")
         sim_config = os.path.join(workdir, "community.toml")
         with open(sim_config, "w", encoding="utf-8") as f:
             f.write(community_text(text, args.baud))
         topology = load(sim_config)
-    except (config_error, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:
         return fail(PROG, f"the packaged example community.toml cannot be loaded: {exc}")
     link = next(topology.links())
     if args.baud is not None and link.line.baud != args.baud:
@@ -775,6 +841,8 @@ def _run(args: Any, workdir: str, load: Callable[..., Any], config_error: type[E
         try:
             await sim.ready.addTimeout(READY_TIMEOUT_S, reactor)
         except SimulatorFailed as exc:
+            if state["stopping"]:  # stopped by the demo (Ctrl-C, --for) before it was ready
+                return None
             return failed(f"the simulator cannot start: {_port_hint(str(exc), args)}")
         except defer.TimeoutError:
             return failed(f"the simulator was not ready within {READY_TIMEOUT_S:g} s")
@@ -807,10 +875,12 @@ def _run(args: Any, workdir: str, load: Callable[..., Any], config_error: type[E
         demo = Demo(reactor, _say, sim, control, service, sup_link, progress_s=args.progress,
                     status_every_s=args.status_every, truth_every_s=args.truth_every)
         state["demo"] = demo
-        service.startService()
-        await demo.start()
-        if demo.in_round:
-            _say("full round started" + (f"; stopping after {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
+        try:
+            if not await demo.start():
+                return None
+        except SimulatorFailed as exc:
+            return failed(str(exc))
+        _say("full round started" + (f"; stopping after {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
 
     def ended(exit_: Any) -> Any:
         if not state["stopping"] and state["ready"]:
