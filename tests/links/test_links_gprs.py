@@ -1,6 +1,8 @@
 """GprsServer: registration, heartbeat filtering, dead-DTU detection and takeover driven by
 a Clock over StringTransports; then real TCP on 127.0.0.1 against the simulator's DTU
-(polled through a drop and a reconnection) and a storm of 300 DTUs connecting at once."""
+(polled through a drop and a reconnection) and a storm of 300 DTUs connecting at once;
+then the proof of identity (challenge, password, allow_from), takeover only with a proof,
+the throttle of failing sources and the loopback default of the listening port."""
 
 from __future__ import annotations
 
@@ -10,15 +12,23 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import NEED_DATA, Frame, FrameDecoder
-from st2000r.drivers.st2000r.gprs import GprsServer
+from st2000r.drivers.st2000r.gprs import GprsServer, SourceThrottle
 from st2000r.drivers.st2000r.links import link_service
-from st2000r.drivers.st2000r.registration import ddp_ack, ddp_heartbeat, ddp_register
+from st2000r.drivers.st2000r.registration import (
+    NONCE_LEN,
+    auth_response,
+    challenge_proof,
+    ddp_ack,
+    ddp_heartbeat,
+    ddp_register,
+    parse_challenge,
+)
 
 TIMEOUT = 10.0
 
@@ -437,4 +447,372 @@ async def test_100_simulated_dtus_polled_dropped_reconnected_polled_again(kit):
             svc.stopService()
         for mm in masters:
             mm.shutdown()
+        await server.stopService()
+
+
+# --------------------------------------------------------------------------- proof of identity
+
+
+SECRET = "challenge-secret-0001"
+AUTH_LINKS = [
+    f'name = "ch-plain"\nkind = "gprs"\ndtu_id = "CH-PLAIN"\nsecret = "{SECRET}"',
+    f'name = "ch-ddp"\nkind = "gprs"\ndtu_id = "13900000009"\nregistration = "ddp"\nsecret = "{SECRET}"',
+    'name = "pw-plain"\nkind = "gprs"\ndtu_id = "PW-PLAIN"\nauth = "password"\nsecret = "pw-plain-secret"',
+    'name = "pw-usr"\nkind = "gprs"\ndtu_id = "PW-USR"\nregistration = "usr"\nauth = "password"\nsecret = "pw-usr-secret"',
+    'name = "net"\nkind = "gprs"\ndtu_id = "NET-ONLY"\nregistration = "usr"\nallow_from = ["192.0.2.0/24"]',
+    f'name = "net-ch"\nkind = "gprs"\ndtu_id = "NET-CH"\nsecret = "{SECRET}"\nallow_from = ["10.0.0.0/8", "2001:db8::/32"]',
+]
+
+
+@pytest.fixture
+def arig(kit):
+    """A server on a Clock with the AUTH_LINKS, recording masters and every observer event."""
+    topo = kit.topology(AUTH_LINKS)
+    clock = Clock()
+    server = GprsServer("tcp:0", reactor, clock=clock, registration_timeout_s=30, hold_s=0.5, block_s=60,
+                        max_block_s=600)
+    masters, services, events = {}, {}, []
+    for link in topo.links():
+        masters[link.name] = kit.Master()
+        services[link.name] = link_service(link, masters[link.name], reactor, gprs_server=server)
+        services[link.name].add_observer(lambda event, details: events.append((event, details)))
+        services[link.name].startService()
+    server.add_observer(lambda event, details: events.append((event, details)))
+    port = [40000]
+
+    def connect(host: str = "10.0.0.9"):
+        port[0] += 1
+        proto = server.factory().buildProtocol(None)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", host, port[0]))
+        proto.makeConnection(tr)
+        return proto, tr
+
+    class Rig:
+        pass
+
+    rg = Rig()
+    rg.__dict__.update(topo=topo, clock=clock, server=server, masters=masters, services=services, connect=connect,
+                       events=events)
+    return rg
+
+
+def answer(tr: StringTransport, dtu_id: str, secret: str = SECRET) -> bytes:
+    """The DTU's answer to the challenge the server wrote to ``tr``."""
+    parsed = parse_challenge(tr.value())
+    assert parsed is not None and parsed[1] == len(tr.value()), tr.value()
+    tr.clear()
+    return auth_response(challenge_proof(secret.encode(), parsed[0], dtu_id))
+
+
+def names(events, *wanted):
+    return [e for e in events if e[0] in wanted]
+
+
+def test_challenge_after_the_registration_then_the_link_and_bus_bytes(arig):
+    proto, tr = arig.connect()
+    master = arig.masters["ch-plain"]
+    proto.dataReceived(b"CH-PLAIN")
+    assert not master.connected and len(tr.value()) == 4 + NONCE_LEN + 1  # the challenge, nothing else
+    reply = answer(tr, "CH-PLAIN")
+    for b in reply[:-1]:  # byte by byte
+        proto.dataReceived(bytes((b,)))
+        assert not master.connected
+    proto.dataReceived(reply[-1:] + FRAME)
+    assert master.events == [("made",)] and bytes(master.received) == FRAME
+    assert arig.server.sessions()["CH-PLAIN"].auth == "challenge"
+    assert arig.server.stats.registrations == 1 and arig.server.stats.auth_failed == 0
+
+
+def test_every_connection_gets_a_fresh_nonce(arig):
+    nonces = set()
+    for _ in range(20):
+        proto, tr = arig.connect()
+        proto.dataReceived(b"CH-PLAIN")
+        nonces.add(parse_challenge(tr.value())[0])
+        proto.connectionLost(None)
+    assert len(nonces) == 20
+
+
+def test_a_wrong_answer_is_refused_counted_and_reported_without_the_proof(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"CH-PLAIN")
+    bad = answer(tr, "CH-PLAIN", secret="not-the-secret-at-all")
+    proto.dataReceived(bad + FRAME)
+    assert tr.disconnecting and not arig.masters["ch-plain"].events
+    stats = arig.server.stats
+    assert (stats.auth_failed, stats.auth_failed_by_dtu, arig.services["ch-plain"].auth_failures) == (1, {"CH-PLAIN": 1}, 1)
+    failed = names(arig.events, "auth_failed")
+    assert failed == [("auth_failed", {"link": "ch-plain", "dtu": "CH-PLAIN", "peer": "10.0.0.9:40001",
+                                       "reason": "wrong challenge answer (secret differs)"})]
+    refused = names(arig.events, "refused")
+    assert len(refused) == 1 and refused[0][1]["dtu"] == "CH-PLAIN"
+    assert bad[4:-1].hex() not in repr(arig.events)
+
+
+def test_bus_bytes_instead_of_an_answer_fail_the_proof(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"CH-PLAIN")
+    proto.dataReceived(FRAME)
+    assert tr.disconnecting and arig.server.stats.auth_failed == 1 and not arig.masters["ch-plain"].received
+
+
+def test_no_answer_in_time_is_an_auth_failure(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"CH-PLAIN")
+    arig.clock.advance(30.1)
+    assert tr.disconnecting
+    assert arig.server.stats.auth_failed_by_dtu == {"CH-PLAIN": 1}
+    assert names(arig.events, "auth_failed")[0][1]["reason"] == "no challenge answer in time"
+    assert arig.clock.getDelayedCalls() == []
+
+
+def test_ddp_challenge_heartbeats_and_repeated_registrations_before_the_answer_then_the_ack(arig):
+    proto, tr = arig.connect()
+    reg = ddp_register("13900000009", "10.1.1.1", 4000)
+    proto.dataReceived(reg)
+    reply = answer(tr, "13900000009")  # a challenge, not the acknowledgement yet
+    proto.dataReceived(ddp_heartbeat("13900000009") + reg + reply[:10])
+    assert tr.value() == b"" and not arig.masters["ch-ddp"].connected
+    proto.dataReceived(reply[10:])
+    assert tr.value() == ddp_ack("13900000009")
+    assert arig.masters["ch-ddp"].events == [("made",)]
+
+
+def test_password_in_the_registration_packet(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"PW-PLAIN pw-plain-secret" + FRAME)
+    assert bytes(arig.masters["pw-plain"].received) == FRAME and tr.value() == b""
+    proto, tr = arig.connect()
+    for b in b"PW-USR pw-usr-secret\r\n":
+        proto.dataReceived(bytes((b,)))
+    assert arig.masters["pw-usr"].connected
+    # the heartbeat of a password DTU is its id alone, never the password
+    proto.dataReceived(FRAME[:3] + b"PW-USR\r\n" + FRAME[3:])
+    assert bytes(arig.masters["pw-usr"].received) == FRAME
+
+
+@pytest.mark.parametrize("packet, reason", [
+    (b"PW-PLAIN pw-plain-secreX", "wrong password"),
+    (b"PW-USR pw-usr-secret-and-more\r\n", "wrong password"),
+    (b"PW-USR\r\n", "registration without a password"),
+])
+def test_a_wrong_or_missing_password_is_refused_and_never_echoed(arig, packet, reason):
+    proto, tr = arig.connect()
+    proto.dataReceived(packet)
+    assert tr.disconnecting and arig.server.stats.auth_failed == 1
+    assert names(arig.events, "auth_failed")[0][1]["reason"] == reason
+    assert b"secre" not in repr(arig.events).encode()
+
+
+def test_a_bare_id_of_a_plain_password_dtu_fails_when_the_time_is_up(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"PW-PLAIN")
+    arig.clock.advance(30.1)
+    assert tr.disconnecting and arig.server.stats.auth_failed_by_dtu == {"PW-PLAIN": 1}
+
+
+def test_an_unknown_id_with_a_password_is_not_logged_with_it(arig):
+    proto, tr = arig.connect()
+    proto.dataReceived(b"STRANGER hunter2-password\r\n")
+    assert tr.disconnecting and arig.server.stats.unknown == 1
+    assert "hunter2" not in repr(arig.events) and "'STRANGER'" in repr(arig.events)
+
+
+def test_allow_from(arig):
+    proto, tr = arig.connect("198.51.100.7")
+    proto.dataReceived(b"NET-ONLY\r\n")
+    assert tr.disconnecting and not arig.masters["net"].events
+    assert "198.51.100.7 is not in allow_from" in names(arig.events, "auth_failed")[0][1]["reason"]
+    proto, tr = arig.connect("192.0.2.200")
+    proto.dataReceived(b"NET-ONLY\r\n" + FRAME)
+    assert bytes(arig.masters["net"].received) == FRAME
+    # allow_from and a challenge: the address is checked first, no challenge is sent to a stranger
+    proto, tr = arig.connect("192.0.2.201")
+    proto.dataReceived(b"NET-CH")
+    assert tr.disconnecting and tr.value() == b""
+    proto, tr = arig.connect("10.200.0.1")
+    proto.dataReceived(b"NET-CH")
+    proto.dataReceived(answer(tr, "NET-CH"))
+    assert arig.masters["net-ch"].connected
+
+
+def test_allow_from_over_ipv6_and_ipv4_mapped_peers(kit):
+    from twisted.internet.address import IPv6Address
+
+    topo = kit.topology([AUTH_LINKS[5]])
+    server = GprsServer("tcp:0", reactor, clock=Clock())
+    master = kit.Master()
+    link_service(topo.link("net-ch"), master, reactor, gprs_server=server).startService()
+    for host, ok in (("2001:db8::5", True), ("::ffff:10.1.2.3", True), ("2001:db9::5", False), ("::ffff:11.1.2.3", False)):
+        proto = server.factory().buildProtocol(None)
+        tr = StringTransport(peerAddress=IPv6Address("TCP", host, 5000))
+        proto.makeConnection(tr)
+        proto.dataReceived(b"NET-CH")
+        assert (tr.value() != b"") is ok, host
+        proto.connectionLost(None)
+
+
+def test_takeover_only_with_a_proof(arig):
+    real, real_tr = arig.connect("10.0.0.9")
+    real.dataReceived(b"CH-PLAIN")
+    real.dataReceived(answer(real_tr, "CH-PLAIN"))
+    master = arig.masters["ch-plain"]
+    assert master.events == [("made",)]
+    # an impostor naming the DTU: the id alone, a wrong answer, or bus bytes -- refused, the session stays
+    for attempt in (b"", b"\x7b\x03\x00\x25" + bytes(32) + b"\x7b", FRAME):
+        fake, fake_tr = arig.connect("10.0.0.66")
+        fake.dataReceived(b"CH-PLAIN" + attempt)
+        if not attempt:
+            arig.clock.advance(30.1)
+        assert fake_tr.disconnecting and not real_tr.disconnecting
+    assert master.events == [("made",)] and arig.server.stats.takeovers == 0
+    assert arig.server.sessions()["CH-PLAIN"].peer == "10.0.0.9:40001"
+    assert names(arig.events, "takeover") == [] and arig.server.stats.auth_failed == 3
+    # the real DTU (after a half-open loss) proves itself again: a takeover, reported first
+    again, again_tr = arig.connect("10.0.0.10")
+    again.dataReceived(b"CH-PLAIN")
+    again.dataReceived(answer(again_tr, "CH-PLAIN"))
+    assert real_tr.disconnecting and [e[0] for e in master.events] == ["made", "lost", "made"]
+    seen = [(e, d.get("peer")) for e, d in arig.events if d.get("link") == "ch-plain" and e != "auth_failed"]
+    assert seen == [("connected", "10.0.0.9:40001"), ("takeover", "10.0.0.10:40005"),
+                    ("disconnected", "10.0.0.9:40001"), ("connected", "10.0.0.10:40005")]
+    assert names(arig.events, "takeover")[0][1] == {"link": "ch-plain", "dtu": "CH-PLAIN", "peer": "10.0.0.10:40005",
+                                                    "old_peer": "10.0.0.9:40001"}
+    assert arig.server.stats.takeovers == 1 and arig.services["ch-plain"].takeovers == 1
+
+
+def test_a_source_failing_5_times_in_60_s_is_refused_for_a_growing_time(arig):
+    def fail_once(host="10.9.9.9"):
+        proto, tr = arig.connect(host)
+        proto.dataReceived(b"CH-PLAIN")
+        proto.dataReceived(FRAME)  # no answer: a failure
+        return tr
+
+    for _ in range(5):
+        fail_once()
+        arig.clock.advance(1)
+    throttled = names(arig.events, "throttled")
+    assert throttled == [("throttled", {"source": "10.9.9.9", "seconds": 60.0, "failures": 5})]
+    proto, tr = arig.connect("10.9.9.9")
+    assert tr.disconnecting and arig.server.stats.throttled == 1
+    proto.dataReceived(b"CH-PLAIN")  # nothing read, nothing sent
+    assert tr.value() == b""
+    # another address is not affected
+    ok, ok_tr = arig.connect("10.0.0.9")
+    ok.dataReceived(b"CH-PLAIN")
+    assert not ok_tr.disconnecting and ok_tr.value()
+    arig.clock.advance(60)
+    for _ in range(5):
+        fail_once()
+    assert names(arig.events, "throttled")[-1][1]["seconds"] == 120.0  # doubled
+    arig.clock.advance(119)
+    assert arig.connect("10.9.9.9")[1].disconnecting
+    arig.clock.advance(1.5)
+    assert not arig.connect("10.9.9.9")[1].disconnecting
+    # failures spread out wider than the window never block
+    for _ in range(10):
+        arig.clock.advance(20)
+        fail_once("10.8.8.8")
+    assert not arig.connect("10.8.8.8")[1].disconnecting
+
+
+def test_the_throttle_table_is_bounded():
+    throttle = SourceThrottle(max_failures=2, window_s=60, block_s=10, max_block_s=100, max_sources=100)
+    for i in range(100_000):
+        throttle.failure(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", float(i) / 1000)
+    assert len(throttle) == 100
+    # the most recent sources are the ones kept
+    assert throttle.failure("10.1.134.159", 100.0) > 0
+    with pytest.raises(ValueError):
+        SourceThrottle(max_sources=0)
+
+
+def test_server_counts_every_refusal_once(arig):
+    outcomes = [b"STRANGER\r\n", b"\x7b\x09", b"PW-PLAIN wrong-password"]
+    for packet in outcomes:
+        arig.connect("10.5.5.5")[0].dataReceived(packet)
+    arig.connect("10.5.5.6")
+    arig.clock.advance(31)
+    s = arig.server.stats
+    assert (s.unknown, s.refused, s.auth_failed, s.registration_timeouts) == (1, 1, 1, 1)
+    assert len(names(arig.events, "refused")) == 4
+
+
+def test_listen_default_is_loopback():
+    assert GprsServer("tcp:9000", reactor).listen_description == "tcp:9000:interface=127.0.0.1"
+    assert GprsServer("tcp6:9000", reactor).listen_description == "tcp6:9000:interface=\\:\\:1"
+    for explicit in ("tcp:port=9000:interface=0.0.0.0", "tcp:9000:interface=192.0.2.1", "unix:/run/dtu"):
+        assert GprsServer(explicit, reactor).listen_description == explicit
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_without_interface_listens_on_127_0_0_1_only():
+    server = GprsServer("tcp:0", reactor)
+    server.startService()
+    try:
+        port = await server.when_listening()
+        assert port.getHost().host == "127.0.0.1"
+    finally:
+        await server.stopService()
+
+
+def test_add_link_refuses_inconsistent_auth(kit):
+    from dataclasses import replace
+
+    server = GprsServer("tcp:0", reactor)
+    link = kit.topology([AUTH_LINKS[0]]).link("ch-plain")
+    for endpoint in (replace(link.endpoint, secret=None), replace(link.endpoint, auth="none"),
+                     replace(link.endpoint, auth="password", registration="ddp"), replace(link.endpoint, auth="xml")):
+        with pytest.raises(ValueError):
+            server.add_link(replace(link, endpoint=endpoint), kit.Master())
+    with pytest.raises(ValueError):
+        server.add_link(replace(link, endpoint=replace(link.endpoint, allow_from=("not-a-net",))), kit.Master())
+
+
+@pytest_twisted.ensureDeferred
+async def test_simulated_dtus_prove_themselves_over_tcp_in_every_format_and_mode(kit):
+    from st2000r.simulation.bus import SimulatedBus
+    from st2000r.simulation.dtu import DtuClient
+    from st2000r.simulation.world import World
+
+    bodies = AUTH_LINKS[:4] + [
+        f'name = "ch-usr"\nkind = "gprs"\ndtu_id = "CH-USR"\nregistration = "usr"\nsecret = "{SECRET}"\n'
+        'allow_from = ["127.0.0.1/32"]',
+    ]
+    topo = kit.topology(bodies)
+    links = list(topo.links())
+    world = World(topo, reactor, seed=3)
+    server = GprsServer("tcp:0", reactor)
+    masters = {link.name: kit.Master() for link in links}
+    services = [link_service(link, masters[link.name], reactor, gprs_server=server) for link in links]
+    server.startService()
+    port = (await server.when_listening()).getHost().port
+    dtus = [DtuClient.for_link(link, SimulatedBus(world, link.name, reactor, physical_timing=False), reactor,
+                               host="127.0.0.1", port=port, heartbeat=None, retry=lambda attempt: 0.1)
+            for link in links]
+    try:
+        for dtu in dtus:
+            dtu.startService()
+        for link in links:
+            mm = masters[link.name]
+            await mm.when(lambda mm=mm: mm.connected).addTimeout(TIMEOUT, reactor)
+            reply = await mm.request(kit.read_status(link)).addTimeout(TIMEOUT, reactor)
+            assert isinstance(reply, m.CdtStatus)
+        assert server.stats.registrations == len(links) and server.stats.auth_failed == 0
+        assert [d.stats.challenges for d in dtus] == [1, 1, 0, 0, 1]
+        # a DTU with the wrong secret never gets its link
+        wrong = DtuClient("ch-plain", EchoBus(), reactor, dtu_id="CH-PLAIN", registration="plain", heartbeat_s=30,
+                          host="127.0.0.1", port=port, auth="challenge", secret="guessed-secret-000",
+                          retry=lambda attempt: 5.0)
+        refused: Deferred = Deferred()
+        server.add_observer(lambda event, details: refused.callback(details) if not refused.called else None)
+        wrong.startService()
+        details = await refused.addTimeout(TIMEOUT, reactor)
+        await wrong.stopService()
+        assert details["dtu"] == "CH-PLAIN" and server.stats.auth_failed == 1
+        assert masters["ch-plain"].events == [("made",)] and server.stats.takeovers == 0
+    finally:
+        await DeferredList([d.stopService() for d in dtus])
+        for svc in services:
+            svc.stopService()
         await server.stopService()

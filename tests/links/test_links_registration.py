@@ -187,3 +187,128 @@ def test_registration_module_is_sans_io():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {n.split(".")[0] for n in names} & {"twisted", "socket", "asyncio", "serial", "time"}
+
+
+# --------------------------------------------------------------------------- proof of identity
+
+NONCE = bytes(range(16))
+KEY = b"challenge-secret-0001"
+
+
+def test_challenge_and_response_packets_byte_exact():
+    assert r.auth_challenge(NONCE) == bytes.fromhex("7B 83 00 15") + NONCE + b"\x7b"
+    proof = r.challenge_proof(KEY, NONCE, "CH-1")
+    import hashlib
+    import hmac
+
+    assert proof == hmac.new(KEY, NONCE + b"CH-1", hashlib.sha256).digest()
+    assert r.auth_response(proof) == bytes.fromhex("7B 03 00 25") + proof + b"\x7b"
+    packet = r.auth_challenge(NONCE)
+    for n in range(len(packet)):
+        assert r.parse_challenge(packet[:n]) is None
+    assert r.parse_challenge(packet + b"rest") == (NONCE, 21)
+    for bad in (b"\x7b\x84", b"\x68", packet[:-1] + b"\x00"):
+        with pytest.raises(r.RegistrationError):
+            r.parse_challenge(bad)
+    with pytest.raises(ValueError):
+        r.auth_challenge(b"short")
+    with pytest.raises(ValueError):
+        r.auth_response(b"short")
+
+
+def _check(mode: str, registration: str = "plain", secret: bytes = KEY, skip=()):
+    return r.CredentialCheck("CH-1", mode, secret, registration=registration, nonce=NONCE, skip=skip)
+
+
+GOOD_ANSWER = r.auth_response(r.challenge_proof(KEY, NONCE, "CH-1"))
+HEARTBEAT = b"CH-1"
+
+
+@pytest.mark.parametrize(
+    "mode, registration, stream, rest",
+    [
+        ("challenge", "plain", GOOD_ANSWER + b"\x68bus", b"\x68bus"),
+        ("challenge", "plain", HEARTBEAT + HEARTBEAT + GOOD_ANSWER, b""),
+        ("password", "plain", KEY + b"\xfe\x68", b"\xfe\x68"),
+        ("password", "usr", KEY + b"\r\n\x68", b"\x68"),
+    ],
+)
+def test_credentials_accepted_whole_and_byte_by_byte(mode, registration, stream, rest):
+    check = _check(mode, registration, skip=[HEARTBEAT])
+    assert check.feed(stream) is True and check.rest == rest
+    check = _check(mode, registration, skip=[HEARTBEAT])
+    for i in range(len(stream)):
+        if check.feed(stream[i : i + 1]):
+            break
+    else:
+        raise AssertionError("never accepted")
+    assert check.rest + stream[i + 1 :] == rest
+
+
+@pytest.mark.parametrize(
+    "mode, registration, stream, why",
+    [
+        ("challenge", "plain", r.auth_response(r.challenge_proof(b"other-secret-000000", NONCE, "CH-1")),
+         "wrong challenge answer"),
+        ("challenge", "plain", r.auth_response(r.challenge_proof(KEY, NONCE, "CH-2")), "wrong challenge answer"),
+        ("challenge", "plain", r.auth_response(r.challenge_proof(KEY, bytes(16), "CH-1")), "wrong challenge answer"),
+        ("challenge", "plain", b"\x68\x10", "expected a challenge answer"),
+        ("challenge", "plain", GOOD_ANSWER[:-1] + b"\x00", "must end with 7Bh"),
+        ("password", "plain", b"X" * len(KEY), "wrong password"),
+        ("password", "usr", KEY + b"x\r\n", "wrong password"),
+        ("password", "usr", b"x" * 300, "no CR LF after the password"),
+    ],
+)
+def test_credentials_refused_without_echoing_them(mode, registration, stream, why):
+    check = _check(mode, registration)
+    with pytest.raises(r.AuthFailed) as info:
+        check.feed(stream)
+    assert info.value.dtu_id == "CH-1" and why in str(info.value)
+    assert KEY.decode() not in str(info.value) and stream.hex() not in str(info.value)
+    with pytest.raises(RuntimeError):
+        check.feed(b"more")
+
+
+def test_no_credential_in_time():
+    check = _check("challenge")
+    assert check.feed(GOOD_ANSWER[:5]) is False
+    with pytest.raises(r.AuthFailed, match="no challenge answer in time"):
+        check.finish()
+    with pytest.raises(ValueError):
+        r.CredentialCheck("X", "none", KEY)
+    with pytest.raises(ValueError):
+        r.CredentialCheck("X", "challenge", KEY, nonce=b"1")
+
+
+def test_password_registration_packets_and_heartbeats():
+    fmt = r.DtuFormat("usr", "PW-USR", password=b"pw-usr-secret")
+    assert fmt.registration_packet() == b"PW-USR pw-usr-secret\r\n"
+    assert fmt.heartbeat_packet() == b"PW-USR\r\n"  # never the password
+    assert r.DtuFormat("plain", "P", password=b"pw123456").registration_packet() == b"P pw123456"
+    with pytest.raises(r.RegistrationError):
+        r.DtuFormat("ddp", "139", password=b"pw123456")
+
+
+def test_decoder_with_password_dtus():
+    known = {"PW": "plain", "PWX": "plain", "PU": "usr", "OPEN": "plain"}
+    passwords = {"PW", "PU"}
+
+    def feed(stream: bytes, final: bool = False):
+        d = r.RegistrationDecoder(known, passwords=passwords)
+        reg = d.feed(stream)
+        if reg is None and final:
+            reg = d.finish()
+        return reg, d.rest
+
+    assert feed(b"PW secret") == (r.Registered("PW", format="plain"), b"secret")
+    assert feed(b"PW") == (None, b"")  # "PW " and "PWX" are still possible
+    assert feed(b"PWX")[0] == r.Registered("PWX", format="plain")
+    assert feed(b"PU s3cret\r\n") == (r.Registered("PU", format="usr"), b"s3cret\r\n")
+    assert feed(b"OPEN")[0] == r.Registered("OPEN", format="plain")
+    with pytest.raises(r.AuthFailed, match="without a password"):
+        feed(b"PU\r\n")
+    with pytest.raises(r.AuthFailed, match="without a password"):
+        feed(b"PW", final=True)
+    with pytest.raises(r.UnknownDtu) as info:
+        feed(b"NOBODY hunter2\r\n")
+    assert info.value.dtu_id == "NOBODY" and "hunter2" not in str(info.value)
