@@ -124,7 +124,7 @@ async def test_a_valve_command_mid_sweep_waits_at_most_the_transaction_in_flight
     try:
         sweep = rig.poller.run_plan_now("full")
         await within(submitted)
-        outcome = await within(seen.pop("command"), 30)
+        outcome = await within(seen.pop("command").outcome, 30)
         rig.gate.freeze()
         result = await within(sweep, 120)
     finally:
@@ -149,11 +149,11 @@ async def test_a_valve_command_mid_sweep_waits_at_most_the_transaction_in_flight
           f"{remaining * 1000:.1f} (in flight) + {own * 1000:.1f} (own) + {TOLERANCE_S * 1000:.0f} ms")
     assert took <= remaining + own + TOLERANCE_S
     # the command ended 'succeeded' by read-back, and the simulator's truth has the valve closed
-    assert outcome.result == "succeeded", outcome.detail
+    assert outcome.state.value == "succeeded", outcome.detail
     assert "confirmed by read-back" in outcome.detail
     assert truth_meter(rig.world, LINK, 100, mid.channel_no)["valve"] == "closed"
     assert rig.service.points.meter(mid).valve is m.Valve.CLOSED
-    assert [r.result for r in rig.service.commands.recent()][-1:] == ["succeeded"]
+    assert rig.service.commands.last_for(mid) == outcome
     assert VALVE_TRAVEL_S / VALVE_SPEEDUP < 1.0
 
 
