@@ -8,14 +8,15 @@ and with its HTTP control interface (``--control``, default 7188), running the p
 slow CDT, a noisy line).  The supervisor runs in this process on the asyncio reactor, its
 link on that pseudo-terminal, and never imports the simulator: ground truth and the wire's
 byte counters come from the control interface (``GET /truth``, ``/stats``, ``/endpoints``)
-over HTTP.  A full round starts at once.
+over HTTP.  A full round starts as soon as the link is up (the round the supervisor starts
+on connecting, ``read_on_connect``, is joined).
 
 Printed: where to connect; a progress line every ``--progress`` seconds (meters read and CDT
-halves -- one bulk reply of up to 48 channels each, counted as each reply arrives -- elapsed
-time against the wire bound, errors); every alarm as it is raised or cleared, with the UTC
-time of day it happened; at the end of the round a summary: meters read, how many equal the
-simulator's ground truth within the read window, sweep time / wire bound, bytes on the wire
-per meter.  Afterwards a status round runs every ``--status-every`` seconds until
+halves -- bulk ranges of up to 48 channels, read when all their meters are -- counted as
+each reply arrives; elapsed time against the wire bound; errors); every alarm as it is
+raised or cleared, with the UTC time of day it happened; at the end of the round a summary:
+meters read, how many equal the simulator's ground truth within the read window, sweep
+time / wire bound, bytes on the wire per meter.  Afterwards a status round runs every ``--status-every`` seconds until
 Ctrl-C/SIGTERM or ``--for SECONDS``.  ``--baud N`` runs both sides at N baud (8E1 as
 configured).  ``--simulator-only`` runs the simulator's own demo (``st2000r.simulation.demo``,
 dispatched by name) in this process instead.
@@ -66,14 +67,16 @@ from twisted.internet import protocol
 from st2000r.config.cliargs import ArgumentParser, baud, fail, non_negative, port, seconds
 
 __all__ = [
-    "main",
-    "build_parser",
-    "wire_bound_s",
-    "bytes_per_meter_cjt188",
-    "simulator_command",
-    "community_text",
-    "TruthCheck",
     "SimulatorProcess",
+    "Snapshot",
+    "TruthCheck",
+    "build_parser",
+    "bytes_per_meter_cjt188",
+    "community_resource",
+    "community_text",
+    "main",
+    "simulator_command",
+    "wire_bound_s",
 ]
 
 PROG = "st2000r demo"
@@ -867,8 +870,8 @@ def _run(args: Any, workdir: str) -> int:
         _say(f"  {ctl} truth | less          # ground truth of every meter")
         _say(f"  {ctl} fault alarm link={link.name} cdt=1 channel=2 flags=tamper")
         _say(f"  {ctl} fault repeater link={link.name} name=R2 failed=true")
-        _say("  (scenario 'commissioning' runs: a tamper alarm at 90 s, a jammed valve at 2 min, a cut cable at 3 min ...)"
-             if not args.no_scenario else "  (no scenario)")
+        _say("  (scenario 'commissioning' runs: a tamper alarm at 90 s, a jammed valve at 2 min, a cut cable at "
+             "3 min ...)" if not args.no_scenario else "  (no scenario)")
         _say("")
         service = SupervisorService(sup_topology, reactor)  # audit log and state: in the temporary state folder
         state["service"] = service

@@ -16,9 +16,9 @@ import uuid
 
 import pytest
 
+from e2e_support import marked_env, marked_processes, wait_exited
 from st2000r.config import example_path
 from st2000r.supervisor.events import MeterId, Reading
-from e2e_support import marked_env, marked_processes, wait_exited
 
 ST2000R = os.path.join(os.path.dirname(sys.executable), "st2000r")
 
@@ -231,7 +231,8 @@ def test_demo_with_a_port_taken_exits_2_with_one_line_and_no_process(option):
             assert status == 2
             lines = err.splitlines()
             assert len(lines) == 1, err
-            assert lines[0].startswith(f"st2000r demo: the simulator cannot start: cannot listen on 127.0.0.1:{number}: ")
+            assert lines[0].startswith("st2000r demo: the simulator cannot start: "
+                                       f"cannot listen on 127.0.0.1:{number}: ")
             assert "Address already in use" in err and f"pass {option} 0 or another port" in err
             assert "summary" not in "\n".join(demo.out.lines)
             assert demo.leftovers() == []
@@ -246,8 +247,8 @@ def test_demo_whose_simulator_dies_exits_2_with_one_line():
         os.kill(sim_pid, signal.SIGKILL)
         status, err = demo.finish()
         assert status == 2
-        assert err.splitlines() == [f"st2000r demo: the simulator (process {sim_pid}) ended by itself: "
-                                    "killed by signal 9"]
+        expected = f"st2000r demo: the simulator (process {sim_pid}) ended by itself: killed by signal 9"
+        assert err.splitlines() == [expected]
         assert demo.leftovers() == []
     finally:
         demo.close()
