@@ -133,6 +133,8 @@ def supervisor_section(ctx: Context, value: Any, path: str) -> None:
         state_dir=values["state_dir"],
         stale_after_s=parse_duration(stale)[0] if stale is not None else None,
         command_timeout_s=parse_duration(values["command_timeout"])[0],
+        read_on_connect=values["read_on_connect"],
+        full_read_after_outage_s=parse_duration(values["full_read_after_outage"])[0],
     )
 
 
