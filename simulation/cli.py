@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -57,11 +58,28 @@ def _link_eq(convert: Callable[[str], object]) -> Callable[[str], tuple[str, obj
     return parse
 
 
+#: world start times accepted: the world's clock runs on from the start (months, years at a
+#: large --speedup), so the start stays far from the end of the calendar
+START_RANGE = (datetime(1970, 1, 2), datetime(9000, 1, 1))
+
+
 def _when(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO date-time like 2026-01-01T08:00, got {text!r}") from None
+    lo, hi = START_RANGE
+    if not lo <= when.replace(tzinfo=None) < hi:
+        raise argparse.ArgumentTypeError(f"start {text!r} is outside {lo:%Y-%m-%d} .. {hi:%Y-%m-%d}")
+    return when
+
+
+def _interface(text: str) -> str:
+    """An IP address to bind (a name would be resolved at listen time, and fail late)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address to listen on, e.g. 127.0.0.1, got {text!r}") from None
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, control_default: int) -> None:
@@ -92,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supervisor", type=host_port, metavar="HOST:PORT", help="where GPRS DTUs dial to")
     p.add_argument("--tcp-base-port", type=port, metavar="P",
                    help="the n-th TCP link listens on P+n instead of its configured port (0: any free port)")
-    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="interface of the TCP listeners (default 127.0.0.1)")
+    p.add_argument("--bind", type=_interface, default="127.0.0.1", metavar="ADDR",
+                   help="IP address of the TCP listeners' interface (default 127.0.0.1)")
     p.add_argument("--link", action="append", nargs="+", default=[], metavar="NAME",
                    help="serve only these links (repeatable)")
     p.add_argument("--device", action="append", type=_link_eq(str), default=[], metavar="LINK=PATH",
@@ -179,8 +198,10 @@ def run(
         service.startService()
     except CannotListenError as exc:
         _stop_quietly(service)
+        blame_control = (service.control is not None and exc.port == options.control_port and exc.port != 0
+                         and exc.interface == options.control_host)
         return _fail(prog, f"cannot listen on {exc.interface or '*'}:{exc.port}: {exc.socketError}"
-                     + (" (pass --control 0 or another port)" if service.control and exc.port == options.control_port else ""))
+                     + (" (pass --control 0 or another port)" if blame_control else ""))
     except OSError as exc:
         _stop_quietly(service)
         return _fail(prog, str(exc))

@@ -85,3 +85,22 @@ def test_through_the_st2000r_dispatcher():
                          capture_output=True, text=True, env=env, timeout=60)
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == "/nonexistent.toml: cannot read file: No such file or directory\n"
+
+
+def test_simulate_bad_start_and_bind_are_one_line_errors_naming_the_input(capsys):
+    """``st2000r simulate`` options parsed by the shared ``config.cliargs`` base: a start the
+    world's calendar cannot run from and a --bind that is not an IP address end in one line
+    naming the input, exit 2, no traceback (and --bind is not blamed on --control)."""
+    from st2000r.simulation.cli import main as simulate
+
+    config = str(example_path("small.toml"))
+    for args, words in (
+        (["--start", "9999-12-31T23:59:59"], ("--start", "9999-12-31T23:59:59")),
+        (["--start", "0001-01-01T00:00"], ("--start", "0001-01-01T00:00")),
+        (["--bind", "garbage"], ("--bind", "'garbage'")),
+    ):
+        assert simulate([config, "--control", "0", *args]) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), err
+        assert "Traceback" not in err and "--control" not in err
