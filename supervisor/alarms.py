@@ -428,8 +428,8 @@ class AlarmManager(Service):
         timer = self._link_timers.pop(link, None)
         if timer is not None and timer.active():
             timer.cancel()
-        if event.state is LinkState.STOPPED:
-            return  # stopped on purpose: not a fault, nothing to raise
+        if event.state in (LinkState.STOPPED, LinkState.IDLE):
+            return  # stopped on purpose, or an on-demand call hung up: not a fault
         if not event.connected and link not in self._connected and self._grace is not None:
             # not connected yet (a GSM modem reports its signal before it dials): the
             # connect grace decides, so a healthy start raises nothing

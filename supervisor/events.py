@@ -196,11 +196,13 @@ class CdtChanged(EventBase):
 
 
 class LinkState(enum.Enum):
-    """A link's byte pipe.  STOPPED: the supervisor stopped it on purpose (not a fault)."""
+    """A link's byte pipe.  STOPPED: the supervisor stopped it on purpose; IDLE: an
+    on-demand link (a GSM data call) hung up between rounds.  Neither is a fault."""
 
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     STOPPED = "stopped"
+    IDLE = "idle"
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,14 +356,14 @@ class PointDatabase(Service):
     @_never_raises
     def on_link_state(self, link: str, state: str, details: Mapping[str, Any] | None = None) -> None:
         """A link observer event: ``"connected"``, ``"disconnected"``, ``"stopped"`` (a
-        deliberate stop, not a fault), ``"signal"`` (``details["csq"]``); others are
-        ignored.  The CDTs' quality follows from the reachability, not from here."""
+        deliberate stop, not a fault), ``"idle"`` (an on-demand call hung up between
+        rounds, not a fault), ``"signal"`` (``details["csq"]``); others are ignored.  The CDTs' quality follows from the reachability, not from here."""
         entry = self._links.get(link)
         if entry is None:
             return
         details = details or {}
         now = self.clock.seconds()
-        if state in ("connected", "disconnected", "stopped"):
+        if state in ("connected", "disconnected", "stopped", "idle"):
             new = LinkState(state)
             if new is LinkState.DISCONNECTED and entry.state is LinkState.STOPPED:
                 return  # the pipe closing after a deliberate stop

@@ -573,11 +573,14 @@ class GsmLinkService(LinkObservers, Service):
                 self.connected = False
                 self._stop_watch()
                 log.info("link {link}: GSM call down: {reason}", link=self.link_name, reason=o.reason)
-                self.master.connection_lost(f"GSM call down: {o.reason}")
+                idle = o.reason == "hang up" and self.running  # our own hang-up of an idle on-demand call
+                self.master.connection_lost(f"GSM call down: {o.reason}", deliberate=idle)
                 if not self.running:
                     continue  # stopping: observers were told "stopped"
-                self._notify("disconnected", reason=o.reason)
-                if o.reason != "hang up":
+                if idle:
+                    self._notify("idle", reason=o.reason)  # not a fault: the next round dials again
+                else:
+                    self._notify("disconnected", reason=o.reason)
                     self._schedule_retry()
             elif isinstance(o, HungUp):
                 if not self._stopped_hangup():

@@ -303,10 +303,12 @@ class BusMaster:
         if attempt is not None and (attempt.broken or decoder.pending):
             self._arm_quiet(attempt)
 
-    def connection_lost(self, reason: str = "") -> None:
+    def connection_lost(self, reason: str = "", *, deliberate: bool = False) -> None:
         """The byte pipe is gone.  An in-flight request is retried when the link is back
         (or fails with :class:`LinkDown` if it has no retry left); queued requests wait up to
-        ``queue_timeout_s``."""
+        ``queue_timeout_s``.  ``deliberate``: we closed it on purpose (an on-demand GSM call
+        hung up when idle): the CDTs are not silent, they are just not asked, so the
+        reachability is left as it is and observers hear ``("idle", {"reason"})``."""
         self._write = None
         self._decoder.clear()
         if self._send_call is not None and self._send_call.active():
@@ -316,9 +318,13 @@ class BusMaster:
         self.connected = False
         if was:
             self.stats.disconnects += 1
-            log.warn("link {link}: disconnected ({reason})", link=self.name, reason=reason or "no reason")
-            self.reachability.link_down(self._clock.seconds())
-            self._notify("disconnected", {"reason": reason})
+            if deliberate:
+                log.info("link {link}: idle ({reason})", link=self.name, reason=reason or "no reason")
+                self._notify("idle", {"reason": reason})
+            else:
+                log.warn("link {link}: disconnected ({reason})", link=self.name, reason=reason or "no reason")
+                self.reachability.link_down(self._clock.seconds())
+                self._notify("disconnected", {"reason": reason})
         attempt = self._inflight
         if attempt is not None:
             self._end_attempt(attempt)

@@ -390,3 +390,23 @@ def test_bus_protocol_adapter_over_string_transport():
     assert isinstance(out[0], m.AlarmsReply)
     proto.connectionLost(None)
     assert not master.connected
+
+
+def test_a_deliberate_close_is_idle_not_a_silence_of_the_cdts():
+    """An on-demand GSM call hung up between rounds: the CDTs are not asked, not silent —
+    their meters must not turn comm_fail and no link alarm may follow."""
+    clock = Clock()
+    master = BusMaster(make_link([make_cdt(1)]), clock)
+    events = []
+    master.add_observer(lambda event, data: events.append(event))
+    bus = FakeBus()
+    master.connection_made(bus)
+    d = master.transact(m.ReadAlarms(address=CDT1))
+    advance(clock, 0.01)
+    master.data_received(m.encode(m.AlarmsReply(address=CDT1, ser=bus.last.ser, alarms=(m.AlarmFlag.NONE,) * 96)))
+    assert d.called and master.reachability.answering(1) is True
+    master.connection_lost("GSM call down: hang up", deliberate=True)
+    assert events == ["connected", "idle"] and master.reachability.answering(1) is True
+    master.connection_made(bus)
+    master.connection_lost("carrier lost")
+    assert events[-1] == "disconnected" and master.reachability.answering(1) is False

@@ -37,9 +37,9 @@ class RecordingMaster:
             self.replies.append(m.parse(frame))
         self._check()
 
-    def connection_lost(self, reason: str = "") -> None:
+    def connection_lost(self, reason: str = "", *, deliberate: bool = False) -> None:
         assert self.write is not None, "connection_lost without connection_made"
-        self.events.append(("lost", reason))
+        self.events.append(("lost", reason) if not deliberate else ("lost", reason, "deliberate"))
         self.write = None
         self._decoder.clear()
         self._check()

@@ -355,7 +355,7 @@ async def test_gsm_over_a_pty_dial_read_hang_up_redial(kit):
         reply = await master.transact(req).addTimeout(TIMEOUT, reactor)
         assert isinstance(reply, m.CdtStatus)
         assert modem.calls == 2 and svc.csq == 23
-        assert [e for e in events if e != "-"] == ["signal", "connected", "disconnected", "signal", "connected"]
+        assert [e for e in events if e != "-"] == ["signal", "connected", "idle", "signal", "connected"]
     finally:
         await svc.stopService()
         master.shutdown()

@@ -28,7 +28,7 @@ class Master:
     busy = False
     def connection_made(self, w): pass
     def data_received(self, d): pass
-    def connection_lost(self, r=""): pass
+    def connection_lost(self, r="", *, deliberate=False): pass
 
 
 def test_stop_during_hangup_with_port_lost():
