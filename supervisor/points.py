@@ -94,6 +94,10 @@ def default_stale_after(plans: tuple[ReadingPlan, ...]) -> int:
 # --------------------------------------------------------------------------- mutable state
 
 
+_VALVES = tuple(Valve(i) for i in range(4))  # status bits -> member, without an enum call per channel
+_FLAGS = tuple(AlarmFlag(i) for i in range(8))
+
+
 class _Meter:
     __slots__ = ("id", "config", "value", "count", "quality", "since", "at", "valve", "alarms")
 
@@ -108,10 +112,15 @@ class _Meter:
         self.valve: Valve | None = None
         self.alarms = AlarmFlag.NONE
 
-    def event(self, now: float) -> MeterChanged:
+    def event(self, now: float, now_utc: datetime | None = None) -> MeterChanged:
+        """The change event at clock time ``now`` (``now_utc``: the same as a datetime, when
+        the caller converts it once for a whole reply — most events carry it three times)."""
+        if now_utc is None:
+            now_utc = utc(now)
+        at, since = self.at, self.since
         return MeterChanged(self.id, self.value, self.count, self.quality,
-                            utc(self.at) if self.at is not None else None, self.valve, self.alarms,
-                            utc(self.since) if self.since is not None else None, utc(now))
+                            now_utc if at == now else (utc(at) if at is not None else None), self.valve, self.alarms,
+                            now_utc if since == now else (utc(since) if since is not None else None), now_utc)
 
     def point(self) -> MeterPoint:
         c = self.config
@@ -253,6 +262,7 @@ class PointDatabase(Service):
         channels = state.channels
         publish = self._publish
         readings: list[Reading] = []
+        at_utc = utc(at)
         n = reply.first_channel
         for reading in reply.channels:
             point = channels[n] if n <= m.MAX_CHANNELS else None
@@ -265,11 +275,11 @@ class PointDatabase(Service):
             if status & 0x40:  # the CDT says nothing is fitted there
                 self.stats.absent_channels += 1
                 if point.set_quality(Quality.COMM_FAIL, at):
-                    publish(point.event(at))
+                    publish(point.event(at, at_utc))
                 continue
             count = reading.count
-            valve = Valve(status & 0x03)
-            alarms = AlarmFlag((status >> 2) & 0x07)
+            valve = _VALVES[status & 0x03]
+            alarms = _FLAGS[(status >> 2) & 0x07]
             config = point.config
             value = config.initial + count * config.pulse_constant
             readings.append(Reading(point.id, value, count, valve, alarms))
@@ -282,9 +292,9 @@ class PointDatabase(Service):
             point.set_quality(Quality.GOOD, at)
             point.valve = valve
             point.alarms = alarms
-            publish(point.event(at))
+            publish(point.event(at, at_utc))
         if readings:
-            publish(ReadingBatch(link, cdt, utc(at), source, plan, tuple(readings)))
+            publish(ReadingBatch(link, cdt, at_utc, source, plan, tuple(readings)))
 
     @_never_raises
     def on_alarms(self, link: str, cdt: int, reply: m.AlarmsReply, at: float) -> None:
