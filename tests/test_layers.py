@@ -90,3 +90,53 @@ def test_the_checker_sees_a_violation(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("def f():\n    import twisted.internet.reactor\n    from textual.app import App\n")
     assert {"twisted.internet.reactor", "textual.app"} <= imports(bad)
+
+
+# the one write path (DESIGN.md §2): only the command module builds frames that change the field
+WRITE_MESSAGES = {"ValveControl", "SetBase", "TimeSync", "WriteAddress"}
+WRITERS = {Path("supervisor/commands.py")}
+NORTH_ROOMS = ("bridge", "historian", "tui")
+NO_MASTER = {f"st2000r.drivers.st2000r.{m}" for m in ("master", "poller", "links", "gprs", "gsm")}
+
+
+def write_frames_built(path: Path) -> list[int]:
+    """Lines where ``path`` calls a write message's constructor (``m.ValveControl(...)``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in WRITE_MESSAGES:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_command_module_builds_write_frames():
+    bad = []
+    for room in ("supervisor", *NORTH_ROOMS):
+        for path in sorted((ROOT / room).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            if rel not in WRITERS and write_frames_built(path):
+                bad.append(f"{rel}: builds a write frame at line(s) {write_frames_built(path)}")
+    assert bad == []
+    assert all(write_frames_built(ROOT / w) for w in WRITERS)  # the rule still sees the real writer
+
+
+def test_north_side_never_reaches_a_bus_master():
+    """Bridge, historian, console and the HTTP API talk to the command dispatcher and the
+    event bus, never to a master, poller or link."""
+    bad = []
+    paths = [p for room in NORTH_ROOMS for p in sorted((ROOT / room).rglob("*.py"))]
+    paths += sorted((ROOT / "supervisor").glob("api*.py")) + sorted((ROOT / "supervisor" / "api").rglob("*.py"))
+    for path in paths:
+        for name in imports(path):
+            if any(name == n or name.startswith(n + ".") for n in NO_MASTER):
+                bad.append(f"{path.relative_to(ROOT)}: imports {name}")
+    assert bad == []
+
+
+def test_the_write_frame_detector_sees_calls(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from st2000r.drivers.st2000r import messages as m\nm.ValveControl(open=False)\nSetBase()\n")
+    assert write_frames_built(bad) == [2, 3]
