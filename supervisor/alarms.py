@@ -31,6 +31,10 @@ State table (ISA-18.2 style; ``shelved`` overlays any state)::
     cleared-unacked  -> active-unacked   -                    -> removed       -> shelved
     shelved          (tracked silently)  (tracked silently)   recorded         -> extended
 
+While shelved, a change of the condition is published (state stays ``shelved``, ``active``
+follows the field) but not logged or announced, so the state folder and the consoles keep
+an accurate list.
+
 Unshelve (by an operator or when ``until`` passes): the alarm is removed if its condition
 is off, else it comes back ``active-unacked`` (announced again).  Shelving needs a reason.
 ``removed`` is only ever seen as the last ``AlarmChanged`` of an alarm.
@@ -343,7 +347,7 @@ class AlarmManager(Service):
         alarm.text = text
         if alarm.shelved_by is None:
             log.warn("alarm {id} raised again ({severity}): {text}", id=alarm_id, severity=alarm.severity, text=text)
-            self._publish(alarm.snapshot())
+        self._publish(alarm.snapshot())  # shelved: still "shelved", but whoever keeps the list sees the condition
 
     def clear_alarm(self, alarm_id: str, why: str = "") -> None:
         """The condition of ``alarm_id`` is gone (idempotent; unknown ids are ignored)."""
@@ -353,6 +357,7 @@ class AlarmManager(Service):
         alarm.active = False
         alarm.cleared_at = self.clock.seconds()
         if alarm.shelved_by is not None:
+            self._publish(alarm.snapshot())  # not announced (no log line); the list's keepers stay right
             return
         log.info("alarm {id} cleared{why}", id=alarm_id, why=f" ({why})" if why else "")
         self._changed(alarm)

@@ -100,9 +100,11 @@ def test_shelve_hides_changes_and_unshelve_reannounces():
     assert (a.state, a.shelved_by, a.shelved_reason) == ("shelved", "alice", "known faulty sensor")
     assert rig.alarms.alarms(include_shelved=False) == []
     rig.rec.clear()
-    rig.points.on_bulk("bus", 1, bulk(1, [5]), T0 + 1)  # clears while shelved: silent
+    rig.points.on_bulk("bus", 1, bulk(1, [5]), T0 + 1)  # clears while shelved: not announced
     rig.points.on_bulk("bus", 1, bulk(1, [5], statuses=[status(alarms=AlarmFlag.SHORT)]), T0 + 2)
-    assert rig.changes() == []
+    # still "shelved" to everyone; the snapshots follow the field for whoever keeps the list
+    assert rig.changes() == [(aid, "shelved"), (aid, "shelved")]
+    assert [e.alarm.active for e in rig.rec.of(AlarmChanged)] == [False, True]
     a = rig.alarms.unshelve(aid, "bob")
     assert (a.state, a.active) == ("active-unacked", True)
     assert rig.clock.getDelayedCalls() == []  # the shelf timer is gone
