@@ -183,13 +183,14 @@ class CommandDispatcher(CommandChecks):
         if kind in (CommandKind.ALARM_ACK, CommandKind.ALARM_SHELVE, CommandKind.ALARM_UNSHELVE):
             self._alarm_op(command)
             return CommandHandle(cid, command.deferred)
-        self._running[target] = command
+        self._running[command.target] = command
         if kind is CommandKind.VALVE and not command.request.open:
             self._closes.setdefault(command.mid.link, deque()).append(now)
         self._store(record)
         self._publish(record)
         log.info("command {id}: {action} {target} by {who} via {source} ({reason})", id=cid, action=action,
-                 target=target, who=request.who, source=source, reason=request.reason or "no reason given")
+                 target=command.target, who=request.who, source=source,
+                 reason=request.reason or "no reason given")
         d = self._write_audit(record)
         d.addCallbacks(lambda _: self._start(command),
                        lambda f: self._finish(command, CommandState.REFUSED,

@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from support.builders import OPERATORS, T0, Recorder, bulk, command_topology, status
+from support.clock import fired
 from support.fakes import FakeMaster
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.master import LinkDown, Priority, TransactionTimeout
@@ -166,6 +167,16 @@ def test_busy_while_a_command_for_the_meter_runs():
     assert rig.dispatcher.running() == ("bus/1/1/1",)
 
 
+def test_a_target_spelled_differently_is_one_target():
+    rig = Rig()
+    handle, out = rig.valve(meter="bus/01/1/1")
+    assert rig.dispatcher.get(handle.id).target == "bus/1/1/1" and rig.dispatcher.running() == ("bus/1/1/1",)
+    assert rig.refused(meter="bus/1/1/1", open_=True).startswith("busy: ")
+    rig.reply_valve()
+    rig.reply_read(Valve.CLOSED)
+    assert out[0].state is S.SUCCEEDED
+
+
 def test_meter_without_valve_is_refused():
     rig = Rig()
     rig.points.on_bulk("bus", 1, bulk(1, [1], statuses=[status(Valve.NONE)]), T0)
@@ -299,6 +310,7 @@ def test_read_now_of_a_cdt_reads_its_ranges_alarms_and_status():
     handle.outcome.addCallback(out.append)
     kinds = []
     while not out:
+        assert len(kinds) < 10, f"read-now not done after answering {[k[0] for k in kinds]}"
         call = rig.master.last
         kinds.append((type(call.request).__name__, call.purpose, call.priority))
         r = call.request
@@ -469,16 +481,7 @@ class SimRig:
                                             self.bus)
 
     def run(self, handle, limit=120.0):
-        out = []
-        handle.outcome.addBoth(out.append)
-        end = self.clock.seconds() + limit
-        while not out and self.clock.seconds() < end:
-            calls = [c.getTime() for c in self.clock.getDelayedCalls()]
-            if not calls:
-                break
-            self.clock.advance(max(0.0, min(calls) - self.clock.seconds()))
-        assert out, "the command did not finish"
-        return out[0]
+        return fired(self.clock, handle.outcome, limit, "the command")
 
     def truth_valve(self, cdt, channel):
         for lw in self.world.snapshot()["links"]:
