@@ -19,6 +19,7 @@ from st2000r.config.model import (
 )
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import FrameDecoder
+from support.clock import advance, fired
 
 KINDS = (MeterKind.WATER, MeterKind.ELECTRICITY, MeterKind.GAS)
 
@@ -82,19 +83,6 @@ def bulk_reply(req: m.BulkRead, counts=None, ser: int | None = None) -> m.BulkRe
         channels=tuple(m.ChannelReading(c) for c in counts),
         di_order=req.di_order,
     )
-
-
-def advance(clock, seconds: float) -> None:
-    """Advance ``clock`` by ``seconds`` one scheduled call at a time, so every call runs at
-    its own time (``Clock.advance`` alone jumps to the end before running what is due)."""
-    end = clock.seconds() + seconds
-    while True:
-        calls = [c.getTime() for c in clock.getDelayedCalls()]
-        nxt = min(calls) if calls else None
-        if nxt is None or nxt > end:
-            break
-        clock.advance(max(0.0, nxt - clock.seconds()))
-    clock.advance(max(0.0, end - clock.seconds()))
 
 
 # --------------------------------------------------------------------------- plans
@@ -220,14 +208,5 @@ class SimRig:
         advance(self.clock, seconds)
 
     def run_until(self, d, limit: float = 3600.0):
-        """Advance until Deferred ``d`` has fired (at most ``limit`` s); its result."""
-        out = []
-        d.addBoth(out.append)
-        end = self.clock.seconds() + limit
-        while not out and self.clock.seconds() < end:
-            calls = [c.getTime() for c in self.clock.getDelayedCalls()]
-            if not calls:
-                break
-            self.clock.advance(max(0.0, min(calls) - self.clock.seconds()))
-        assert out, "deferred did not fire"
-        return out[0]
+        """Advance until Deferred ``d`` has fired (at most ``limit`` s); what it fired with."""
+        return fired(self.clock, d, limit)

@@ -9,7 +9,8 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from engine_support import FakeBus, advance, bulk_reply, make_cdt, make_link
+from engine_support import FakeBus, bulk_reply, make_cdt, make_link
+from support.clock import advance
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.errors import CodecError
 from st2000r.drivers.st2000r.frame import decode_frame

@@ -6,7 +6,8 @@ from datetime import datetime, time, timedelta
 
 import pytest
 
-from engine_support import RecordingSink, SimRig, advance, make_cdt, make_link, plan
+from engine_support import RecordingSink, SimRig, make_cdt, make_link, plan
+from support.clock import advance
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import decode_frame
 from st2000r.drivers.st2000r.master import Priority

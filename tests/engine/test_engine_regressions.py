@@ -9,6 +9,7 @@ from st2000r.drivers.st2000r.frame import FrameDecoder
 from st2000r.drivers.st2000r.master import BusMaster
 
 from engine_support import make_cdt, make_link
+from support.clock import step_until
 
 
 def test_adaptive_timeout_comes_back_down_after_a_burst_of_late_replies():
@@ -24,8 +25,7 @@ def test_adaptive_timeout_comes_back_down_after_a_burst_of_late_replies():
         return m.encode(m.CdtStatus(address=r.address, ser=r.ser))
 
     def run_until_sent(n):
-        while len(sent) < n:
-            clock.advance(0.001)
+        step_until(clock, lambda: len(sent) >= n, 60.0, f"request {n} written")
 
     for k in range(6):  # the first attempt of each is answered 0.4..0.9 s late
         master.transact(req).addErrback(lambda f: None)

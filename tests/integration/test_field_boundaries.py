@@ -24,6 +24,7 @@ import pytest
 from twisted.application.service import Service
 from twisted.internet.task import Clock
 
+from support.clock import fired as run_until  # a failure of the Deferred is returned, not raised
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import FrameDecoder
@@ -97,20 +98,6 @@ class SimLink(Service):
         self.master.connection_lost("stopped")
         self.sim_bus.disconnect()
         return super().stopService()
-
-
-def run_until(clock: Clock, d, limit: float = 3600.0):
-    """Advance ``clock`` call by call until ``d`` fires; its result."""
-    out: list = []
-    d.addBoth(out.append)
-    end = clock.seconds() + limit
-    while not out and clock.seconds() < end:
-        calls = [c.getTime() for c in clock.getDelayedCalls()]
-        if not calls:
-            break
-        clock.advance(max(0.0, min(calls) - clock.seconds()))
-    assert out, "did not fire"
-    return out[0]
 
 
 @pytest.fixture

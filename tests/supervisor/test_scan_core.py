@@ -8,6 +8,7 @@ from datetime import datetime
 import pytest
 from twisted.internet.task import Clock
 
+from support.clock import fired
 from st2000r.config.loader import loads
 from st2000r.config.model import (
     Cdt,
@@ -91,16 +92,7 @@ class Rig:
         return master
 
     def run(self, d, limit: float = 3600.0):
-        out = []
-        d.addBoth(out.append)
-        end = self.clock.seconds() + limit
-        while not out and self.clock.seconds() < end:
-            calls = [c.getTime() for c in self.clock.getDelayedCalls()]
-            if not calls:
-                break
-            self.clock.advance(max(0.0, min(calls) - self.clock.seconds()))
-        assert out, "scan did not finish"
-        return out[0]
+        return fired(self.clock, d, limit, "the scan")
 
 
 def scan(config_link: Link, field_link: Link, *, actions=(), addresses=range(1, 33), **kw):

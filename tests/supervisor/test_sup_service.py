@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from datetime import time
 
 from support.builders import OPERATORS, T0, make_cdt, make_link, make_topology
+from support.clock import fired as run_until  # a failure of the Deferred is returned, not raised
 from st2000r.config import example_path
 from st2000r.config.model import ReadingPlan, Repeater, SupervisorSettings
 from st2000r.supervisor.commands import ValveRequest
@@ -40,19 +41,6 @@ class SimLinkService(Service):
         self.master.connection_lost("stopped")
         self.sim_bus.disconnect()
         return super().stopService()
-
-
-def run_until(clock, d, limit=3600.0):
-    out = []
-    d.addBoth(out.append)
-    end = clock.seconds() + limit
-    while not out and clock.seconds() < end:
-        calls = [c.getTime() for c in clock.getDelayedCalls()]
-        if not calls:
-            break
-        clock.advance(max(0.0, min(calls) - clock.seconds()))
-    assert out, "did not fire"
-    return out[0]
 
 
 @pytest.fixture
