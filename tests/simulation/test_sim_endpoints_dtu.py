@@ -10,6 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
+from support.fakes import EchoBus as FakeBus
+from support.pty import poll
 from st2000r.simulation.dtu import (
     Data,
     DdpPacket,
@@ -27,29 +29,6 @@ from st2000r.simulation.dtu import (
 )
 
 TIMEOUT = 5.0
-
-
-class FakeBus:
-    """Answers every chunk with b"R:" + chunk."""
-
-    def __init__(self) -> None:
-        self.write = None
-        self.received = bytearray()
-        self.drops: list = []
-
-    def connect(self, write) -> None:
-        self.write = write
-
-    def disconnect(self) -> None:
-        self.write = None
-
-    def data_received(self, data: bytes) -> None:
-        self.received += data
-        if self.write is not None:
-            self.write(b"R:" + data)
-
-    def on_link_drop(self, callback) -> None:
-        self.drops.append(callback)
 
 
 # --------------------------------------------------------------------------- formats
@@ -169,16 +148,7 @@ class Server(Factory):
 
     def poll(self, predicate) -> Deferred:
         """Wait (bounded) for a condition on the other side of the socket."""
-        d = Deferred()
-
-        def again() -> None:
-            if predicate(self):
-                d.callback(self)
-            elif not d.called:
-                reactor.callLater(0.005, again)
-
-        again()
-        return d.addTimeout(TIMEOUT, reactor)
+        return poll(lambda: predicate(self), TIMEOUT, interval=0.005).addCallback(lambda _: self)
 
     def check(self) -> None:
         for item in list(self.waiters):

@@ -12,65 +12,14 @@ import time
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
+from support.fakes import EchoBus as FakeBus
+from support.pty import read_until
 from st2000r.config.model import LineSettings
 from st2000r.simulation.endpoints import DeviceEndpoint, LinkCut, PtyPair, SharedBus
 from test_sim_endpoints_cli import SMALL, _lines_until  # same directory
-
-TIMEOUT = 5.0
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.write = None
-        self.received = bytearray()
-        self.drops = []
-        self.connects = 0
-
-    def connect(self, write) -> None:
-        self.write = write
-        self.connects += 1
-
-    def disconnect(self) -> None:
-        self.write = None
-
-    def data_received(self, data: bytes) -> None:
-        self.received += data
-        if self.write is not None:
-            self.write(b"R:" + bytes(data))
-
-    def on_link_drop(self, callback) -> None:
-        self.drops.append(callback)
-
-
-def _read_until(fd: int, want: bytes) -> Deferred:
-    d = Deferred()
-    buf = bytearray()
-
-    class Reader:
-        def fileno(self):
-            return fd
-
-        def logPrefix(self):
-            return "reader"
-
-        def connectionLost(self, reason):
-            pass
-
-        def doRead(self):
-            try:
-                buf.extend(os.read(fd, 4096))
-            except BlockingIOError:
-                return
-            if want in buf:
-                reactor.removeReader(self)
-                d.callback(bytes(buf))
-
-    os.set_blocking(fd, False)
-    reactor.addReader(Reader())
-    return d.addTimeout(TIMEOUT, reactor)
 
 
 @pytest_twisted.ensureDeferred
@@ -82,7 +31,7 @@ async def test_device_endpoint_on_a_serial_device():
     ep.startService()
     try:
         assert ep.info().where == pair.path and "9600 8E1" in ep.info().note
-        reply = _read_until(pair.master, b"R:ping")
+        reply = read_until(pair.master, b"R:ping")
         os.write(pair.master, b"ping")
         assert (await reply).endswith(b"R:ping")
         for callback in bus.drops:  # a link drop cuts the device both ways for 10 s

@@ -3,14 +3,13 @@ a real dial sequence and then carrying bytes to the bus."""
 
 from __future__ import annotations
 
-import os
-import tty
-
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
+from support.fakes import EchoBus as FakeBus
+from support.pty import PtyReader
 from st2000r.simulation.modem import (
     CallDown,
     CallUp,
@@ -22,9 +21,6 @@ from st2000r.simulation.modem import (
     ToBus,
     ToDte,
 )
-
-TIMEOUT = 5.0
-
 
 def dte(outputs) -> bytes:
     return b"".join(o.data for o in outputs if isinstance(o, ToDte))
@@ -107,78 +103,6 @@ def test_no_input_raises():
     m = ModemMachine("1")
     for chunk in (bytes(range(256)), b"AT" + bytes(range(256)) + b"\r", b"ATS\r", b"ATS0=\r", b"AT&Q\r", b"+++\r" * 3):
         m.receive(chunk, 0.0)
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.write = None
-        self.received = bytearray()
-        self.drops = []
-
-    def connect(self, write) -> None:
-        self.write = write
-
-    def disconnect(self) -> None:
-        self.write = None
-
-    def data_received(self, data: bytes) -> None:
-        self.received += data
-        if self.write is not None:
-            self.write(b"R:" + bytes(data))
-
-    def on_link_drop(self, callback) -> None:
-        self.drops.append(callback)
-
-
-class PtyReader:
-    """The supervisor's side of the modem's pty: collects bytes, waits for a pattern."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.buf = bytearray()
-        self.waiting: list = []
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "pty-reader"
-
-    def doRead(self) -> None:
-        try:
-            self.buf += os.read(self.fd, 4096)
-        except BlockingIOError:
-            return
-        for item in list(self.waiting):
-            pattern, d = item
-            if pattern in self.buf:
-                self.waiting.remove(item)
-                d.callback(bytes(self.buf))
-
-    def connectionLost(self, reason) -> None:
-        pass
-
-    def expect(self, pattern: bytes) -> Deferred:
-        d = Deferred()
-        if pattern in self.buf:
-            d.callback(bytes(self.buf))
-        else:
-            self.waiting.append((pattern, d))
-        return d.addTimeout(TIMEOUT, reactor)
-
-    def send(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def take(self) -> bytes:
-        data = bytes(self.buf)
-        self.buf.clear()
-        return data
-
-    def close(self) -> None:
-        reactor.removeReader(self)
-        os.close(self.fd)
 
 
 @pytest_twisted.ensureDeferred

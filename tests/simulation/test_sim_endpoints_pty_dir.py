@@ -13,13 +13,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
+from support.fakes import EchoBus as FakeBus
+from support.pty import PtyMaster, poll
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
 from st2000r.simulation.endpoints import PtyEndpoint, PtyPair
 from st2000r.simulation.modem import ModemEndpoint
 from st2000r.simulation.service import SimulatorOptions, SimulatorService
-from test_sim_endpoints_local import FakeBus  # same directory
-from test_sim_endpoints_wire import PtyMaster, poll  # same directory
 
 TOPOLOGY = """
 [templates.flat]

@@ -15,12 +15,12 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
+from support.pty import Master, PtyMaster, poll
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
 from st2000r.simulation.dtu import UplinkDecoder, Registered, Heartbeat, Data, ddp_ack
 from st2000r.simulation.modem import ModemState
 from st2000r.simulation.service import SimulatorOptions, SimulatorService
-from test_sim_endpoints_wire import Master, PtyMaster, poll  # same directory
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import tty
 from datetime import datetime
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+from support.pty import Master, PtyMaster, poll
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
-from st2000r.drivers.st2000r.frame import Frame, FrameDecoder, NEED_DATA
+from st2000r.drivers.st2000r.frame import Frame
 from st2000r.simulation.service import SimulatorOptions, SimulatorService
 
-TIMEOUT = 5.0
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 START = datetime(2026, 3, 2, 6, 0)
 
@@ -79,96 +77,12 @@ serial = "3{cdt:03}{module:02}{channel}"
 """
 
 
-class Master(Protocol):
-    """The supervisor's side of a byte stream: decodes frames with the codec."""
-
-    def __init__(self) -> None:
-        self.decoder = FrameDecoder()
-        self.events: list = []
-        self.waiting: list = []
-        self.closed = Deferred()
-        self.raw = bytearray()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.raw += data
-        self.decoder.feed(data)
-        while (event := self.decoder.next_event()) is not NEED_DATA:
-            self.events.append(event)
-        self._check()
-
-    def _check(self) -> None:
-        for item in list(self.waiting):
-            predicate, d = item
-            if predicate():
-                self.waiting.remove(item)
-                d.callback(None)
-
-    def until(self, predicate) -> Deferred:
-        d = Deferred()
-        self.waiting.append((predicate, d))
-        self._check()
-        return d.addTimeout(TIMEOUT, reactor)
-
-    async def frame(self) -> Frame:
-        await self.until(lambda: any(isinstance(e, Frame) for e in self.events))
-        i = next(i for i, e in enumerate(self.events) if isinstance(e, Frame))
-        return self.events.pop(i)
-
-    def connectionLost(self, reason=None) -> None:
-        if not self.closed.called:
-            self.closed.callback(None)
-
-
-class PtyMaster(Master):
-    """Opens the simulator's printed pty path like a serial port."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "pty-master"
-
-    def doRead(self) -> None:
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:
-            return
-        self.dataReceived(data)
-
-    def send(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        reactor.removeReader(self)
-        os.close(self.fd)
-
-
 class TcpMaster(Master):
     def send(self, data: bytes) -> None:
         self.transport.write(data)
 
     def close(self) -> None:
         self.transport.abortConnection()
-
-
-def poll(predicate) -> Deferred:
-    """Wait (bounded) until ``predicate()`` holds; it is checked every few milliseconds."""
-    d = Deferred()
-
-    def again() -> None:
-        if predicate():
-            d.callback(None)
-        elif not d.called:
-            reactor.callLater(0.003, again)
-
-    again()
-    return d.addTimeout(TIMEOUT, reactor)
 
 
 class Sim:

@@ -70,3 +70,30 @@ class FakeMaster:
 
     def add_observer(self, fn: Any) -> None:
         pass
+
+
+class EchoBus:
+    """A simulated bus (``BusLike``: connect, disconnect, data_received, on_link_drop) that
+    answers every chunk with ``b"R:" + chunk``; keeps what it received, the link-drop
+    callbacks, and how often a writer connected."""
+
+    def __init__(self) -> None:
+        self.write = None
+        self.received = bytearray()
+        self.drops: list = []
+        self.connects = 0
+
+    def connect(self, write) -> None:
+        self.write = write
+        self.connects += 1
+
+    def disconnect(self) -> None:
+        self.write = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.write is not None:
+            self.write(b"R:" + bytes(data))
+
+    def on_link_drop(self, callback) -> None:
+        self.drops.append(callback)
