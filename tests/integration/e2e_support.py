@@ -248,69 +248,6 @@ def link_of(topology: Topology) -> Link:
     return next(topology.links())
 
 
-# --------------------------------------------------------------------------- processes of a test
-# (the process tests mark every process they start with an environment variable, inherited
-# by whatever those start in turn, and prove afterwards that none is left)
-
-PROCESS_MARK = "ST2000R_TEST_PROCESS_MARK"
-
-
-def marked_env(mark: str) -> dict[str, str]:
-    """This process's environment plus ``PROCESS_MARK=mark``."""
-    import os
-
-    return dict(os.environ, **{PROCESS_MARK: mark})
-
-
-def marked_processes(mark: str) -> list[int]:
-    """Pids of the live processes whose environment carries ``PROCESS_MARK=mark`` (a
-    zombie's environment reads empty, so it does not count)."""
-    import os
-
-    needle = f"{PROCESS_MARK}={mark}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours
-            continue
-        if needle in env:
-            found.append(int(name))
-    return found
-
-
-def wait_exited(pids: list[int], timeout: float) -> list[int]:
-    """Wait (on pidfds, no polling) until every pid has exited or ``timeout`` passed;
-    returns those still running."""
-    import os
-    import select
-    import time
-
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    try:
-        while fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select(list(fds), [], [], left)
-            for fd in ready:
-                os.close(fd)
-                del fds[fd]
-        return sorted(fds.values())
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
 def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """``condition()``'s first truthy value, tried every ``interval`` s for at most ``timeout``
     s (fails naming ``what``).  For conditions that only a file shows, with no process

@@ -6,67 +6,16 @@ simulator's ground truth; every way the demo stops leaves no process behind."""
 from __future__ import annotations
 
 import os
-import re
-import select
 import signal
 import subprocess
-import sys
-import time
 import uuid
 
 import pytest
 
-from e2e_support import marked_env, marked_processes, wait_exited
+from support.process import ST2000R, Lines, marked_env, marked_processes, wait_exited
+from support.process import stop as _stop
 from st2000r.config import example_path
 from st2000r.supervisor.events import MeterId, Reading
-
-ST2000R = os.path.join(os.path.dirname(sys.executable), "st2000r")
-
-
-class Lines:
-    """Lines of a process's stdout, read with a deadline (never blocks past it)."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self.buf = b""
-        self.lines: list[str] = []
-
-    def until(self, pattern: str, timeout: float) -> re.Match:
-        """The first line (read so far or arriving within ``timeout``) matching ``pattern``."""
-        rx = re.compile(pattern)
-        for line in self.lines:
-            if (match := rx.search(line)) is not None:
-                return match
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no line matching {pattern!r} within {timeout} s; got:\n" + "\n".join(self.lines[-30:])
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            assert chunk, f"process ended (rc {self.proc.wait()}) before {pattern!r}:\n" + "\n".join(self.lines[-30:])
-            self.buf += chunk
-            *done, self.buf = self.buf.split(b"\n")
-            new = [raw.decode("utf-8", "replace") for raw in done]
-            self.lines += new
-            for line in new:
-                if (match := rx.search(line)) is not None:
-                    return match
-
-    def rest(self, timeout: float) -> str:
-        out, _ = self.proc.communicate(timeout=timeout)
-        text = (self.buf + out).decode("utf-8", "replace")
-        self.lines += text.splitlines()
-        return text
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
 
 def test_run_against_simulate_logs_a_completed_round_and_exits_0_on_sigterm(tmp_path):
     ptys = tmp_path / "pty"

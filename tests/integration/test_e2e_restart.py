@@ -21,7 +21,8 @@ import signal
 import subprocess
 
 from e2e_support import community_text, poll, state_rows
-from test_e2e_processes import ST2000R, Lines, _stop
+from support.process import ST2000R, Lines
+from support.process import stop as _stop
 
 LINK = "lakeside-bus"
 CDTS_PER_REPEATER = 3  # 12 CDTs, 1,152 meters: a round of about 15 s at 2400 baud, flushes every 2 s

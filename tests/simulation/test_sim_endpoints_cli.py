@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 
 import pytest
 
+from support.process import lines_until
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import Frame, FrameDecoder, NEED_DATA
 from st2000r.simulation import cli, ctl
@@ -72,25 +72,6 @@ def test_ctl_action_document():
     assert ctl.action_doc("bit_errors", ["rate=0.01"])["rate"] == 0.01
 
 
-def _lines_until(proc, pattern: str, deadline: float) -> list[str]:
-    """Read the subprocess's stdout (unbuffered, ``os.read``) until a line matches
-    ``pattern``; bounded by ``deadline``."""
-    buf = b""
-    fd = proc.stdout.fileno()
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        buf += chunk
-        lines = buf.decode("utf-8", "replace").splitlines()
-        if any(re.search(pattern, line) for line in lines):
-            return lines
-    raise AssertionError(f"no line matching {pattern!r} in time; got:\n" + buf.decode("utf-8", "replace"))
-
-
 def _exchange(host: str, port: int, request: bytes, deadline: float) -> Frame:
     dec = FrameDecoder()
     with socket.create_connection((host, port), timeout=10) as s:
@@ -116,7 +97,7 @@ def test_demo_runs_end_to_end(capsys):
     )
     try:
         deadline = time.monotonic() + 30
-        lines = _lines_until(proc, r"^ready", deadline)
+        lines = lines_until(proc, r"^ready", deadline)
         text = "\n".join(lines)
         pty = re.search(r"^endpoint: lakeside-bus -> pty (/dev/pts/\d+)", text, re.M).group(1)
         host, port = re.search(r"^endpoint: lakeside-bus -> tcp ([\d.]+):(\d+)", text, re.M).groups()

@@ -16,10 +16,11 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from support.fakes import EchoBus as FakeBus
+from support.process import lines_until
 from support.pty import read_until
 from st2000r.config.model import LineSettings
 from st2000r.simulation.endpoints import DeviceEndpoint, LinkCut, PtyPair, SharedBus
-from test_sim_endpoints_cli import SMALL, _lines_until  # same directory
+from test_sim_endpoints_cli import SMALL  # same directory
 
 
 @pytest_twisted.ensureDeferred
@@ -84,7 +85,7 @@ def test_simulate_stops_cleanly_on_sigterm():
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
     )
     try:
-        lines = _lines_until(proc, r"^ready", time.monotonic() + 30)
+        lines = lines_until(proc, r"^ready", time.monotonic() + 30)
         pty = next(line.split()[4] for line in lines if line.startswith("endpoint: garden-bus -> pty"))
         assert os.path.exists(pty)
         proc.send_signal(signal.SIGTERM)
