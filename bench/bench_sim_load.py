@@ -81,6 +81,7 @@ kind = "gprs"
 dtu_id = "DTU{i:03}"
 registration = "{formats[i % 3]}"
 heartbeat_s = 10
+auth = "none"
 
 [[sites.links.cdt_ranges]]
 addresses = "1-{cdts}"

@@ -185,11 +185,8 @@ class SimulatorService(MultiService):
                 DtuFormat(ep.registration, ep.dtu_id)
             except DtuFormatError as exc:
                 raise SimulatorError(f"link {link.name!r}: {exc}") from None
-            dtu = DtuClient(
-                link.name, shared.port(), reactor,
-                dtu_id=ep.dtu_id, registration=ep.registration, heartbeat_s=ep.heartbeat_s,
-                host=o.supervisor[0], port=o.supervisor[1], speedup=o.speedup, clock=self.clock,
-            )  # fmt: skip
+            dtu = DtuClient.for_link(link, shared.port(), reactor, host=o.supervisor[0], port=o.supervisor[1],
+                                     speedup=o.speedup, clock=self.clock)  # proves itself as configured
             self.dtus[link.name] = dtu
             return dtu
         if link.kind == "gsm":

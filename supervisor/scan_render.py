@@ -151,7 +151,11 @@ def draft_config(report: ScanReport, topology: Topology, link: Link, *, when: st
         out += [f"host = {_toml_str(ep.host)}", f"port = {ep.port}"]
     elif link.kind == "gprs":
         out += [f"dtu_id = {_toml_str(ep.dtu_id)}", f"registration = {_toml_str(ep.registration)}",
-                f"heartbeat_s = {ep.heartbeat_s}"]  # fmt: skip
+                f"heartbeat_s = {ep.heartbeat_s}", f"auth = {_toml_str(ep.auth)}"]  # fmt: skip
+        if ep.secret is not None:  # as sensitive as the configuration it was drafted from
+            out.append(f"secret = {_toml_str(ep.secret)}")
+        if ep.allow_from:
+            out.append("allow_from = [" + ", ".join(_toml_str(n) for n in ep.allow_from) + "]")
     elif link.kind == "gsm":
         out += [f"modem = {_toml_str(ep.modem)}", f"number = {_toml_str(ep.number)}", f"modem_baud = {ep.modem_baud}"]
     line = link.line

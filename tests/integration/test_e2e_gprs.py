@@ -72,10 +72,8 @@ async def test_100_dtus_prove_themselves_are_polled_drop_reconnect_are_polled_ag
     service.startService()
     port = (await within(service.gprs_server.when_listening())).getHost().port
     sim = SimulatorService(topology, SimulatorOptions(supervisor=("127.0.0.1", port), control_port=None), reactor)
-    # the simulator service does not yet hand the link's secret to its DTUs: give it to them
-    # here, as DtuClient.for_link would
-    for i, name in enumerate(names):
-        sim.dtus[name].auth, sim.dtus[name].secret = "challenge", secret(i).encode()
+    # each simulated DTU proves itself with its link's secret, as a configured DTU does
+    assert all(sim.dtus[n].secret == secret(i).encode() for i, n in enumerate(names))
 
     def all_connected(times: int) -> defer.Deferred:
         return events.until(lambda: all(sum(state[n]) >= times and state[n][-1] for n in names))

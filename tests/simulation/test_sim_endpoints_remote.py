@@ -50,6 +50,7 @@ kind = "gprs"
 dtu_id = "13900000001"
 registration = "ddp"
 heartbeat_s = 60
+auth = "none"
 
 [[sites.links.cdt_ranges]]
 addresses = "5"

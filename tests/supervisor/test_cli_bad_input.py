@@ -60,7 +60,7 @@ def test_scan_gprs_port_taken_says_so(tmp_path):
     s.listen()
     port = s.getsockname()[1]
     try:
-        c = cfg(tmp_path, 'kind = "gprs"\ndtu_id = "13900000001"',
+        c = cfg(tmp_path, 'kind = "gprs"\ndtu_id = "13900000001"\nauth = "none"',
                 f'\n[supervisor]\ngprs_listen = "tcp:port={port}:interface=127.0.0.1"\n')
         r = sh("scan", c, "--link", "garden-bus", "--connect-timeout", "1")
     finally:

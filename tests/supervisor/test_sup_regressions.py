@@ -75,6 +75,7 @@ def _gprs_config(listen: str, dtu_id: str = "DTU1", registration: str = "plain")
         kind = "gprs"
         dtu_id = "{dtu_id}"
         registration = "{registration}"
+        auth = "none"
         [[sites.links.cdts]]
         address = 1
         [[sites.links.cdts.modules]]
