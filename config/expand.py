@@ -53,7 +53,7 @@ class LinkBuild:
     """
 
     __slots__ = ("ctx", "path", "site_no", "link_no", "ok", "repeater_tuple", "repeater_paths",
-                 "cdts", "unbuilt", "serials", "behind")
+                 "cdts", "unbuilt", "serials", "behind", "slots")
 
     def __init__(self, ctx: Context, path: str, site_no: int, link_no: int) -> None:
         self.ctx = ctx
@@ -69,6 +69,8 @@ class LinkBuild:
         self.serials: dict[str, tuple[str, int, int, int]] = {}
         #: repeater name -> number of CDTs naming it
         self.behind: dict[str, int] = {}
+        #: explicit Modbus map slot -> path of the CDT that claims it
+        self.slots: dict[int, str] = {}
 
     def error(self, path: str, reason: str) -> None:
         self.ok = False
@@ -224,6 +226,15 @@ class LinkBuild:
                 self.error(apath, f"duplicate CDT address {address} (already defined at {self.cdts[address][3]})")
             else:
                 entry = self._add_cdt(address, values.get("name"), values.get("repeater"), apath)
+        slot = values.get("slot")
+        if slot is not None:
+            spath = key_path(path, "slot")
+            if slot in self.slots:
+                self.error(spath, f"duplicate slot {slot} on this link (already used at {self.slots[slot]})")
+            else:
+                self.slots[slot] = spath
+                if entry is not None:
+                    entry.append(slot)
         self._repeater_ref(values, path, 1)
         modules: dict[int, Module] = {}
         origins: dict[int, str] = {}
@@ -412,8 +423,9 @@ class LinkBuild:
             return None
         result = []
         for address in sorted(self.cdts):
-            name, repeater, modules, _ = self.cdts[address]
-            result.append(Cdt(address, name, repeater, tuple(modules[n] for n in sorted(modules))))
+            name, repeater, modules, _, *slot = self.cdts[address]
+            result.append(Cdt(address, name, repeater, tuple(modules[n] for n in sorted(modules)),
+                              slot[0] if slot else None))
         return tuple(result)
 
 

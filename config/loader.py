@@ -62,7 +62,13 @@ from st2000r.config.schema import (
     TOP_SCHEMA,
     Key,
 )
-from st2000r.config.sections import interlocks_section, operators_section, plans_section, supervisor_section
+from st2000r.config.sections import (
+    interlocks_section,
+    modbus_section,
+    operators_section,
+    plans_section,
+    supervisor_section,
+)
 from st2000r.config.validation import Context
 from st2000r.config.values import (
     MAX_CDTS_PER_LINK,
@@ -92,6 +98,7 @@ SECTIONS: dict[str, Callable[[Context, Any, str], None]] = {
     "interlocks": interlocks_section,
     "operators": operators_section,
     "supervisor": supervisor_section,
+    "modbus": modbus_section,
 }
 
 
@@ -138,7 +145,7 @@ def loads(text: str, source: str = "<string>") -> Topology:
     if ctx.issues:
         raise ctx.failure()
     return Topology(sites=tuple(ctx.sites), source=source, plans=ctx.plans, interlocks=ctx.interlocks,
-                    operators=ctx.operators, settings=ctx.settings)
+                    operators=ctx.operators, settings=ctx.settings, modbus=ctx.modbus)
 
 
 def load(path: str | os.PathLike[str]) -> Topology:

@@ -57,6 +57,7 @@ __all__ = [
     "Operator",
     "ROLES",
     "SupervisorSettings",
+    "ModbusSettings",
 ]
 
 #: link kinds, in the order summaries list them
@@ -113,13 +114,16 @@ class Cdt:
     """A CDT smart data terminal.
 
     ``address``: 1..99999999.  ``repeater``: name of the repeater the CDT sits behind on
-    its link, or None when it is on the link's own bus segment.
+    its link, or None when it is on the link's own bus segment.  ``slot``: the CDT's
+    register block on the Modbus map (0..255, unique per link), or None to let the map
+    lock file assign it once (see docs/modbus-map.md).
     """
 
     address: int
     name: str | None
     repeater: str | None
     modules: tuple[Module, ...]
+    slot: int | None = None
 
     @property
     def bcd_address(self) -> str:
@@ -436,12 +440,31 @@ class SupervisorSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModbusSettings:
+    """The Modbus bridge (``[modbus]``); its presence turns the bridge on.
+
+    ``tcp``: ``(interface IP, port)`` the Modbus TCP server binds (port 0: any free port), or
+    None (no TCP server).  ``write_allow``: normalised networks (``"127.0.0.1/32"``) whose
+    clients may write; empty: read-only.  ``max_clients``: concurrent TCP clients served,
+    the excess is refused.  ``units``: ``(link name, first unit id)`` pairs fixing a link's
+    unit ids (else the map lock file assigns them).  ``map_lock``: the map lock file's path,
+    or None (beside the configuration file).
+    """
+
+    tcp: tuple[str, int] | None
+    write_allow: tuple[str, ...] = ()
+    max_clients: int = 16
+    units: tuple[tuple[str, int], ...] = ()
+    map_lock: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """A whole validated configuration file.  ``source``: the path it was read from, or
     the ``source`` given to ``loads`` (``"<string>"`` by default).
 
     ``plans``, ``interlocks``, ``operators``, ``settings``: the supervisor sections, with
-    their defaults when the file has none.
+    their defaults when the file has none.  ``modbus``: the ``[modbus]`` section, or None.
     """
 
     sites: tuple[Site, ...]
@@ -451,6 +474,7 @@ class Topology:
     operators: tuple[Operator, ...] = ()
     settings: SupervisorSettings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text",
                                                       state_dir="var")
+    modbus: ModbusSettings | None = None
 
     def links(self) -> Iterator[Link]:
         """Every link of every site, in file order."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from st2000r.config.model import AUTH_MODES, PLAN_KINDS, ROLES, MeterKind
+from st2000r.config.modbus import MAX_CLIENTS, check_listen
 from st2000r.config.values import (
     BAUD_RATES,
     CDT_ADDRESS_MAX,
@@ -46,7 +47,7 @@ __all__ = [
     "REQUIRED", "Key", "Schema", "SCHEMAS", "TOP_SCHEMA", "TEMPLATE_SCHEMA", "TEMPLATE_CHANNEL_SCHEMA",
     "SITE_SCHEMA", "LINK_COMMON_SCHEMA", "LINK_KIND_SCHEMAS", "REPEATER_SCHEMA", "CDT_RANGE_SCHEMA",
     "CDT_SCHEMA", "MODULE_RANGE_SCHEMA", "MODULE_SCHEMA", "CHANNEL_SCHEMA", "PLAN_SCHEMA",
-    "INTERLOCKS_SCHEMA", "OPERATOR_SCHEMA", "SUPERVISOR_SCHEMA",
+    "INTERLOCKS_SCHEMA", "OPERATOR_SCHEMA", "SUPERVISOR_SCHEMA", "MODBUS_SCHEMA",
 ]
 
 REQUIRED: Any = object()
@@ -90,6 +91,7 @@ TOP_SCHEMA: Schema = {
     "interlocks": Key(TABLE, {}, doc="command interlocks: [interlocks]"),
     "operators": Key(ARRAY, [], doc="people and services: [[operators]]"),
     "supervisor": Key(TABLE, {}, doc="process settings: [supervisor]"),
+    "modbus": Key(TABLE, None, doc="the Modbus bridge: [modbus] (absent: no bridge)"),
 }
 
 TEMPLATE_SCHEMA: Schema = {
@@ -173,6 +175,7 @@ CDT_SCHEMA: Schema = {
     "repeater": Key(STR, None, doc="repeater the CDT sits behind"),
     "modules": Key(ARRAY, [], doc="modules written out: [[sites.links.cdts.modules]]"),
     "module_ranges": Key(ARRAY, [], doc="modules generated from a range and a template"),
+    "slot": Key(INT, None, in_range(0, 255), "the CDT's register block on the Modbus map, unique per link"),
 }
 
 MODULE_RANGE_SCHEMA: Schema = {
@@ -235,6 +238,14 @@ SUPERVISOR_SCHEMA: Schema = {
                                   "a full round when a link returns after this long down"),
 }
 
+MODBUS_SCHEMA: Schema = {
+    "tcp": Key(STR, None, check_listen, "Modbus TCP listen address \"IP:PORT\" (absent: no TCP server)"),
+    "write_allow": Key(ARRAY, [], doc="client addresses or networks allowed to write (empty: read-only)"),
+    "max_clients": Key(INT, 16, in_range(1, MAX_CLIENTS), "concurrent Modbus TCP clients"),
+    "units": Key(TABLE, {}, doc="first unit id per link name (default: assigned in the map lock file)"),
+    "map_lock": Key(STR, None, check_token, "the map lock file (default: beside the configuration)"),
+}
+
 #: every schema table by the name docs/configuration.md gives it
 SCHEMAS: dict[str, Schema] = {
     "top level": TOP_SCHEMA,
@@ -253,5 +264,6 @@ SCHEMAS: dict[str, Schema] = {
     "interlocks": INTERLOCKS_SCHEMA,
     "operators[]": OPERATOR_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
+    "modbus": MODBUS_SCHEMA,
 }
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from st2000r.config.model import Interlocks, Operator, ReadingPlan, SupervisorSettings
-from st2000r.config.schema import INTERLOCKS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
+from st2000r.config.modbus import UNITS_PER_LINK, check_first_unit, parse_listen, parse_network
+from st2000r.config.model import Interlocks, ModbusSettings, Operator, ReadingPlan, SupervisorSettings
+from st2000r.config.schema import INTERLOCKS_SCHEMA, MODBUS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
 from st2000r.config.validation import Context, check_table, indexed, string_list
 from st2000r.config.values import check_text, key_path, parse_duration, parse_time, show, type_name
 
-__all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section"]
+__all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section", "modbus_section"]
 
 
 def plans_section(ctx: Context, value: Any, path: str) -> None:
@@ -138,3 +139,43 @@ def supervisor_section(ctx: Context, value: Any, path: str) -> None:
     )
 
 
+def modbus_section(ctx: Context, value: Any, path: str) -> None:
+    """``[modbus]`` -> ``ctx.modbus`` (``ModbusSettings``); runs after ``[[sites]]`` (``units``
+    names links).  Unit ids of two links must not overlap (each link takes ``UNITS_PER_LINK``)."""
+    values = check_table(ctx, value, path, MODBUS_SCHEMA)
+    if values is None:
+        return
+    good = len(values) == len(MODBUS_SCHEMA)
+    networks: list[str] = []
+    wpath = key_path(path, "write_allow")
+    for _, ipath, item in indexed(values.get("write_allow", []), wpath):
+        network, reason = parse_network(item)
+        if reason is not None:
+            ctx.error(ipath, reason)
+            good = False
+        elif network not in networks:
+            networks.append(network)
+    units: list[tuple[str, int]] = []
+    upath = key_path(path, "units")
+    taken: dict[int, str] = {}
+    for name, first in values.get("units", {}).items():
+        ipath = key_path(upath, name)
+        reason = check_first_unit(first)
+        if reason is None and name not in ctx.link_names:
+            reason = f"unknown link {name!r} (links in this file: {', '.join(ctx.link_names) or 'none'})"
+        if reason is None:
+            for unit in range(first, first + UNITS_PER_LINK):
+                if unit in taken:
+                    reason = f"unit ids {first}..{first + UNITS_PER_LINK - 1} overlap those of link {taken[unit]!r}"
+                    break
+        if reason is not None:
+            ctx.error(ipath, reason)
+            good = False
+            continue
+        for unit in range(first, first + UNITS_PER_LINK):
+            taken[unit] = name
+        units.append((name, first))
+    if good:
+        tcp = parse_listen(values["tcp"])[0] if values["tcp"] is not None else None
+        ctx.modbus = ModbusSettings(tcp=tcp, write_allow=tuple(networks), max_clients=values["max_clients"],
+                                    units=tuple(units), map_lock=values["map_lock"])

@@ -17,6 +17,7 @@ from st2000r.config.model import (
     DEFAULT_PLANS,
     Interlocks,
     MeterKind,
+    ModbusSettings,
     Operator,
     ReadingPlan,
     Site,
@@ -32,7 +33,7 @@ class Context:
     """State of one validation run: the issues found and what sections produced."""
 
     __slots__ = ("file", "issues", "omitted", "meters", "templates", "sites", "link_names", "dtu_ids", "devices", "endpoints",
-                 "plans", "interlocks", "operators", "settings")
+                 "plans", "interlocks", "operators", "settings", "modbus")
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -50,6 +51,7 @@ class Context:
         self.interlocks = Interlocks(frozenset(), 10)
         self.operators: tuple[Operator, ...] = ()
         self.settings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir="var")
+        self.modbus: ModbusSettings | None = None
 
     def error(self, path: str, reason: str) -> None:
         if len(self.issues) < MAX_ISSUES:
