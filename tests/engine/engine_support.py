@@ -4,54 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from st2000r.config.model import (
-    Cdt,
-    Channel,
-    LineSettings,
-    Link,
-    Meter,
-    MeterKind,
-    Module,
-    Repeater,
-    SerialEndpoint,
-    Site,
-    Topology,
-)
+from st2000r.config.model import Cdt, Link, Repeater, Topology
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import FrameDecoder
+from support.builders import build_cdt, build_link, build_topology
 from support.clock import advance, fired
-
-KINDS = (MeterKind.WATER, MeterKind.ELECTRICITY, MeterKind.GAS)
 
 
 def make_cdt(address: int, modules=range(1, 4), repeater: str | None = None, inputs=(1, 2, 3)) -> Cdt:
-    mods = []
-    for mod in modules:
-        chans = tuple(
-            Channel(i, Meter(KINDS[i - 1], 10 if i != 2 else 1, f"{address:03}{mod:02}{i}".zfill(14), 1000 * i, f"H{address}-{mod}"))
-            for i in inputs
-        )
-        mods.append(Module(mod, chans))
-    return Cdt(address, f"CDT {address}", repeater, tuple(mods))
+    return build_cdt(address, modules, repeater=repeater, inputs=inputs, name=f"CDT {address}",
+                     serial=lambda a, mod, i: f"{a:03}{mod:02}{i}".zfill(14), initial=lambda i: 1000 * i)
 
 
 def make_link(
     cdts=(), *, baud=9600, turnaround_ms=20, repeaters=(), name="bus", parity="E", di_order="901F"
 ) -> Link:
-    return Link(
-        name=name,
-        kind="serial",
-        endpoint=SerialEndpoint("/dev/null"),
-        line=LineSettings(baud, 8, parity, 1),
-        turnaround_ms=turnaround_ms,
-        di_order=di_order,
-        repeaters=tuple(repeaters),
-        cdts=tuple(sorted(cdts, key=lambda c: c.address)),
-    )
+    return build_link(name, sorted(cdts, key=lambda c: c.address), baud=baud, parity=parity,
+                      turnaround_ms=turnaround_ms, di_order=di_order, repeaters=repeaters)
 
 
 def make_topology(*links: Link) -> Topology:
-    return Topology(sites=(Site("Test site", "1 Test Road", tuple(links)),), source="<test>")
+    return build_topology(links, site="Test site", address="1 Test Road")
 
 
 def two_level_repeaters() -> tuple[Repeater, ...]:

@@ -10,26 +10,13 @@ from datetime import datetime
 
 from twisted.internet.task import Clock
 
-from st2000r.config.model import (
-    Cdt,
-    Channel,
-    LineSettings,
-    Link,
-    Meter,
-    MeterKind,
-    Module,
-    Repeater,
-    SerialEndpoint,
-    Site,
-    Topology,
-)
+from support.builders import build_cdt, build_link, build_topology
+from st2000r.config.model import Cdt, Link, Repeater, Topology
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.frame import FrameDecoder
 from st2000r.simulation.world import World
 
 START = datetime(2026, 3, 2, 6, 0, 0)  # a Monday morning
-KINDS = (MeterKind.WATER, MeterKind.ELECTRICITY, MeterKind.GAS)
-PULSE = {MeterKind.WATER: 10, MeterKind.ELECTRICITY: 1, MeterKind.GAS: 10}
 
 
 def meter_serial(link_no: int, cdt: int, module: int, channel: int) -> str:
@@ -37,14 +24,8 @@ def meter_serial(link_no: int, cdt: int, module: int, channel: int) -> str:
 
 
 def make_cdt(address: int, modules: int = 2, repeater: str | None = None, link_no: int = 1, initial: int = 0) -> Cdt:
-    mods = []
-    for mod in range(1, modules + 1):
-        chans = tuple(
-            Channel(ch, Meter(KINDS[ch - 1], PULSE[KINDS[ch - 1]], meter_serial(link_no, address, mod, ch), initial, f"H{address}-{mod}"))
-            for ch in (1, 2, 3)
-        )
-        mods.append(Module(mod, chans))
-    return Cdt(address, f"cdt-{address}", repeater, tuple(mods))
+    return build_cdt(address, range(1, modules + 1), repeater=repeater, name=f"cdt-{address}",
+                     serial=lambda a, mod, ch: meter_serial(link_no, a, mod, ch), initial=lambda ch: initial)
 
 
 def make_link(
@@ -57,15 +38,11 @@ def make_link(
 ) -> Link:
     if cdts is None:
         cdts = (make_cdt(1), make_cdt(2), make_cdt(3))
-    return Link(
-        name=name, kind="serial", endpoint=SerialEndpoint("/dev/null"),
-        line=LineSettings(baud, 8, parity, 1), turnaround_ms=turnaround_ms, di_order="901F",
-        repeaters=repeaters, cdts=cdts,
-    )  # fmt: skip
+    return build_link(name, cdts, repeaters=repeaters, baud=baud, parity=parity, turnaround_ms=turnaround_ms)
 
 
 def make_topology(*links: Link) -> Topology:
-    return Topology(sites=(Site("test site", "nowhere", links or (make_link(),)),), source="<test>")
+    return build_topology(links or (make_link(),))
 
 
 def repeater_topology() -> Topology:

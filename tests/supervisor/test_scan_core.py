@@ -8,21 +8,10 @@ from datetime import datetime
 import pytest
 from twisted.internet.task import Clock
 
+from support.builders import build_cdt, build_link, build_topology
 from support.clock import fired
 from st2000r.config.loader import loads
-from st2000r.config.model import (
-    Cdt,
-    Channel,
-    LineSettings,
-    Link,
-    Meter,
-    MeterKind,
-    Module,
-    Repeater,
-    SerialEndpoint,
-    Site,
-    Topology,
-)
+from st2000r.config.model import Cdt, Channel, Link, Meter, MeterKind, Module, Repeater, Topology
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.master import BusMaster
 from st2000r.simulation import faults
@@ -39,30 +28,18 @@ from st2000r.supervisor.scan import (
     render_text,
 )
 
-KINDS = (MeterKind.WATER, MeterKind.ELECTRICITY, MeterKind.GAS)
-PULSE = {MeterKind.WATER: 10, MeterKind.ELECTRICITY: 1, MeterKind.GAS: 10}
-
-
 def make_cdt(address: int, modules=(1, 2, 3), repeater: str | None = None) -> Cdt:
-    mods = []
-    for mod in modules:
-        chans = tuple(
-            Channel(ch, Meter(KINDS[ch - 1], PULSE[KINDS[ch - 1]], f"{address:05d}{mod:02d}{ch}".zfill(14),
-                              100 * ch, f"B{address}-{mod}"))
-            for ch in (1, 2, 3)
-        )  # fmt: skip
-        mods.append(Module(mod, chans))
-    return Cdt(address, f"Building {address}", repeater, tuple(mods))
+    return build_cdt(address, modules, repeater=repeater, name=f"Building {address}", household="B{cdt}-{module}",
+                     serial=lambda a, mod, ch: f"{a:05d}{mod:02d}{ch}".zfill(14), initial=lambda ch: 100 * ch)
 
 
 def make_link(cdts, *, baud: int = 9600, name: str = "bus", repeaters=(Repeater("R1", None, 5),)) -> Link:
-    return Link(name=name, kind="serial", endpoint=SerialEndpoint("/dev/ttyUSB0"), line=LineSettings(baud, 8, "E", 1),
-                turnaround_ms=20, di_order="901F", repeaters=tuple(repeaters),
-                cdts=tuple(sorted(cdts, key=lambda c: c.address)))  # fmt: skip
+    return build_link(name, sorted(cdts, key=lambda c: c.address), device="/dev/ttyUSB0", baud=baud,
+                      repeaters=repeaters)
 
 
 def make_topology(link: Link) -> Topology:
-    return Topology(sites=(Site("Test Gardens", "1 Test Road", (link,)),), source="<test>")
+    return build_topology((link,), site="Test Gardens", address="1 Test Road")
 
 
 def configured_link(**kw) -> Link:

@@ -1,6 +1,9 @@
-"""Builders shared by the supervisor core tests (no tests here)."""
+"""Topology builders shared by the test folders (no tests here): ``build_*`` take every
+convention as an argument; ``make_*`` are the supervisor tests' conventions."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from st2000r.config.model import (
     Cdt,
@@ -26,28 +29,49 @@ PULSE = {MeterKind.WATER: 10, MeterKind.ELECTRICITY: 1, MeterKind.GAS: 10}
 T0 = 1_780_000_000.0  # 2026-05-28, a clock instant the tests start from
 
 
-def make_cdt(address: int, modules: int = 2, repeater: str | None = None, initial: int = 1000) -> Cdt:
+def build_cdt(address: int, modules: Iterable[int], *, serial: Callable[[int, int, int], str],
+              initial: Callable[[int], int], name: str, repeater: str | None = None, inputs: Iterable[int] = (1, 2, 3),
+              household: str = "H{cdt}-{module}") -> Cdt:
+    """A CDT with ``modules``, each with the flat's meters on ``inputs`` (1 water, 2
+    electricity, 3 gas); ``serial(cdt, module, input)`` and ``initial(input)`` give each
+    meter's serial and count, ``household`` is formatted with ``cdt`` and ``module``."""
     mods = []
-    for mod in range(1, modules + 1):
+    for mod in modules:
         chans = tuple(
-            Channel(ch, Meter(KINDS[ch - 1], PULSE[KINDS[ch - 1]], f"{address:06d}{mod:03d}{ch:03d}".zfill(14),
-                              initial * ch, f"H{address}-{mod}"))
-            for ch in (1, 2, 3)
+            Channel(ch, Meter(KINDS[ch - 1], PULSE[KINDS[ch - 1]], serial(address, mod, ch), initial(ch),
+                              household.format(cdt=address, module=mod)))
+            for ch in inputs
         )
         mods.append(Module(mod, chans))
-    return Cdt(address, f"cdt-{address}", repeater, tuple(mods))
+    return Cdt(address, name, repeater, tuple(mods))
+
+
+def build_link(name: str, cdts: Iterable[Cdt], *, device: str = "/dev/null", baud: int = 9600, parity: str = "E",
+               turnaround_ms: int = 20, di_order: str = "901F", repeaters: Iterable[Repeater] = ()) -> Link:
+    """A serial link on ``device`` (8 data bits, 1 stop bit) with ``cdts`` in the order given."""
+    return Link(name=name, kind="serial", endpoint=SerialEndpoint(device), line=LineSettings(baud, 8, parity, 1),
+                turnaround_ms=turnaround_ms, di_order=di_order, repeaters=tuple(repeaters), cdts=tuple(cdts))
+
+
+def build_topology(links: Iterable[Link], *, site: str = "test site", address: str = "nowhere", **extra) -> Topology:
+    """One site with ``links``; ``extra``: the other ``Topology`` fields (plans, operators, ...)."""
+    return Topology(sites=(Site(site, address, tuple(links)),), source="<test>", **extra)
+
+
+def make_cdt(address: int, modules: int = 2, repeater: str | None = None, initial: int = 1000) -> Cdt:
+    return build_cdt(address, range(1, modules + 1), repeater=repeater, name=f"cdt-{address}",
+                     serial=lambda a, mod, ch: f"{a:06d}{mod:03d}{ch:03d}".zfill(14), initial=lambda ch: initial * ch)
 
 
 def make_link(name: str = "bus", cdts: tuple[Cdt, ...] | None = None, repeaters: tuple[Repeater, ...] = (),
               baud: int = 9600) -> Link:
     if cdts is None:
         cdts = (make_cdt(1), make_cdt(2))
-    return Link(name=name, kind="serial", endpoint=SerialEndpoint("/dev/null"), line=LineSettings(baud, 8, "E", 1),
-                turnaround_ms=20, di_order="901F", repeaters=repeaters, cdts=cdts)
+    return build_link(name, cdts, repeaters=repeaters, baud=baud)
 
 
 def make_topology(*links: Link, **extra) -> Topology:
-    return Topology(sites=(Site("test site", "nowhere", links or (make_link(),)),), source="<test>", **extra)
+    return build_topology(links or (make_link(),), **extra)
 
 
 def repeater_topology() -> Topology:
