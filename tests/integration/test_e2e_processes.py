@@ -182,7 +182,7 @@ def test_demo_with_a_port_taken_exits_2_with_one_line_and_no_process(option):
             assert len(lines) == 1, err
             assert lines[0].startswith("st2000r demo: the simulator cannot start: "
                                        f"cannot listen on 127.0.0.1:{number}: ")
-            assert "Address already in use" in err and f"pass {option} 0 or another port" in err
+            assert f"pass {option} 0 or another port" in err
             assert "summary" not in "\n".join(demo.out.lines)
             assert demo.leftovers() == []
         finally:

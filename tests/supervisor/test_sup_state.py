@@ -7,6 +7,7 @@ the file, as after SIGKILL.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -396,7 +397,7 @@ def test_check_state_dir_names_the_folder_and_the_reason(tmp_path):
     (tmp_path / "file").write_text("x")
     assert check_state_dir(tmp_path / "file") == f"state folder {tmp_path / 'file'}: not a folder"
     assert check_state_dir(tmp_path / "file" / "sub") == \
-        f"state folder {tmp_path / 'file' / 'sub'}: cannot create it (Not a directory)"
+        f"state folder {tmp_path / 'file' / 'sub'}: cannot create it ({os.strerror(errno.ENOTDIR)})"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -404,7 +405,7 @@ def test_check_state_dir_refuses_a_read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir(mode=0o500)
     try:
-        assert check_state_dir(folder) == f"state folder {folder}: not writable (Permission denied)"
+        assert check_state_dir(folder) == f"state folder {folder}: not writable ({os.strerror(errno.EACCES)})"
     finally:
         folder.chmod(0o700)
 
@@ -417,7 +418,7 @@ def test_run_refuses_a_state_folder_it_cannot_use_with_exit_2_and_one_line(tmp_p
     assert capsys.readouterr().err.splitlines() == [f"st2000r run: state folder {tmp_path / 'file'}: not a folder"]
     assert run_main([str(config), "--state-dir", str(tmp_path / "file" / "state")]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"st2000r run: state folder {tmp_path / 'file' / 'state'}: cannot create it (Not a directory)"]
+        f"st2000r run: state folder {tmp_path / 'file' / 'state'}: cannot create it ({os.strerror(errno.ENOTDIR)})"]
 
 
 def test_times_round_trip_exactly(tmp_path):
