@@ -24,6 +24,7 @@ import pytest
 from twisted.application.service import Service
 from twisted.internet.task import Clock
 
+from support.configs import FLAT, site
 from support.clock import fired as run_until  # a failure of the Deferred is returned, not raised
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
@@ -37,18 +38,7 @@ from st2000r.supervisor.service import SupervisorService
 
 T0 = 1_780_000_000.0  # 2026-05-28 UTC; the daily plan below is never due within a test
 
-TOPOLOGY = """
-[templates.flat]
-channels = [
-  { channel = 1, kind = "water", pulse_constant = 10 },
-  { channel = 2, kind = "electricity", pulse_constant = 1 },
-  { channel = 3, kind = "gas", pulse_constant = 10 },
-]
-
-[[sites]]
-name = "Boundary Court"
-address = "1 Test Road"
-
+TOPOLOGY = FLAT + site("Boundary Court", "1 Test Road") + """
 [[sites.links]]
 name = "bus"
 kind = "serial"

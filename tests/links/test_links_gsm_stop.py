@@ -8,19 +8,11 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionLost
 
+from support.configs import GSM_SITE
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r.gsm import GsmLinkService, DialerState
 
-CFG = '''
-[[sites]]
-name = "S"
-address = "A"
-[[sites.links]]
-name = "g"
-kind = "gsm"
-modem = "/dev/null"
-number = "123"
-'''
+CFG = GSM_SITE
 
 
 class Master:

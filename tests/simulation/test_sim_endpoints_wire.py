@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+from support.configs import FLAT, site
 from support.pty import Master, PtyMaster, poll
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
@@ -30,18 +31,7 @@ from st2000r.simulation.service import SimulatorOptions, SimulatorService
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 START = datetime(2026, 3, 2, 6, 0)
 
-TOPOLOGY = """
-[templates.flat]
-channels = [
-  { channel = 1, kind = "water",       pulse_constant = 10 },
-  { channel = 2, kind = "electricity", pulse_constant = 1 },
-  { channel = 3, kind = "gas",         pulse_constant = 10 },
-]
-
-[[sites]]
-name = "Test Court"
-address = "1 Test Road"
-
+TOPOLOGY = FLAT + site("Test Court", "1 Test Road") + """
 [[sites.links]]
 name = "ser"
 kind = "serial"

@@ -11,26 +11,13 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from support.configs import GSM_SITE, ONE_WATER_METER
 from st2000r.config.errors import ConfigError
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r.gsm import GsmLinkService
 from st2000r.supervisor.service import SupervisorService
 
-GSM = '''
-[[sites]]
-name = "S"
-address = "A"
-[[sites.links]]
-name = "g"
-kind = "gsm"
-modem = "/dev/null"
-number = "123"
-[[sites.links.cdts]]
-address = 1
-[[sites.links.cdts.modules]]
-module = 1
-channels = [ { channel = 1, kind = "water", pulse_constant = 10, serial = "1" } ]
-'''
+GSM = GSM_SITE + ONE_WATER_METER
 
 
 def test_gsm_signal_before_the_first_call_raises_no_alarm_within_the_grace():

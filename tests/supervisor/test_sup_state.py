@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
+from support.configs import FLAT, braced, site
 from st2000r.config.loader import loads
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
@@ -33,18 +34,7 @@ from st2000r.supervisor.state import SCHEMA_VERSION, StateStore, check_state_dir
 
 T0 = 1_780_000_000.0  # 2026-05-28
 
-SITE = """
-[templates.flat]
-channels = [
-  {{ channel = 1, kind = "water",       pulse_constant = 10 }},
-  {{ channel = 2, kind = "electricity", pulse_constant = 1 }},
-  {{ channel = 3, kind = "gas",         pulse_constant = 10 }},
-]
-
-[[sites]]
-name = "Test Court"
-address = "1 Test Road"
-
+SITE = braced(FLAT + site("Test Court", "1 Test Road")) + """
 [[sites.links]]
 name = "bus"
 kind = "serial"
