@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
+from support.truth import meter_of, readings
 from st2000r.config.loader import loads
 from st2000r.config.model import Link, ReadingPlan, SerialEndpoint, SupervisorSettings, Topology
 from st2000r.drivers.st2000r import messages as m
@@ -219,25 +220,11 @@ class Events:
         return self.next(lambda _: condition(), timeout)
 
 
-def truth_readings(world: Any) -> dict[str, int]:
-    """``"link/cdt/module/input"`` -> reading in base units, from ``World.snapshot()``."""
-    out = {}
-    for lw in world.snapshot()["links"]:
-        for cdt in lw["cdts"]:
-            for meter in cdt["meters"]:
-                out[f"{lw['name']}/{cdt['address']}/{meter['module']}/{meter['input']}"] = meter["reading"]
-    return out
+truth_readings = readings
 
 
 def truth_meter(world: Any, link: str, cdt: int, channel: int) -> dict[str, Any]:
-    for lw in world.snapshot()["links"]:
-        if lw["name"] == link:
-            for c in lw["cdts"]:
-                if c["address"] == cdt:
-                    for meter in c["meters"]:
-                        if meter["channel"] == channel:
-                            return meter
-    raise KeyError((link, cdt, channel))
+    return meter_of(world.snapshot(), link, cdt, channel)
 
 
 def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:

@@ -66,26 +66,6 @@ def cdt_addr(address: int) -> str:
     return f"{address:014d}"
 
 
-def meter_of(snapshot: dict, link: str, cdt: int, channel: int) -> dict:
-    for lk in snapshot["links"]:
-        if lk["name"] == link:
-            for c in lk["cdts"]:
-                if c["address"] == cdt:
-                    for meter in c["meters"]:
-                        if meter["channel"] == channel:
-                            return meter
-    raise KeyError((link, cdt, channel))
-
-
-def cdt_of(snapshot: dict, link: str, cdt: int) -> dict:
-    for lk in snapshot["links"]:
-        if lk["name"] == link:
-            for c in lk["cdts"]:
-                if c["address"] == cdt:
-                    return c
-    raise KeyError((link, cdt))
-
-
 class Master:
     """The codec in the master role over a SimulatedBus, driven by a Clock."""
 

@@ -13,7 +13,8 @@ from st2000r.simulation.faults import FaultError, parse_action
 from st2000r.simulation.scenario import Scenario, ScenarioRunner, parse_duration
 from st2000r.simulation.world import World
 
-from test_sim_core_helpers import START, cdt_of, make_world, meter_of
+from support.truth import cdt_of, meter_of
+from test_sim_core_helpers import START, make_world
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "simulation" / "scenarios"
 LINK = "bus-1"

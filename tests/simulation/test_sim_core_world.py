@@ -16,7 +16,8 @@ from st2000r.simulation import faults
 from st2000r.simulation.meters import DAILY_MEAN, EPOCH, household
 from st2000r.simulation.world import VALVE_TRAVEL_S, World
 
-from test_sim_core_helpers import START, cdt_of, make_world, meter_of, repeater_topology
+from support.truth import cdt_of, meter_of
+from test_sim_core_helpers import START, make_world, repeater_topology
 
 HOUR = 3600.0
 LINK = "bus-1"

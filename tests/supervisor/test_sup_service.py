@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from datetime import time
 
 from support.builders import OPERATORS, T0, make_cdt, make_link, make_topology
+from support.truth import readings as truth
 from support.clock import fired as run_until  # a failure of the Deferred is returned, not raised
 from st2000r.config import example_path
 from st2000r.config.model import ReadingPlan, Repeater, SupervisorSettings
@@ -69,15 +70,6 @@ def rig(tmp_path):
     yield service, clock, world
     run_until(clock, service.stopService())
     assert clock.getDelayedCalls() == []
-
-
-def truth(world):
-    out = {}
-    for lw in world.snapshot()["links"]:
-        for cdt in lw["cdts"]:
-            for meter in cdt["meters"]:
-                out[f"{lw['name']}/{cdt['address']}/{meter['module']}/{meter['input']}"] = meter["reading"]
-    return out
 
 
 def test_a_full_round_makes_every_value_equal_the_ground_truth(rig):
