@@ -59,7 +59,7 @@ link stopped on purpose (``LinkState.STOPPED``) raises nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,6 +288,39 @@ class AlarmManager(Service):
         if alarm.shelved_by is None:
             raise AlarmError(f"alarm {alarm_id!r} is not shelved")
         return self._unshelve(alarm, who)
+
+    # ---------------------------------------------------------------- security events
+
+    def link_observer(self, link: str) -> Callable[[str, dict], None]:
+        """An ``(event, data)`` callable for a link service: its security events
+        (``takeover``, ``auth_failed``) become alarms; other events are ignored."""
+        return lambda event, data: self.on_link_security(link, event, data or {})
+
+    def on_link_security(self, link: str, event: str, data: Mapping[str, Any]) -> None:
+        if event == "takeover":
+            self._note(f"link:{link}:takeover", link, "takeover",
+                       f"link {link}: DTU {data.get('dtu')} session taken over from {data.get('old_peer')} by "
+                       f"{data.get('peer')} (it proved its identity: a moved SIM or a leaked secret?)", "major")
+        elif event == "auth_failed":
+            self._note(f"link:{link}:auth_failed", link, "auth_failed",
+                       f"link {link}: a registration as DTU {data.get('dtu')} from {data.get('peer')} failed its "
+                       f"proof of identity ({data.get('reason')})", "major")
+
+    def on_gprs_server_event(self, event: str, data: Mapping[str, Any]) -> None:
+        """The GPRS server's own events: an address blocked after failed registrations."""
+        if event == "throttled":
+            self._note("gprs:throttled", "gprs", "throttled",
+                       f"GPRS server: {data.get('source')} blocked for {data.get('seconds')} s after "
+                       f"{data.get('failures')} failed registrations", "warning")
+
+    def _note(self, alarm_id: str, source: str, kind: str, text: str, severity: str) -> None:
+        """An event, not a condition: raised and cleared at once, so it waits in the list
+        for an acknowledgement.  While it waits, repeats change nothing (an attacker who
+        repeats a refused registration gets one alarm and one log line, not thousands)."""
+        if alarm_id in self._alarms:
+            return
+        self.raise_alarm(alarm_id, source, kind, text, severity)
+        self.clear_alarm(alarm_id, "an event: acknowledge it")
 
     # ---------------------------------------------------------------- restart
 

@@ -97,6 +97,7 @@ class SupervisorService(MultiService):
             from st2000r.drivers.st2000r.gprs import GprsServer
 
             self.gprs_server = GprsServer(settings.gprs_listen, reactor)
+            self.gprs_server.add_observer(self.alarms.on_gprs_server_event)
             self.gprs_server.setServiceParent(self)
         if link_factory is None:
             from st2000r.drivers.st2000r.links import link_service as link_factory
@@ -111,6 +112,7 @@ class SupervisorService(MultiService):
             add_observer = getattr(service, "add_observer", None)
             if add_observer is not None:
                 add_observer(self.points.link_observer(link.name))
+                add_observer(self.alarms.link_observer(link.name))  # takeover, auth_failed
             self.link_services[link.name] = service
             if service.parent is None:
                 service.setServiceParent(self)

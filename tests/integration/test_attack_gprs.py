@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -129,6 +130,9 @@ async def test_an_impostor_without_the_secret_is_refused_and_believed_in_nothing
         assert (stats.auth_failed, stats.auth_failed_by_dtu, stats.takeovers) == (3, {"DTU-AIR-1": 3}, 0)
         assert [e for e, _ in events] == ["refused"] * 3
         assert service.gprs_server.sessions()["DTU-AIR-1"].peer == real_peer  # the real DTU kept its session
+        # the operator hears of it once, however often the impostor tries
+        (alarm,) = [a for a in service.alarms.alarms() if a.kind == "auth_failed"]
+        assert (alarm.id, alarm.state, alarm.severity) == ("link:air:auth_failed", "cleared-unacked", "major")
         assert master.stats.as_dict() == master_stats  # not one forged byte reached the bus master
         meter = service.points.meter("air/7/1/1")
         assert (meter.value, meter.valve, meter.timestamp, meter.alarms) == before
@@ -279,7 +283,7 @@ async def test_a_flood_of_unrequested_replies_leaves_memory_flat_and_another_lin
             rogue_point = service.points.meter("rogue/7/1/1")
             assert (rogue_point.value, rogue_point.valve, rogue_point.timestamp, rogue_point.alarms) == point_before
             assert objects_grown < 20_000, f"{objects_grown} more objects after {FLOOD} forged frames"
-            ratio = (sum(during) / len(during)) / (sum(baseline) / len(baseline))
+            ratio = statistics.median(during) / statistics.median(baseline)  # one noisy round is not the flood
             print(f"\nflood of {FLOOD} frames: {len(during)} rounds of the other link during it, "
                   f"round time ratio {ratio:.3f} (baseline {min(baseline):.3f} s); objects {objects_grown:+d}")
             assert ratio < 1.2, f"the other link's round time grew by {100 * (ratio - 1):.0f} % under the flood"

@@ -282,3 +282,20 @@ def test_recovery_after_a_link_outage_raises_no_cdt_offline_alarms():
     parts.round_time()
     assert [a.id for a in alarms.alarms() if a.kind == "offline"] == []
     assert all(c.online for c in parts.points.cdts())
+
+
+def test_security_events_are_one_alarm_each_until_acknowledged():
+    rig = Rig()
+    observe = rig.alarms.link_observer("bus")
+    for _ in range(1000):  # an attacker repeating a refused registration
+        observe("auth_failed", {"dtu": "DTU1", "peer": "198.51.100.7:5000", "reason": "wrong proof"})
+    observe("takeover", {"dtu": "DTU1", "peer": "198.51.100.8:1", "old_peer": "198.51.100.7:2"})
+    observe("connected", {})  # not a security event: ignored here
+    rig.alarms.on_gprs_server_event("throttled", {"source": "198.51.100.7", "seconds": 60, "failures": 5})
+    assert {a.id: (a.state, a.severity) for a in rig.alarms.alarms()} == {
+        "link:bus:auth_failed": ("cleared-unacked", "major"), "link:bus:takeover": ("cleared-unacked", "major"),
+        "gprs:throttled": ("cleared-unacked", "warning")}
+    assert len(rig.changes()) == 6  # raised and cleared once each, not once per attempt
+    rig.alarms.acknowledge("link:bus:auth_failed", "alice")
+    observe("auth_failed", {"dtu": "DTU1", "peer": "198.51.100.7:5001", "reason": "wrong proof"})
+    assert rig.alarms.alarm("link:bus:auth_failed").state == "cleared-unacked"  # a new one after the ack
