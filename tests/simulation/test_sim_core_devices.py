@@ -15,15 +15,14 @@ from st2000r.simulation.bus import SimulatedBus
 from st2000r.simulation.devices import answer
 from st2000r.simulation.world import VALVE_TRAVEL_S
 
+from support.truth import cdt_of, meter_of
 from test_sim_core_helpers import (
     Master,
     cdt_addr,
-    cdt_of,
     make_cdt,
     make_link,
     make_topology,
     make_world,
-    meter_of,
     meter_serial,
     repeater_topology,
 )
