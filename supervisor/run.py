@@ -4,7 +4,7 @@ Exit status: 0 after a clean stop (SIGTERM, SIGINT, or ``--duration`` elapsed); 
 arguments or an invalid configuration (every issue on stderr, one per line, as ``config
 check`` prints them), a topology the supervisor cannot run, or a state folder that cannot be
 created or written (one line naming the folder and the reason); 1 if it cannot start (e.g.
-the GPRS port is taken).  Logs go to stdout, one line per event: text, or one JSON object
+the GPRS or Modbus port is taken).  Logs go to stdout, one line per event: text, or one JSON object
 per line with ``--log-format json`` (default: ``[supervisor] log_format``).
 """
 
@@ -125,11 +125,19 @@ def main(argv: list[str] | None = None) -> int:
              source=topology.source, links=summary.links, cdts=summary.cdts, meters=summary.meters,
              plans="; ".join(f"{p.name} ({p.describe()})" for p in topology.plans) or "none")
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    status = [0]
+    if service.modbus is not None:  # the Modbus server listens once the loop runs
+        def cannot_listen(failure: Any) -> None:
+            print(f"{PROG}: cannot start: Modbus TCP: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+            status[0] = 1
+            reactor.stop()
+
+        service.modbus.when_listening().addErrback(cannot_listen)
     if args.duration is not None:
         reactor.callLater(args.duration, reactor.stop)
     reactor.run()
     log.info("stopped")
-    return 0
+    return status[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

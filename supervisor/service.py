@@ -13,6 +13,8 @@
   ``audit_path`` (default ``STATE_DIR/audit.jsonl``, written by its own thread); on start
   it takes the audit log's earlier commands into its history and closes those a crash cut
   off (:meth:`~st2000r.supervisor.commands.CommandDispatcher.recover`);
+- with ``[modbus]``: the :class:`~st2000r.bridge.service.ModbusBridge` (``.modbus``, else
+  None), a consumer of the bus and a client of the dispatcher;
 - the :class:`~st2000r.supervisor.state.StateStore` (``.state``, ``STATE_DIR/state.sqlite``):
   on start, before any poller reads, the saved alarms and meter points are restored (values
   STALE until read); it is started first and stopped last, outside the child list, so its
@@ -135,6 +137,19 @@ class SupervisorService(MultiService):
         self.commands = CommandDispatcher(topology, reactor, self.masters, self.points, self.bus,
                                           audit=self.audit, alarms=self.alarms, local_time=local_time)
         self.state = StateStore(settings.state_dir, reactor, self.bus, topology) if state else None
+        # ---- Modbus bridge (bridge/): built when the topology has [modbus]; a child, so it
+        # starts after the dispatcher exists and stops before the point database
+        self.modbus: Any = None
+        if topology.modbus is not None:
+            from st2000r.bridge.regmap import MapError
+            from st2000r.bridge.service import ModbusBridge
+
+            try:
+                self.modbus = ModbusBridge(topology, reactor, self.bus, self.points, self.commands)
+            except MapError as exc:
+                raise SupervisorError(str(exc)) from None
+            self.modbus.setServiceParent(self)
+        # ---- end Modbus bridge
 
     # ---- state store: built, started first, stopped last (see the module docstring)
 

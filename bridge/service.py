@@ -1,0 +1,130 @@
+"""The Modbus bridge as a service of the supervisor: map, register image, event feed, server.
+
+Built by :class:`~st2000r.supervisor.service.SupervisorService` when the topology has a
+``[modbus]`` section.  On start: the image is filled from the point database's snapshots
+(values restored from the state folder come back STALE), a queued consumer of the event bus
+keeps it current (change events coalesce per point when it falls behind), the link counters
+are copied once a second, and the TCP server listens on exactly the configured interface.
+On stop: the consumer is closed and the server shut down (its clients disconnected).
+
+The bridge is a consumer of events and a client of the command dispatcher, never of a bus
+master (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from st2000r.bridge.aio import deferred
+from st2000r.bridge.image import RegisterImage
+from st2000r.bridge.regmap import RegisterMap, load_map
+from st2000r.bridge.server import BridgeStats, WritePolicy
+from st2000r.config.model import Topology
+from st2000r.supervisor.events import CdtChanged, CommandChanged, LinkChanged, MeterChanged, RoundDone
+
+__all__ = ["ModbusBridge"]
+
+log = Logger()
+
+STATS_PERIOD_S = 1.0
+QUEUE_LIMIT = 20_000
+
+
+class ModbusBridge(Service):
+    """The bridge for ``topology`` (which has ``modbus`` settings).
+
+    ``bus``, ``points``, ``commands``: the supervisor's event bus, point database and command
+    dispatcher.  ``regmap``: the map (default: made with the lock file, written back when it
+    changed; raises ``MapError``).  ``.port``: the TCP port listened on, once listening.
+    """
+
+    name = "modbus"
+
+    def __init__(self, topology: Topology, reactor: Any, bus: Any, points: Any, commands: Any, *,
+                 regmap: RegisterMap | None = None) -> None:
+        assert topology.modbus is not None
+        self.settings = topology.modbus
+        self.reactor = reactor
+        self.bus = bus
+        self.points = points
+        self.commands = commands
+        self.map = regmap if regmap is not None else load_map(topology)
+        self.image = RegisterImage(self.map, reactor)
+        self.stats = BridgeStats()
+        self.policy = WritePolicy(self.settings.write_allow, commands, self.stats)
+        self.server: Any = None
+        self.port: int | None = None
+        self._consumer: Any = None
+        self._stats_loop: task.LoopingCall | None = None
+        self._listen_result: Any = None
+        self._waiters: list[defer.Deferred] = []
+
+    def when_listening(self) -> defer.Deferred:
+        """Fires with the TCP port once the server listens (errback if it cannot); with None
+        when there is no TCP server."""
+        d = defer.Deferred()
+        if self._listen_result is not None:
+            result = self._listen_result
+            d.errback(result) if isinstance(result, Failure) else d.callback(result[0])
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _listened(self, result: Any) -> None:
+        self._listen_result = result if isinstance(result, Failure) else (result,)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+    def startService(self) -> None:
+        super().startService()
+        self._consumer = self.bus.attach(self.image.apply, (MeterChanged, CdtChanged, LinkChanged, CommandChanged,
+                                                            RoundDone), limit=QUEUE_LIMIT, name="modbus image")
+        self.image.fill(self.points, self.commands)
+        self._stats_loop = task.LoopingCall(self._copy_stats)
+        self._stats_loop.clock = self.reactor
+        self._stats_loop.start(STATS_PERIOD_S, now=False)
+        if self.settings.tcp is None:
+            self._listened(None)
+            return
+        deferred(self._listen()).addErrback(self._listen_failed).addBoth(self._listened)
+
+    async def _listen(self) -> int:
+        from st2000r.bridge.server import make_tcp_server
+
+        server = make_tcp_server(self.image, self.policy, self.settings.tcp, self.settings.max_clients)
+        self.image.fill(self.points, self.commands)  # the server's lists replaced the image's own
+        self.server = server
+        await server.serve_forever(background=True)
+        sockets = getattr(server.transport, "sockets", None) or ()
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.tcp[1]
+        log.info("Modbus TCP server listening on {host}:{port} ({units} unit ids, writes {writes})",
+                 host=self.settings.tcp[0], port=self.port, units=len(self.map.units),
+                 writes="from " + ", ".join(self.settings.write_allow) if self.settings.write_allow else "off")
+        return self.port
+
+    def _listen_failed(self, failure: Any) -> Any:
+        log.error("Modbus TCP server cannot listen on {host}:{port}: {why}", host=self.settings.tcp[0],
+                  port=self.settings.tcp[1], why=failure.getErrorMessage())
+        return failure
+
+    def _copy_stats(self) -> None:
+        for lp in self.points.links():
+            self.image.link_stats(lp.name, lp.stats)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._stats_loop is not None and self._stats_loop.running:
+            self._stats_loop.stop()
+        server, self.server = self.server, None
+        if server is None:
+            return defer.succeed(None)
+        return deferred(server.shutdown()).addErrback(lambda f: log.failure("Modbus server stop", f))
