@@ -76,6 +76,7 @@ from twisted.python.failure import Failure
 
 from st2000r.config.model import GprsEndpoint, Link
 from st2000r.config.values import listen_interface, with_default_interface
+from st2000r.drivers.st2000r.lograte import RateLimitedLog
 from st2000r.drivers.st2000r.links import LinkObservers, MasterLike, Observer, reason_text
 from st2000r.drivers.st2000r.registration import (
     AUTH_MODES,
@@ -410,13 +411,15 @@ class _DtuSession(Protocol):
         handle = server._links.get(dtu) if dtu is not None else None
         reason = str(exc)
         if timeout and not isinstance(exc, AuthFailed):
-            log.warn(
+            server.limited_log.emit(
+                ("timeout", self.source), "warn",
                 "GPRS connection from {peer}: no registration within {s} s ({error}); closing",
                 peer=self.peer, s=server.registration_timeout_s, error=reason,
             )  # fmt: skip
             reason = f"no registration within {server.registration_timeout_s} s"
         else:
-            log.warn("GPRS connection from {peer} refused: {error}", peer=self.peer, error=reason)
+            server.limited_log.emit(("refused", self.source), "warn", "GPRS connection from {peer} refused: {error}",
+                                    peer=self.peer, error=reason)
         if handle is not None:
             handle.auth_failures += 1
             handle._notify("auth_failed", dtu=dtu, peer=self.peer, reason=exc.why if isinstance(exc, AuthFailed) else reason)
@@ -601,6 +604,8 @@ class GprsServer(Service):
         self.interface = listen_interface(self.listen_description)
         self.throttle = SourceThrottle(max_failures=max_failures, window_s=failure_window_s, block_s=block_s,
                                        max_block_s=max_block_s, max_sources=max_sources)
+        #: refusals an outsider can repeat at will: a few lines a minute per source, then a count
+        self.limited_log = RateLimitedLog(log, clock if clock is not None else reactor)
         self._observer_list: list[Observer] = []
         self._passwords: set[str] = set()
         self.reactor = reactor

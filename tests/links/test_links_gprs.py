@@ -119,6 +119,34 @@ def test_unknown_identity_is_closed_and_counted(rig):
     assert not rig.masters["plain-link"].events
 
 
+def test_a_flood_of_refused_registrations_is_a_few_log_lines_and_a_count(rig):
+    """20,000 refusals were 3.3 MB of log: now a few lines per source and minute, then a
+    count carried by the next line let through.  (The throttle would block this source after
+    5 failures; it is lifted here to measure the log limit alone.)"""
+    from twisted.logger import globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        if "refused" in (event.get("log_format") or ""):
+            lines.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        rig.server.throttle.max_failures = 10**9  # measure the log limit alone
+        for _ in range(2000):
+            proto, tr = rig.connect()
+            proto.dataReceived(b"STRANGER\r\n")
+        assert rig.server.stats.unknown == 2000
+        assert len(lines) == rig.server.limited_log.burst and rig.server.limited_log.suppressed == 2000 - len(lines)
+        rig.clock.advance(60)
+        proto, tr = rig.connect()
+        proto.dataReceived(b"STRANGER\r\n")
+        assert lines[-1]["suppressed"] == 2000 - rig.server.limited_log.burst
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
 def test_malformed_registration_is_refused(rig):
     proto, tr = rig.connect()
     proto.dataReceived(b"\x7b\x09")
