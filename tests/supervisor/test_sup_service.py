@@ -21,7 +21,7 @@ from support.clock import fired as run_until  # a failure of the Deferred is ret
 from st2000r.config import example_path
 from st2000r.config.model import ReadingPlan, Repeater, SupervisorSettings
 from st2000r.supervisor.commands import ValveRequest
-from st2000r.supervisor.events import Quality
+from st2000r.supervisor.events import Quality, RoundDone
 from st2000r.supervisor.run import main
 from st2000r.supervisor.service import SupervisorError, SupervisorService
 
@@ -80,6 +80,19 @@ def test_a_full_round_makes_every_value_equal_the_ground_truth(rig):
     assert {k: p.value for k, p in points.items()} == expected
     assert all(p.quality is Quality.GOOD for p in points.values())
     assert service.points.links()[0].connected and service.points.links()[0].stats["replies"] > 0
+
+
+def test_a_started_supervisor_reads_every_meter_at_once_not_at_the_next_plan_time(rig):
+    """The plans of the rig run at 02:00 and 03:00; the service started at 20:26 local time.
+    Without read on connect every meter would wait ~6 h; it is read within the first round."""
+    from support.clock import advance
+
+    service, clock, world = rig
+    done = []
+    service.bus.subscribe(done.append, RoundDone)
+    advance(clock, 120)
+    assert [(e.plan, e.kind) for e in done] == [("full", "full")]
+    assert all(p.quality is Quality.GOOD for p in service.points.meters())
 
 
 def test_a_failed_repeater_yields_one_alarm_and_a_command_succeeds(rig):
