@@ -15,6 +15,7 @@ ROOMS = {
     "st2000r.bridge": "bridge",
     "st2000r.tui": "tui",
     "st2000r.historian": "historian",
+    "st2000r.historian.migrations": "historian/migrations",
     "st2000r.config": "config",
     "st2000r.simulation": "simulation",
 }
@@ -33,17 +34,23 @@ setup(
         "st2000r.config": ["examples/*.toml"],
         "st2000r.tui": ["*.tcss"],
         "st2000r.simulation": ["scenarios/*.toml"],
+        "st2000r.historian.migrations": ["script.py.mako", "versions/*.py"],
     },
     install_requires=[
         "twisted>=24.7",
         "pymodbus==3.16.*",
         "pyserial>=3.5",
-        "SQLAlchemy>=2.0,<3",
-        "pyodbc>=5.0",
+        "SQLAlchemy==2.1.*",
+        "alembic==1.20.*",
         "textual>=0.80",
     ],
     extras_require={
+        # database drivers of the historian: a plain install (SQLite) needs neither
+        "postgresql": ["psycopg[binary]==3.3.*"],
+        "mssql": ["pyodbc>=5.0,<6"],  # needs the system's unixODBC (libodbc.so.2) and an ODBC driver
         "test": [
+            "psycopg[binary]==3.3.*",
+            "pyodbc>=5.0,<6",  # the SQL Server dialect is compiled offline in tests
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",

@@ -63,6 +63,7 @@ from st2000r.config.schema import (
     Key,
 )
 from st2000r.config.sections import (
+    historian_section,
     interlocks_section,
     modbus_section,
     operators_section,
@@ -99,6 +100,7 @@ SECTIONS: dict[str, Callable[[Context, Any, str], None]] = {
     "operators": operators_section,
     "supervisor": supervisor_section,
     "modbus": modbus_section,
+    "historian": historian_section,
 }
 
 
@@ -145,7 +147,8 @@ def loads(text: str, source: str = "<string>") -> Topology:
     if ctx.issues:
         raise ctx.failure()
     return Topology(sites=tuple(ctx.sites), source=source, plans=ctx.plans, interlocks=ctx.interlocks,
-                    operators=ctx.operators, settings=ctx.settings, modbus=ctx.modbus)
+                    operators=ctx.operators, settings=ctx.settings, modbus=ctx.modbus,
+                    historian=ctx.historian)
 
 
 def load(path: str | os.PathLike[str]) -> Topology:

@@ -58,6 +58,7 @@ __all__ = [
     "ROLES",
     "SupervisorSettings",
     "ModbusSettings",
+    "HistorianSettings",
 ]
 
 #: link kinds, in the order summaries list them
@@ -459,6 +460,18 @@ class ModbusSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistorianSettings:
+    """The historian (``[historian]``).  ``url``: an SQLAlchemy database URL, or None for
+    the embedded default (``historian.sqlite`` in the state folder).  ``enabled``: False
+    turns the historian off.  ``spool_max_mb``: bound of the local spool, MiB (an alarm at
+    80 %)."""
+
+    url: str | None = None
+    enabled: bool = True
+    spool_max_mb: int = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """A whole validated configuration file.  ``source``: the path it was read from, or
     the ``source`` given to ``loads`` (``"<string>"`` by default).
@@ -475,6 +488,7 @@ class Topology:
     settings: SupervisorSettings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text",
                                                       state_dir="var")
     modbus: ModbusSettings | None = None
+    historian: HistorianSettings = HistorianSettings()
 
     def links(self) -> Iterator[Link]:
         """Every link of every site, in file order."""

@@ -92,6 +92,7 @@ TOP_SCHEMA: Schema = {
     "operators": Key(ARRAY, [], doc="people and services: [[operators]]"),
     "supervisor": Key(TABLE, {}, doc="process settings: [supervisor]"),
     "modbus": Key(TABLE, None, doc="the Modbus bridge: [modbus] (absent: no bridge)"),
+    "historian": Key(TABLE, {}, doc="the historian database: [historian]"),
 }
 
 TEMPLATE_SCHEMA: Schema = {
@@ -246,6 +247,12 @@ MODBUS_SCHEMA: Schema = {
     "map_lock": Key(STR, None, check_token, "the map lock file (default: beside the configuration)"),
 }
 
+HISTORIAN_SCHEMA: Schema = {
+    "url": Key(STR, None, check_text, "SQLAlchemy database URL (default: historian.sqlite in state_dir)"),
+    "enabled": Key(("boolean",), True, None, "store readings, alarms and commands"),
+    "spool_max_mb": Key(INT, 1024, in_range(1, 1_048_576), "bound of the local spool, MiB"),
+}
+
 #: every schema table by the name docs/configuration.md gives it
 SCHEMAS: dict[str, Schema] = {
     "top level": TOP_SCHEMA,
@@ -265,5 +272,6 @@ SCHEMAS: dict[str, Schema] = {
     "operators[]": OPERATOR_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
     "modbus": MODBUS_SCHEMA,
+    "historian": HISTORIAN_SCHEMA,
 }
 

@@ -7,15 +7,18 @@ result on the ``Context``; a file without a section keeps the model's defaults.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Any
 
 from st2000r.config.modbus import UNITS_PER_LINK, check_first_unit, parse_listen, parse_network
-from st2000r.config.model import Interlocks, ModbusSettings, Operator, ReadingPlan, SupervisorSettings
-from st2000r.config.schema import INTERLOCKS_SCHEMA, MODBUS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
+from st2000r.config.model import (HistorianSettings, Interlocks, ModbusSettings, Operator, ReadingPlan,
+                                  SupervisorSettings)
+from st2000r.config.schema import HISTORIAN_SCHEMA, INTERLOCKS_SCHEMA, MODBUS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
 from st2000r.config.validation import Context, check_table, indexed, string_list
 from st2000r.config.values import check_text, key_path, parse_duration, parse_time, show, type_name
 
-__all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section", "modbus_section"]
+__all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section", "modbus_section",
+           "historian_section"]
 
 
 def plans_section(ctx: Context, value: Any, path: str) -> None:
@@ -179,3 +182,21 @@ def modbus_section(ctx: Context, value: Any, path: str) -> None:
         tcp = parse_listen(values["tcp"])[0] if values["tcp"] is not None else None
         ctx.modbus = ModbusSettings(tcp=tcp, write_allow=tuple(networks), max_clients=values["max_clients"],
                                     units=tuple(units), map_lock=values["map_lock"])
+
+
+def historian_section(ctx: Context, value: Any, path: str) -> None:
+    """``[historian]`` -> ``ctx.historian``.  The URL is checked for its form here (a
+    malformed one names this key); whether the database answers is the historian's business
+    at run time (an unreachable database is no reason not to start)."""
+    values = check_table(ctx, value, path, HISTORIAN_SCHEMA)
+    if values is None or len(values) != len(HISTORIAN_SCHEMA):
+        return
+    url = values["url"]
+    if url is not None and not _URL_RE.match(url):
+        ctx.error(key_path(path, "url"), f"not a database URL: {url!r} (e.g. \"postgresql+psycopg://user@host/db\", "
+                                         "\"mssql+pyodbc://user:password@dsn\", \"sqlite:////var/lib/st2000r/h.sqlite\")")
+        return
+    ctx.historian = HistorianSettings(url=url, enabled=values["enabled"], spool_max_mb=values["spool_max_mb"])
+
+
+_URL_RE = re.compile(r"^(sqlite|postgresql|mssql)(\+[a-z0-9_]+)?://")

@@ -15,6 +15,7 @@ from typing import Any
 from st2000r.config.errors import ConfigError, ConfigIssue
 from st2000r.config.model import (
     DEFAULT_PLANS,
+    HistorianSettings,
     Interlocks,
     MeterKind,
     ModbusSettings,
@@ -33,7 +34,7 @@ class Context:
     """State of one validation run: the issues found and what sections produced."""
 
     __slots__ = ("file", "issues", "omitted", "meters", "templates", "sites", "link_names", "dtu_ids", "devices", "endpoints",
-                 "plans", "interlocks", "operators", "settings", "modbus")
+                 "plans", "interlocks", "operators", "settings", "modbus", "historian")
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -52,6 +53,7 @@ class Context:
         self.operators: tuple[Operator, ...] = ()
         self.settings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir="var")
         self.modbus: ModbusSettings | None = None
+        self.historian = HistorianSettings()
 
     def error(self, path: str, reason: str) -> None:
         if len(self.issues) < MAX_ISSUES:

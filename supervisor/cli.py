@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("st2000r.config.cli", "check a topology file and print its summary"),
     "frame": ("st2000r.drivers.st2000r.cli", "decode and encode CJ/T 188 / ST2000R frames"),
     "run": ("st2000r.supervisor.run", "run the supervisor for a topology"),
+    "db": ("st2000r.historian.cli", "historian database: upgrade the schema, status, quarantine"),
     "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "registers": ("st2000r.bridge.cli", "export the Modbus register map (CSV or JSON) for SCADA tag import"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
