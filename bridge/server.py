@@ -10,7 +10,9 @@ which client asked; the request handler is subclassed to put the client's addres
 context variable around each request (each request runs as its own asyncio task, so the
 variable is per request).  The same subclass bounds the number of clients (the excess is
 disconnected at once, counted) and answers a unit id that is not on the map with exception
-0Ah (gateway path unavailable) instead of a device failure.
+0Ah (gateway path unavailable) instead of a device failure, and a function the bridge does
+not serve with 01 before pymodbus acts on it (diagnostics 08 could otherwise put the whole
+server in listen-only mode for every client).
 
 Writes (``action`` with values, functions 5 and 15 on coils):
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +55,9 @@ PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("st2000r_modbu
 
 _READ_INPUT = 4
 _COIL_WRITES = (5, 15)
+#: the functions served; every other one (diagnostics 08 with its server-wide listen-only
+#: mode, file records, FIFO, register writes ...) answers exception 01 before pymodbus runs it
+SERVED_FUNCTIONS = frozenset({1, 2, 3, 4, 5, 15})
 
 
 @dataclass(slots=True)
@@ -166,9 +172,14 @@ def make_tcp_server(image: RegisterImage, policy: WritePolicy, address: tuple[st
 
         async def handle_request(self) -> None:
             pdu = self.last_pdu
-            if pdu is not None and pdu.dev_id not in server.context.devices:
+            code = None
+            if pdu is not None and pdu.function_code not in SERVED_FUNCTIONS:
+                code = ExcCodes.ILLEGAL_FUNCTION
+            elif pdu is not None and pdu.dev_id not in server.context.devices:
                 stats.unknown_units += 1
-                response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_PATH_UNAVIABLE)
+                code = ExcCodes.GATEWAY_PATH_UNAVIABLE
+            if code is not None:
+                response = ExceptionResponse(pdu.function_code, code)
                 response.transaction_id = pdu.transaction_id
                 response.dev_id = pdu.dev_id
                 self.server_send(response, self.last_addr)
@@ -183,6 +194,9 @@ def make_tcp_server(image: RegisterImage, policy: WritePolicy, address: tuple[st
         def callback_new_connection(self) -> Handler:
             return Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
+    # pymodbus logs every undecodable frame with a hex dump at error level: a flooding client
+    # would flood the supervisor's log (and block it on a full pipe); its own log is silenced
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     server = Server(_devices(image, action), address=address)
     for unit, runtime in server.context.devices.items():
         i_start, _, i_regs, _ = runtime.block["i"]
