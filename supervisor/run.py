@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_state_dir(topology.settings.state_dir)  # state.sqlite and the audit log live there
     if problem is not None:
         return _fail(problem)
+    from st2000r.historian.writer import check_at_start  # an older schema: refused, naming the fix
+
+    problem = check_at_start(topology)
+    if problem is not None:
+        return _fail(problem)
     log_format = args.log_format or topology.settings.log_format
 
     from st2000r.supervisor.reactor import install_reactor

@@ -67,6 +67,7 @@ class SupervisorService(MultiService):
     ``links.link_service``; tests pass their own).  ``audit_path``: the command audit file,
     or ``False`` for none.  ``local_time``: for the pollers' daily plan times.  ``state``:
     keep and restore ``STATE_DIR/state.sqlite`` (``False``: start empty, save nothing).
+    ``historian``: build the historian (``[historian]``; None: when ``state`` is on).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class SupervisorService(MultiService):
         local_time: Callable[[float], datetime] | None = None,
         poller_options: dict[str, Any] | None = None,
         state: bool = True,
+        historian: bool | None = None,
     ) -> None:
         super().__init__()
         self.topology = topology
@@ -150,6 +152,15 @@ class SupervisorService(MultiService):
                 raise SupervisorError(str(exc)) from None
             self.modbus.setServiceParent(self)
         # ---- end Modbus bridge
+        # ---- historian (historian/): with [historian] enabled (the default: SQLite in the state
+        # folder) and ``historian`` (None: as ``state``); like the state store it starts after the
+        # restore (restored alarms are no new history) and stops after every child, with a final flush
+        self.historian: Any = None
+        if (state if historian is None else historian) and topology.historian.enabled:
+            from st2000r.historian.writer import for_topology
+
+            self.historian = for_topology(topology, reactor, self.bus, alarms=self.alarms)
+        # ---- end historian
 
     # ---- state store: built, started first, stopped last (see the module docstring)
 
@@ -157,6 +168,8 @@ class SupervisorService(MultiService):
         if self.state is not None:
             self.state.startService()
             self.state.restore_into(self.points, self.alarms)
+        if self.historian is not None:
+            self.historian.startService()
         super().startService()
         self._recover_commands()
 
@@ -191,4 +204,9 @@ class SupervisorService(MultiService):
         def audit_closed(result: Any) -> Any:
             return self.audit.close().addBoth(lambda _: result)
 
-        return d.addBoth(masters_down).addBoth(self._stop_state).addBoth(audit_closed)
+        def historian_flushed(result: Any) -> Any:  # after the pollers: the final flush sees every reading
+            if self.historian is None or not self.historian.running:
+                return result
+            return self.historian.stopService().addBoth(lambda _: result)
+
+        return d.addBoth(masters_down).addBoth(historian_flushed).addBoth(self._stop_state).addBoth(audit_closed)

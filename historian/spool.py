@@ -1,0 +1,235 @@
+"""The durable spool: an append-only, fsync'd, checksummed journal of rows for the database.
+
+Why: billing depends on every reading, and the database may be away for days or the
+process killed at any instant.  The writer therefore puts every batch here *before* it
+tries the database, and a batch leaves only after the database committed it.  A crash
+between the commit and the acknowledgement replays that batch; the idempotent keys of the
+tables (``historian.schema``) make the replay insert nothing twice.
+
+On disk (one folder, ``STATE_DIR/historian-spool`` by default):
+
+- ``seg-<n>.log`` segments, ``n`` increasing; a segment holds records
+  ``[length: u32 BE][crc32 of payload: u32 BE][payload]``, the payload one batch as UTF-8
+  JSON; each append is followed by ``fsync`` (the data, then, when a segment is created,
+  the folder);
+- ``ack``: ``"<segment> <offset>\\n"``, the first byte not yet committed, replaced
+  atomically (write a temporary file, fsync, rename, fsync the folder);
+- a segment wholly before the acknowledgement is deleted.
+
+Opening checks every record after the acknowledgement.  A torn record at the very end (the
+process died inside an append) is cut off: its batch was never acknowledged to anyone.  A
+record with a wrong checksum *followed by* good data cannot come from a crash; the rest of
+that segment is moved aside to ``seg-<n>.log.corrupt`` (logged, kept for inspection) and
+reading continues with the next segment.
+
+Not thread-safe: one owner (the historian's writer thread) calls everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Spool", "SpoolRecord", "SpoolFull", "HEADER"]
+
+HEADER = struct.Struct(">II")
+SEGMENT_BYTES = 16 * 1024 * 1024  # start a new segment beyond this
+MAX_RECORD = 256 * 1024 * 1024
+
+
+class SpoolFull(Exception):
+    """Appending would make the spool larger than its bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One batch in the spool: where it starts and ends and its decoded payload."""
+
+    segment: int
+    offset: int
+    end: int
+    rows: int
+    payload: dict[str, Any]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The spool in ``folder`` (created if missing).  ``max_bytes``: bound of the unacked
+    data (``append`` raises :class:`SpoolFull` beyond it).  ``problems``: what opening
+    found (torn tails cut, corrupt parts set aside), one line each."""
+
+    def __init__(self, folder: str | os.PathLike[str], max_bytes: int = 1 << 30, *,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.folder = os.fspath(folder)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.problems: list[str] = []
+        os.makedirs(self.folder, exist_ok=True)
+        self._pending: deque[SpoolRecord] = deque()  # unacked records, in order
+        self.bytes = 0  # unacked bytes (headers included)
+        self.rows = 0  # unacked rows
+        self._ack = self._read_ack()
+        self._scan()
+        last = self._segments()[-1] if self._segments() else max(self._ack[0], 1)
+        self._segment = last
+        path = self._path(last)
+        self._file = open(path, "ab")
+        if not os.path.exists(path) or self._file.tell() == 0:
+            _fsync_dir(self.folder)
+
+    # ---------------------------------------------------------------- files
+
+    def _path(self, n: int) -> str:
+        return os.path.join(self.folder, f"seg-{n:09d}.log")
+
+    def _segments(self) -> list[int]:
+        out = []
+        for name in os.listdir(self.folder):
+            if name.startswith("seg-") and name.endswith(".log"):
+                try:
+                    out.append(int(name[4:-4]))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def _read_ack(self) -> tuple[int, int]:
+        try:
+            with open(os.path.join(self.folder, "ack"), encoding="ascii") as f:
+                seg, off = f.read().split()
+                return int(seg), int(off)
+        except FileNotFoundError:
+            return (0, 0)
+        except (ValueError, OSError) as exc:
+            self.problems.append(f"ack file unreadable ({exc}); replaying every segment (replays insert nothing twice)")
+            return (0, 0)
+
+    def _write_ack(self, segment: int, offset: int) -> None:
+        tmp = os.path.join(self.folder, "ack.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{segment} {offset}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.folder, "ack"))
+        _fsync_dir(self.folder)
+        self._ack = (segment, offset)
+
+    def _scan(self) -> None:
+        ack_seg, ack_off = self._ack
+        segments = self._segments()
+        for n in segments:
+            if n < ack_seg:
+                os.unlink(self._path(n))
+                continue
+            start = ack_off if n == ack_seg else 0
+            for record in self._read_segment(n, start, last=(n == segments[-1])):
+                self._pending.append(record)
+                self.bytes += record.end - record.offset
+                self.rows += record.rows
+
+    def _read_segment(self, n: int, start: int, *, last: bool) -> Iterator[SpoolRecord]:
+        path = self._path(n)
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = start
+        while pos < len(data):
+            bad = None
+            if pos + HEADER.size > len(data):
+                bad = "a torn record header"
+            else:
+                length, crc = HEADER.unpack_from(data, pos)
+                body = data[pos + HEADER.size: pos + HEADER.size + length]
+                if length > MAX_RECORD or len(body) < length:
+                    bad = "a torn record"
+                elif zlib.crc32(body) != crc:
+                    bad = "a record with a wrong checksum"
+                else:
+                    try:
+                        payload = json.loads(body)
+                    except ValueError:
+                        bad = "a record that is not JSON"
+                    else:
+                        end = pos + HEADER.size + length
+                        yield SpoolRecord(n, pos, end, int(payload.get("n", 0)), payload)
+                        pos = end
+                        continue
+            tail = data[pos:]
+            if last and bad in ("a torn record header", "a torn record"):
+                self.problems.append(f"{path}: {bad} at byte {pos} (the process stopped inside an append); cut off")
+            else:
+                aside = path + ".corrupt"
+                with open(aside, "ab") as out:
+                    out.write(tail)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self.problems.append(f"{path}: {bad} at byte {pos}; the remaining {len(tail)} bytes set aside to "
+                                     f"{aside}")
+            with open(path, "r+b") as f:
+                f.truncate(pos)
+                f.flush()
+                os.fsync(f.fileno())
+            return
+
+    # ---------------------------------------------------------------- use
+
+    def append(self, payload: dict[str, Any]) -> SpoolRecord:
+        """Write one batch (a JSON object; its ``"n"`` counts its rows) durably; returns its record.  Raises
+        :class:`SpoolFull` (nothing written) when it would pass ``max_bytes``."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        size = HEADER.size + len(body)
+        if self.bytes + size > self.max_bytes:
+            raise SpoolFull(f"spool {self.folder}: {self.bytes + size:,} bytes would pass the bound of "
+                            f"{self.max_bytes:,}")
+        if self._file.tell() >= self.segment_bytes:
+            self._file.close()
+            self._segment += 1
+            self._file = open(self._path(self._segment), "ab")
+            _fsync_dir(self.folder)
+        offset = self._file.tell()
+        self._file.write(HEADER.pack(len(body), zlib.crc32(body)) + body)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        record = SpoolRecord(self._segment, offset, offset + size, int(payload.get("n", 0)), payload)
+        self._pending.append(record)
+        self.bytes += size
+        self.rows += record.rows
+        return record
+
+    def pending(self) -> list[SpoolRecord]:
+        """The unacknowledged records, oldest first."""
+        return list(self._pending)
+
+    def head(self, limit: int) -> list[SpoolRecord]:
+        """Up to ``limit`` oldest unacknowledged records."""
+        out = []
+        for record in self._pending:
+            if len(out) >= limit:
+                break
+            out.append(record)
+        return out
+
+    def ack(self, record: SpoolRecord) -> None:
+        """``record`` and every record before it are committed: they leave the spool."""
+        while self._pending and (self._pending[0].segment, self._pending[0].offset) <= (record.segment, record.offset):
+            done = self._pending.popleft()
+            self.bytes -= done.end - done.offset
+            self.rows -= done.rows
+        self._write_ack(record.segment, record.end)
+        for n in self._segments():
+            if n < record.segment:
+                os.unlink(self._path(n))
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,442 @@
+"""The store-and-forward writer: events from the bus into the database, nothing lost.
+
+Why this shape (the issue's rules, and how each is kept):
+
+- **fed by the event bus** as a queued consumer of ``ReadingBatch``, ``AlarmChanged``,
+  ``CommandChanged``, ``CdtChanged`` and ``LinkChanged``; the consumer only turns an event
+  into rows in memory, so it never makes the bus wait, and its ``overflow`` takes the same
+  path: a ``ReadingBatch`` is never dropped;
+- **batched by size and time**: every ``max_delay_s`` (and as soon as ``batch_rows`` rows
+  wait) the rows go to the writer thread as one batch;
+- **write-ahead spool**: on the writer thread a batch is first appended to the
+  :class:`~st2000r.historian.spool.Spool` (fsync'd, checksummed), then the oldest spooled
+  batches go to the database, several per transaction, in order; a batch leaves the spool
+  only after its commit.  So the database sees rows in the order they were produced,
+  whether it was reachable or away for days, and a crash between the commit and the
+  acknowledgement replays a batch that the idempotent inserts then skip;
+- **unreachable database**: a connection error leaves the spool as it is; the writer tries
+  again after a back-off (1 s doubling to ``retry_max_s``), logging the transition once;
+- **schema**: at the first contact the schema revision is checked; an older one stops
+  writing (rows keep going to the spool), raises the alarm ``historian:schema`` and logs the
+  command that fixes it; it is checked again at every retry;
+- **quarantine**: a batch the database rejects (integrity or data errors: not a connection
+  fault) is written row by row; rows that still fail, and readings of meters no longer
+  configured, go to ``quarantine.jsonl`` beside the spool with the reason (``st2000r db
+  quarantine`` lists, exports and retries them) -- never silently dropped;
+- **bounded**: the spool is bounded (``spool_max_bytes``); at 80 % the alarm
+  ``historian:spool`` is raised; when full, batches wait in memory (logged) rather than be
+  dropped;
+- **visible**: :meth:`Historian.status` gives spool depth (rows, bytes), the oldest row's
+  age, rows written and the write rate, the database state and quarantined rows.
+
+With a clock that cannot run threads (a test's ``Clock``) the blocking work runs inline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from st2000r.config.model import Topology
+from st2000r.historian import db, store
+from st2000r.historian.spool import Spool, SpoolFull
+from st2000r.supervisor.events import AlarmChanged, CdtChanged, CommandChanged, LinkChanged, ReadingBatch
+
+__all__ = ["Historian", "HistorianStatus", "QUARANTINE_FILE", "STORED_EVENTS", "for_topology", "check_at_start"]
+
+log = Logger()
+
+QUARANTINE_FILE = "quarantine.jsonl"
+STORED_EVENTS = (ReadingBatch, AlarmChanged, CommandChanged, CdtChanged, LinkChanged)
+#: errors that mean "the database cannot be used now" (retry later), not "this row is bad"
+_UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                sa_exc.ProgrammingError, sa_exc.InternalError, sa_exc.TimeoutError)
+_REJECTED = (sa_exc.IntegrityError, sa_exc.DataError)
+
+
+@dataclass(frozen=True, slots=True)
+class HistorianStatus:
+    """What the historian is doing.  ``state``: ``starting`` | ``connected`` |
+    ``unreachable`` | ``schema`` (refusing to write: see ``problem``).  ``spool_rows``/
+    ``spool_bytes``: not yet committed; ``oldest_age_s``: age of the oldest of them (0 when
+    none); ``written``: rows committed since start; ``rate``: rows/s over the last
+    minute-ish; ``quarantined``: rows set aside since start; ``memory_rows``: rows waiting
+    in memory (the next batch, or every batch while the spool is full)."""
+
+    state: str
+    problem: str | None
+    spool_rows: int
+    spool_bytes: int
+    spool_max_bytes: int
+    oldest_age_s: float
+    written: int
+    rate: float
+    quarantined: int
+    memory_rows: int
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, _REJECTED)
+
+
+class Historian(Service):
+    """The writer for ``topology`` into ``url`` (module docstring).  ``spool_dir``: the spool
+    folder; ``config_name``: the file named in the upgrade hint; ``alarms``: an object with
+    ``raise_alarm``/``clear_alarm`` (the AlarmManager) or None."""
+
+    name = "historian"
+
+    def __init__(self, topology: Topology, url: str, clock: IReactorTime, bus: Any, spool_dir: str, *,
+                 batch_rows: int = 2000, max_delay_s: float = 0.5, spool_max_bytes: int = 1 << 30,
+                 records_per_transaction: int = 16, retry_max_s: float = 30.0, config_name: str = "CONFIG",
+                 alarms: Any = None, engine_factory: Callable[[str], Any] = db.make_engine,
+                 auto_upgrade: bool = False) -> None:
+        self.topology = topology
+        self.url = url
+        self.clock = clock
+        self.bus = bus
+        self.spool_dir = spool_dir
+        self.batch_rows = batch_rows
+        self.max_delay_s = max_delay_s
+        self.spool_max_bytes = spool_max_bytes
+        self.records_per_transaction = records_per_transaction
+        self.retry_max_s = retry_max_s
+        self.config_name = config_name
+        self.alarms = alarms
+        self._engine_factory = engine_factory
+        self.auto_upgrade = auto_upgrade
+        self._engine: Any = None
+        self._meter_keys: dict[str, int] | None = None
+        self.spool: Spool | None = None
+        self._buffer: dict[str, list[Any]] = {k: [] for k in store.KINDS}
+        self._buffered = 0
+        self._held: list[dict[str, Any]] = []  # batches the full spool could not take
+        self._pool: Any = None
+        self._run: Callable[..., defer.Deferred] = lambda fn, *a: defer.maybeDeferred(fn, *a)
+        self._consumer: Any = None
+        self._loop: LoopingCall | None = None
+        self._last: defer.Deferred = defer.succeed(None)
+        self._state = "starting"
+        self._problem: str | None = None
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self.written = 0
+        self.quarantined = 0
+        self._rate_marks: list[tuple[float, int]] = []
+        self._spool_alarm = False
+
+    # ---------------------------------------------------------------- service
+
+    def startService(self) -> None:
+        self.spool = Spool(self.spool_dir, self.spool_max_bytes)
+        for problem in self.spool.problems:
+            log.error("historian spool: {problem}", problem=problem)
+        if self.spool.rows:
+            log.info("historian spool {dir}: {rows} row(s) of an earlier run to replay", dir=self.spool_dir,
+                     rows=self.spool.rows)
+        super().startService()
+        if IReactorFromThreads.providedBy(self.clock):
+            from twisted.internet.threads import deferToThreadPool
+            from twisted.python.threadpool import ThreadPool
+
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="st2000r-historian-writer")
+            self._pool.start()
+            pool, reactor = self._pool, self.clock
+            self._run = lambda fn, *args: deferToThreadPool(reactor, pool, fn, *args)
+        self._consumer = self.bus.attach(self._on_event, STORED_EVENTS, limit=10_000, overflow=self._on_event,
+                                         name="historian")
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = self.clock
+        self._loop.start(self.max_delay_s, now=True)
+
+    def stopService(self) -> defer.Deferred:
+        """Drain the bus queue, flush to the spool (always) and to the database (when it
+        answers), close; fires when done."""
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        d = self._drained()
+        d.addCallback(lambda _: self._detach())
+        d.addCallback(lambda _: self.flush(final=True))
+        d.addErrback(lambda f: log.failure("historian: final flush failed", f))
+        d.addBoth(lambda _: self._run(self._thd_close))
+        d.addBoth(self._stop_pool)
+        return d
+
+    def _drained(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+
+        def check() -> None:
+            if self._consumer is None or self._consumer.depth == 0:
+                d.callback(None)
+            else:
+                self.clock.callLater(0, check)
+
+        check()
+        return d
+
+    def _detach(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        self._consumer = None
+
+    def _stop_pool(self, result: Any) -> None:
+        self._run = lambda fn, *a: defer.maybeDeferred(fn, *a)
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        return None
+
+    # ---------------------------------------------------------------- feeding (reactor thread)
+
+    def _on_event(self, event: Any) -> None:
+        found = store.event_rows(event)
+        if found is None:
+            return
+        kind, rows = found
+        self._buffer[kind].extend(rows)
+        self._buffered += len(rows)
+        if self._buffered >= self.batch_rows:
+            self.flush()
+
+    def flush(self, final: bool = False) -> defer.Deferred:
+        """Hand the rows in memory to the writer thread (spool, then database); fires when
+        this and every earlier write is done.  Never fails."""
+        batch = None
+        if self._buffered:
+            batch = {k: v for k, v in self._buffer.items() if v}
+            batch["n"] = self._buffered
+            batch["at"] = self.clock.seconds()
+            self._buffer = {k: [] for k in store.KINDS}
+            self._buffered = 0
+        now = self.clock.seconds()
+        try_db = now >= self._retry_at and (not final or self._state != "unreachable")
+        if batch is None and not self._held and not (try_db and self.spool is not None and self.spool.rows):
+            return self._when_done()
+        d = self._last.addBoth(lambda _: self._run(self._thd_write, batch, try_db))
+        d.addCallbacks(self._written, self._crashed)
+        self._last = d
+        return self._when_done()
+
+    def _when_done(self) -> defer.Deferred:
+        out: defer.Deferred = defer.Deferred()
+
+        def fire(result: Any) -> Any:
+            out.callback(None)
+            return result
+
+        self._last.addBoth(fire)
+        return out
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _thd_write(self, batch: dict[str, Any] | None, try_db: bool) -> tuple[str, str | None, int, int]:
+        """Spool ``batch`` (and any held ones), then move spooled batches into the database.
+        Returns ``(state, problem, rows committed, rows quarantined)``."""
+        assert self.spool is not None
+        if batch is not None:
+            self._held.append(batch)
+        while self._held:
+            try:
+                self.spool.append(self._held[0])
+            except SpoolFull:
+                break
+            self._held.pop(0)
+        if not try_db:
+            return self._state, self._problem, 0, 0
+        return self._thd_drain()
+
+    def _thd_drain(self) -> tuple[str, str | None, int, int]:
+        assert self.spool is not None
+        committed = quarantined = 0
+        try:
+            if self._engine is None:
+                self._engine = self._engine_factory(self.url)
+            if self._meter_keys is None:
+                with self._engine.connect() as conn:
+                    status = db.schema_status(conn)
+                if not status.ok and self.auto_upgrade and not status.newer:
+                    status = db.upgrade(self._engine)
+                problem = status.problem(self.config_name)
+                if problem is not None:
+                    return "schema", problem, 0, 0
+                with self._engine.begin() as conn:
+                    self._meter_keys = store.sync_topology(conn, self.topology, datetime.now(UTC))
+            while self.spool.rows:
+                records = self.spool.head(self.records_per_transaction)
+                rejected: list[tuple] = []
+                try:
+                    with self._engine.begin() as conn:
+                        for record in records:
+                            rejected.extend(store.write_batch(conn, record.payload, self._meter_keys))
+                except _REJECTED:
+                    rejected = self._thd_one_by_one(records)
+                self._thd_quarantine(rejected)
+                self.spool.ack(records[-1])
+                committed += sum(r.rows for r in records) - len(rejected)
+                quarantined += len(rejected)
+        except Exception as exc:
+            if self._engine is not None:
+                self._engine.dispose()
+            self._meter_keys = None
+            if not _unreachable(exc) and not isinstance(exc, (OSError, sa_exc.SQLAlchemyError)):
+                raise
+            return "unreachable", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, committed, quarantined
+        return "connected", None, committed, quarantined
+
+    def _thd_one_by_one(self, records: list[Any]) -> list[tuple]:
+        """Each row in its own transaction; the ones the database rejects come back."""
+        rejected: list[tuple] = []
+        assert self._meter_keys is not None
+        for record in records:
+            for kind in store.KINDS:
+                for row in record.payload.get(kind, ()):
+                    try:
+                        with self._engine.begin() as conn:
+                            rejected.extend(store.write_one(conn, kind, row, self._meter_keys))
+                    except _REJECTED as exc:
+                        rejected.append(([kind, row], str(exc.orig if hasattr(exc, "orig") else exc).splitlines()[0]))
+        return rejected
+
+    def _thd_quarantine(self, rejected: list[tuple]) -> None:
+        if not rejected:
+            return
+        path = os.path.join(self.spool_dir, QUARANTINE_FILE)
+        with open(path, "a", encoding="utf-8") as f:
+            for (kind_row, reason) in rejected:
+                kind, row = kind_row
+                f.write(json.dumps({"kind": kind, "row": row, "reason": reason}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _thd_close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # ---------------------------------------------------------------- results (reactor thread)
+
+    def _written(self, result: tuple[str, str | None, int, int]) -> None:
+        state, problem, committed, quarantined = result
+        now = self.clock.seconds()
+        self.written += committed
+        self.quarantined += quarantined
+        if quarantined:
+            log.error("historian: {n} row(s) rejected by the database set aside to {file} "
+                      "(st2000r db quarantine lists and retries them)", n=quarantined,
+                      file=os.path.join(self.spool_dir, QUARANTINE_FILE))
+        self._rate_marks.append((now, self.written))
+        while len(self._rate_marks) > 2 and now - self._rate_marks[1][0] >= 60:
+            self._rate_marks.pop(0)
+        if state != self._state or problem != self._problem:
+            self._transition(state, problem)
+        if state == "connected":
+            self._backoff = 1.0
+            self._retry_at = 0.0
+        elif state in ("unreachable", "schema"):
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, self.retry_max_s)
+        self._check_spool()
+
+    def _crashed(self, failure: Any) -> None:
+        log.failure("historian: writer failed (rows stay in the spool and are retried)", failure)
+        self._retry_at = self.clock.seconds() + self._backoff
+        self._backoff = min(self._backoff * 2, self.retry_max_s)
+
+    def _transition(self, state: str, problem: str | None) -> None:
+        where = db.describe_url(self.url)
+        if state == "connected":
+            log.info("historian {url}: writing", url=where)
+        elif state == "unreachable":
+            log.warn("historian {url}: unreachable ({problem}); spooling to {dir}", url=where, problem=problem,
+                     dir=self.spool_dir)
+        elif state == "schema":
+            log.error("historian {url}: {problem}; spooling to {dir} until then", url=where, problem=problem,
+                      dir=self.spool_dir)
+        if self.alarms is not None:
+            if state == "schema":
+                self.alarms.raise_alarm("historian:schema", "historian", "historian", problem or "schema")
+            elif self._state == "schema":
+                self.alarms.clear_alarm("historian:schema", "schema upgraded")
+        self._state, self._problem = state, problem
+
+    def _check_spool(self) -> None:
+        if self.spool is None:
+            return
+        high = self.spool.bytes >= 0.8 * self.spool_max_bytes
+        if high and not self._spool_alarm:
+            text = (f"historian spool {self.spool_dir} at {self.spool.bytes * 100 // self.spool_max_bytes} % of "
+                    f"{self.spool_max_bytes:,} bytes")
+            log.error("{text}", text=text)
+            if self.alarms is not None:
+                self.alarms.raise_alarm("historian:spool", "historian", "historian", text)
+        elif not high and self._spool_alarm and self.alarms is not None:
+            self.alarms.clear_alarm("historian:spool", "spool drained")
+        self._spool_alarm = high
+
+    # ---------------------------------------------------------------- visibility
+
+    def status(self) -> HistorianStatus:
+        spool = self.spool
+        oldest = 0.0
+        if spool is not None:
+            head = spool.head(1)
+            if head:
+                oldest = max(0.0, self.clock.seconds() - float(head[0].payload.get("at", self.clock.seconds())))
+        rate = 0.0
+        if len(self._rate_marks) >= 2:
+            (t0, n0), (t1, n1) = self._rate_marks[0], self._rate_marks[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        return HistorianStatus(self._state, self._problem, spool.rows if spool else 0, spool.bytes if spool else 0,
+                               self.spool_max_bytes, oldest, self.written, rate, self.quarantined,
+                               self._buffered + sum(b["n"] for b in self._held))
+
+
+def for_topology(topology: Topology, clock: IReactorTime, bus: Any, *, alarms: Any = None) -> Historian:
+    """The historian a topology asks for: ``[historian] url``, or the embedded default
+    (``historian.sqlite`` in the state folder), which -- being the supervisor's own file, like
+    ``state.sqlite`` -- it creates and upgrades itself; a configured database is only ever
+    changed by ``st2000r db upgrade``."""
+    settings = topology.historian
+    url = settings.url or db.default_url(topology.settings.state_dir)
+    return Historian(topology, url, clock, bus, os.path.join(topology.settings.state_dir, "historian-spool"),
+                     spool_max_bytes=settings.spool_max_mb * 1024 * 1024, config_name=topology.source,
+                     alarms=alarms, auto_upgrade=settings.url is None)
+
+
+def check_at_start(topology: Topology) -> str | None:
+    """Why ``st2000r run`` must not start (a reachable database with an older or newer
+    schema; the message names the command that fixes it), or None.  An unreachable database
+    is no reason: the writer spools and checks again once it answers.  Blocking."""
+    settings = topology.historian
+    if not settings.enabled or settings.url is None:
+        return None
+    try:
+        engine = db.make_engine(settings.url)
+    except (sa_exc.ArgumentError, ModuleNotFoundError) as exc:
+        return f"[historian] url {db.describe_url(settings.url)}: {exc}"
+    try:
+        with engine.connect() as conn:
+            status = db.schema_status(conn)
+    except sa_exc.SQLAlchemyError as exc:
+        log.warn("historian {url} does not answer ({why}); starting anyway, spooling until it does",
+                 url=db.describe_url(settings.url), why=str(exc).splitlines()[0])
+        return None
+    finally:
+        engine.dispose()
+    problem = status.problem(topology.source)
+    return f"historian {db.describe_url(settings.url)}: {problem}" if problem else None

@@ -1,0 +1,69 @@
+"""The spool on disk: durable appends, acknowledgement, torn and corrupt records."""
+
+from __future__ import annotations
+
+import os
+
+from st2000r.historian.spool import HEADER, Spool
+
+
+def batch(i, n=3):
+    return {"n": n, "at": i, "readings": [[f"bus/1/1/{c}", i] for c in range(n)]}
+
+
+def test_unacked_records_survive_a_reopen_in_order(tmp_path):
+    spool = Spool(tmp_path)
+    records = [spool.append(batch(i)) for i in range(5)]
+    spool.ack(records[1])
+    spool.close()
+    again = Spool(tmp_path)
+    assert [r.payload["at"] for r in again.pending()] == [2, 3, 4]
+    assert again.rows == 9 and again.problems == []
+    again.ack(again.pending()[-1])
+    again.close()
+    assert Spool(tmp_path).rows == 0
+
+
+def test_a_torn_last_record_is_cut_off(tmp_path):
+    spool = Spool(tmp_path)
+    for i in range(3):
+        spool.append(batch(i))
+    spool.close()
+    path = tmp_path / "seg-000000001.log"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 5)  # the process died inside the last append
+    again = Spool(tmp_path)
+    assert [r.payload["at"] for r in again.pending()] == [0, 1]
+    assert "cut off" in again.problems[0]
+    again.append(batch(9))  # appends continue after the cut
+    again.close()
+    assert [r.payload["at"] for r in Spool(tmp_path).pending()] == [0, 1, 9]
+
+
+def test_a_corrupt_record_in_the_middle_is_set_aside_not_dropped(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=1)  # one record per segment
+    for i in range(3):
+        spool.append(batch(i))
+    spool.close()
+    first = tmp_path / "seg-000000001.log"
+    data = bytearray(first.read_bytes())
+    data[HEADER.size + 2] ^= 0xFF  # a flipped bit in the first record's payload
+    first.write_bytes(bytes(data))
+    again = Spool(tmp_path)
+    assert [r.payload["at"] for r in again.pending()] == [1, 2]
+    assert "wrong checksum" in again.problems[0]
+    assert (tmp_path / "seg-000000001.log.corrupt").read_bytes() == bytes(data)
+
+
+def test_the_bound_refuses_an_append(tmp_path):
+    import pytest
+
+    from st2000r.historian.spool import SpoolFull
+
+    spool = Spool(tmp_path, max_bytes=200)
+    spool.append(batch(0))
+    with pytest.raises(SpoolFull):
+        spool.append(batch(1, n=20))
+    assert spool.rows == 3
+    assert os.path.getsize(tmp_path / "seg-000000001.log") == spool.bytes
