@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 #   unixodbc  libodbc.so.2 for pyodbc (SQL Server historian)
 #   socat     serial-device-server and pseudo-terminal plumbing in tests and the demo
 #   tmux      drives the operator console in a real terminal in tests
-SYSTEM_PACKAGES := unixodbc socat tmux
+#   mbpoll    a third-party Modbus master: reads the Modbus bridge in tests and the demo
+SYSTEM_PACKAGES := unixodbc socat tmux mbpoll
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 

@@ -81,6 +81,7 @@ __all__ = [
 
 PROG = "st2000r demo"
 DEFAULT_TCP_PORT = 4001
+DEFAULT_MODBUS_PORT = 1502
 DEFAULT_CONTROL_PORT = 7188  # the simulator's own default (st2000r simulate --control)
 SIMULATOR_DEMO = "st2000r.simulation.demo"  # --simulator-only: run by name, as the CLI dispatcher does
 READY_TIMEOUT_S = 60.0  # the simulator builds its world and opens its endpoints within this
@@ -120,6 +121,8 @@ def build_parser() -> ArgumentParser:
                    help="stop after SECONDS (default: run until Ctrl-C)")
     p.add_argument("--tcp-port", type=port, default=DEFAULT_TCP_PORT, metavar="PORT",
                    help=f"simulator TCP listener for the bus (0: any free port; default {DEFAULT_TCP_PORT})")
+    p.add_argument("--modbus", type=port, default=DEFAULT_MODBUS_PORT, metavar="PORT",
+                   help=f"Modbus TCP port of the bridge on 127.0.0.1 (0: any free port; default {DEFAULT_MODBUS_PORT})")
     p.add_argument("--control", type=port, default=DEFAULT_CONTROL_PORT, metavar="PORT",
                    help=f"simulator control interface port (0: any free port; default {DEFAULT_CONTROL_PORT})")
     p.add_argument("--progress", type=seconds, default=5.0, metavar="SECONDS",
@@ -800,7 +803,7 @@ def _run(args: Any, workdir: str) -> int:
         textFileLogObserver,
     )
 
-    from st2000r.config.model import ReadingPlan, SerialEndpoint
+    from st2000r.config.model import ModbusSettings, ReadingPlan, SerialEndpoint
     from st2000r.supervisor.service import SupervisorService
 
     level = LogLevel.info if args.verbose else LogLevel.critical
@@ -815,6 +818,7 @@ def _run(args: Any, workdir: str) -> int:
         topology, sites=(replace(topology.sites[0], links=(sup_link,)),),
         plans=(ReadingPlan("full", "full", (far,), None, None), ReadingPlan("status", "status", (far,), None, None)),
         settings=replace(topology.settings, gprs_listen=None, state_dir=state_dir),
+        modbus=ModbusSettings(tcp=("127.0.0.1", args.modbus)),  # read-only Modbus TCP for SCADA/HMI and mbpoll
     )
     bound = wire_bound_s(sup_link)[0]
     summary = topology.summary()
@@ -884,6 +888,14 @@ def _run(args: Any, workdir: str) -> int:
         except SimulatorFailed as exc:
             return failed(str(exc))
         _say("full round started" + (f"; stopping after {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
+        try:  # the Modbus bridge: how to read the first meter with a third-party client
+            mb_port = await service.modbus.when_listening()
+            mid, (unit, address) = next(iter(service.modbus.map.meters.items()))
+            _say(f"Modbus TCP on 127.0.0.1:{mb_port}; meter {mid} (value, 32 bits, most significant word first):")
+            _say(f"  mbpoll -m tcp -p {mb_port} -a {unit} -t 3:int -B -0 -r {address} -c 1 -1 127.0.0.1")
+            _say("  the whole map: st2000r registers export CONFIG --format csv (docs/modbus-map.md)")
+        except Exception as exc:
+            _say(f"Modbus TCP is not served: {_reason(exc)}")
 
     def ended(exit_: Any) -> Any:
         if not state["stopping"] and state["ready"]:
