@@ -52,6 +52,7 @@ import importlib.resources
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -111,6 +112,26 @@ os.execv(sys.executable, [sys.executable, "-m", "st2000r.supervisor.cli"] + sys.
 """
 
 
+#: the demo's historian: an embedded SQLite file kept after the demo, so its readings can be queried
+DEMO_HISTORIAN = os.path.join("var", "demo-historian.sqlite")
+LATEST_SQL = ("SELECT meter_id, household, kind, value, base_unit, quality, read_at FROM v_latest_readings "
+              "ORDER BY read_at DESC, meter_id LIMIT 20;")
+
+
+def _historian_url(path: str) -> str:
+    """Create or upgrade the demo's SQLite historian (blocking, a fraction of a second);
+    returns its URL."""
+    from st2000r.historian import db
+
+    url = "sqlite:///" + os.path.abspath(path)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Run the field simulator for the example community as a child process "
                                               "and the supervisor reading it; print progress, alarms and a summary "
@@ -133,6 +154,8 @@ def build_parser() -> ArgumentParser:
                    help="ground truth snapshots during the round every SECONDS (default 60; 0: only before and "
                         "after the round); each costs the simulator about a second")
     p.add_argument("--seed", type=int, default=0, help="seed of the consumption models (default 0)")
+    p.add_argument("--historian", default=DEMO_HISTORIAN, metavar="FILE",
+                   help=f"the SQLite historian the demo writes (kept after the demo; default {DEMO_HISTORIAN})")
     p.add_argument("--no-scenario", action="store_true", help="do not run the commissioning scenario")
     p.add_argument("--verbose", action="store_true",
                    help="also print the supervisor's log and the simulator's output (prefixed 'simulator| ')")
@@ -819,6 +842,7 @@ def _run(args: Any, workdir: str) -> int:
         plans=(ReadingPlan("full", "full", (far,), None, None), ReadingPlan("status", "status", (far,), None, None)),
         settings=replace(topology.settings, gprs_listen=None, state_dir=state_dir),
         modbus=ModbusSettings(tcp=("127.0.0.1", args.modbus)),  # read-only Modbus TCP for SCADA/HMI and mbpoll
+        historian=replace(topology.historian, url=_historian_url(args.historian)),  # kept after the demo
     )
     bound = wire_bound_s(sup_link)[0]
     summary = topology.summary()
@@ -876,6 +900,8 @@ def _run(args: Any, workdir: str) -> int:
         _say(f"  {ctl} fault repeater link={link.name} name=R2 failed=true")
         _say("  (scenario 'commissioning' runs: a tamper alarm at 90 s, a jammed valve at 2 min, a cut cable at "
              "3 min ...)" if not args.no_scenario else "  (no scenario)")
+        _say(f"Historian (SQLite, kept after the demo): {os.path.abspath(args.historian)}; the latest readings:")
+        _say(f"  sqlite3 -header -column {shlex.quote(os.path.abspath(args.historian))} \"{LATEST_SQL}\"")
         _say("")
         service = SupervisorService(sup_topology, reactor)  # audit log and state: in the temporary state folder
         state["service"] = service
