@@ -6,25 +6,9 @@ community.  This module is the command; the parts live beside it: ``scan_core`` 
 injected clock only), ``scan_model`` (the report and its values), ``scan_render`` (text
 report, progress bar, draft topology).  Their public names are re-exported here.
 
-The walk, one transaction at a time:
-
-1. **CDT addresses** -- every configured address of the link, then the search range
-   (default 1-256): ``ReadCdtStatus`` with one try plus one retry; the timeout is the
-   master's timing model (configured CDTs with their repeater latency, unknown addresses
-   with the largest repeater latency of the link, so a CDT behind a repeater is found).
-2. **Each CDT found** -- module inventory (``CdtStatus.modules``), ``ReadChannelInfo`` over
-   the channels of its modules present (meter type, serial, pulse constant), ``ReadAlarms``.
-3. **Standard CJ/T 188 meters** -- ``ReadData`` of a sample of the configured meter serials
-   (all with ``meters="all"``) whose channel the CDT reports as configured, and a broadcast
-   ``ReadAddress`` (810A) per meter type (10h water, 30h gas, 40h electricity; not AAh,
-   which every CDT answers too) that finds a lone standard meter.  A garbled reply means
-   several meters answer at once -- normal on an ST2000R bus, where each CDT answers for
-   its meters: a note, not a difference.  A single answer from an address that is neither
-   configured nor found behind a CDT is an unexpected standard meter.
-
-The :class:`ScanReport` lists :class:`Difference` s (exit status 1 when there is any) and
-notes; alarms present (tamper / short / open per channel, mains lost or battery low per CDT)
-count as differences: a freshly wired bus should have none.
+The walk (configured CDT addresses and a search range, each CDT's modules, channels and
+alarms, standard CJ/T 188 meters) and how its differences are judged are described in
+``scan_core``; ``docs/operations.md`` ("Commissioning scan") is the operator's guide.
 
 Exit status of :func:`main`: 0 the bus matches the configuration, 1 differences found,
 2 bad input (configuration error, unknown link, bad option, device cannot be opened).
