@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("st2000r.drivers.st2000r.cli", "decode and encode CJ/T 188 / ST2000R frames"),
     "run": ("st2000r.supervisor.run", "run the supervisor for a topology"),
     "db": ("st2000r.historian.cli", "historian database: upgrade the schema, status, quarantine"),
+    "history": ("st2000r.historian.history_cli", "billing queries: household usage, CSV export, suspicious readings"),
     "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "registers": ("st2000r.bridge.cli", "export the Modbus register map (CSV or JSON) for SCADA tag import"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),

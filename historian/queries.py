@@ -1,0 +1,195 @@
+"""Queries for billing staff: consumption across meter replacements and counter rollovers,
+suspicious readings, exports.
+
+Blocking (run them on a connection, off the reactor).  Why the consumption is computed
+from consecutive readings and not as "last minus first": a meter replaced in the period has
+two counters (the old one's final reading, the new one's start reading), and a counter that
+wraps at its top (:data:`ROLLOVER`) makes "last minus first" negative.  So, per installation
+(``meter_installations``: which serial served the household at a place, from when to when)
+overlapping the period:
+
+- the value at the segment's start: the installation's last reading at or before it (its
+  ``start_value`` when there is none, e.g. it was installed inside the period);
+- the value at its end: ``final_value`` when it was removed inside the period, else its
+  last reading at or before the end;
+- consumption = sum of the steps between consecutive values; a step down from the top
+  tenth of the counter into its bottom tenth is a rollover (``+ ROLLOVER``), any other step
+  down is reverse flow (kept negative, counted in ``reversals``, flagged by
+  :func:`suspicious`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.engine import Connection
+
+from st2000r.historian.schema import as_utc, installations, meters, readings
+
+__all__ = ["ROLLOVER", "Segment", "Usage", "usage", "Suspicion", "suspicious", "export_readings"]
+
+#: a register of 6 integer and 2 decimal digits of m³ or kWh wraps after 999999.99, i.e. at
+#: 10^9 base units (L or Wh)
+ROLLOVER = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One installation's share of a period.  Values in base units; times UTC."""
+
+    meter_id: str
+    serial: str
+    kind: str
+    base_unit: str
+    start: datetime
+    end: datetime
+    start_value: int
+    end_value: int
+    consumption: int
+    rollovers: int
+    reversals: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A household's consumption over ``[start, end]``: per kind (base units) and the
+    segments it is made of."""
+
+    household: str
+    start: datetime
+    end: datetime
+    by_kind: dict[str, int]
+    segments: tuple[Segment, ...]
+
+
+def _steps(values: list[int]) -> tuple[int, int, int]:
+    total = rollovers = reversals = 0
+    for before, after in zip(values, values[1:]):
+        step = after - before
+        if step < 0 and before >= ROLLOVER * 9 // 10 and after < ROLLOVER // 10:
+            step += ROLLOVER
+            rollovers += 1
+        elif step < 0:
+            reversals += 1
+        total += step
+    return total, rollovers, reversals
+
+
+def usage(conn: Connection, household: str, start: datetime, end: datetime) -> Usage:
+    """Consumption of ``household`` from ``start`` to ``end`` (aware datetimes; module
+    docstring for the rules)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)  # SQLite compares UTC text
+    i, m, r = installations, meters, readings
+    rows = conn.execute(
+        select(i.c.id, i.c.meter, i.c.serial, i.c.installed_at, i.c.removed_at, i.c.start_value, i.c.final_value,
+               m.c.meter_id, m.c.kind, m.c.base_unit)
+        .select_from(i.join(m, i.c.meter == m.c.id))
+        .where(i.c.household == household, i.c.installed_at <= end,
+               or_(i.c.removed_at.is_(None), i.c.removed_at > start))
+        .order_by(m.c.meter_id, i.c.installed_at)).all()
+    segments = []
+    by_kind: dict[str, int] = {}
+    for row in rows:
+        installed, removed = as_utc(row.installed_at), as_utc(row.removed_at)
+        seg_start = max(start, installed)
+        seg_end = min(end, removed) if removed is not None else end
+        in_install = [r.c.meter == row.meter, r.c.read_at >= installed]
+        if removed is not None:
+            in_install.append(r.c.read_at <= removed)
+        before = conn.execute(select(r.c.value).where(*in_install, r.c.read_at <= seg_start)
+                              .order_by(r.c.read_at.desc(), r.c.id.desc()).limit(1)).scalar()
+        first = before if before is not None else row.start_value
+        inside = [v for (v,) in conn.execute(select(r.c.value).where(*in_install, r.c.read_at > seg_start,
+                                                                      r.c.read_at <= seg_end)
+                                             .order_by(r.c.read_at, r.c.id))]
+        values = [first, *inside]
+        if removed is not None and removed <= end and row.final_value is not None:
+            values.append(row.final_value)
+        total, rollovers, reversals = _steps(values)
+        segments.append(Segment(row.meter_id, row.serial, row.kind, row.base_unit, seg_start, seg_end, values[0],
+                                values[-1], total, rollovers, reversals))
+        by_kind[row.kind] = by_kind.get(row.kind, 0) + total
+    return Usage(household, start, end, by_kind, tuple(segments))
+
+
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    """A meter whose readings look wrong.  ``rule``: ``zero`` (no consumption for
+    ``days``), ``reverse`` (a reading below the one before, not a rollover), ``jump`` (a step
+    over the threshold).  ``at``: when it was seen (the later reading); ``detail``: values."""
+
+    meter_id: str
+    rule: str
+    at: datetime
+    detail: str
+
+
+def suspicious(conn: Connection, start: datetime, end: datetime, *, zero_days: int = 7,
+               jump: int = 10_000_000) -> list[Suspicion]:
+    """Readings in ``[start, end]`` that a billing clerk should look at, per meter in time
+    order: reverse flow, jumps larger than ``jump`` base units, and meters whose value did
+    not move for ``zero_days`` days or more."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    r, m = readings, meters
+    rows = conn.execute(select(m.c.meter_id, r.c.read_at, r.c.value).select_from(r.join(m, r.c.meter == m.c.id))
+                        .where(r.c.read_at >= start, r.c.read_at <= end)
+                        .order_by(m.c.meter_id, r.c.read_at, r.c.id)).all()
+    out: list[Suspicion] = []
+    last: dict[str, tuple[datetime, int]] = {}
+    still_since: dict[str, datetime] = {}
+    flagged_zero: set[str] = set()
+    for meter_id, at, value in rows:
+        at = as_utc(at)
+        prev = last.get(meter_id)
+        if prev is not None:
+            step, rollovers, reversals = _steps([prev[1], value])
+            if reversals:
+                out.append(Suspicion(meter_id, "reverse", at, f"{prev[1]} -> {value}"))
+            elif step > jump:
+                out.append(Suspicion(meter_id, "jump", at, f"{prev[1]} -> {value} (+{step})"))
+            if step == 0:
+                since = still_since.setdefault(meter_id, prev[0])
+                if (at - since).days >= zero_days and meter_id not in flagged_zero:
+                    flagged_zero.add(meter_id)
+                    out.append(Suspicion(meter_id, "zero", at, f"{value} unchanged since {since.isoformat()}"))
+            else:
+                still_since.pop(meter_id, None)
+                flagged_zero.discard(meter_id)
+        last[meter_id] = (at, value)
+    return out
+
+
+def export_readings(conn: Connection, start: datetime, end: datetime, path: str, *, encoding: str = "utf-8-sig",
+                    page: int = 10_000) -> int:
+    """Write readings of ``[start, end)`` to a CSV file (``encoding``: ``utf-8-sig`` -- UTF-8
+    with BOM -- or ``gbk``, as Chinese billing systems expect); pages by key so a large
+    export holds one page in memory.  Returns the rows written."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    n = 0
+    with open(path, "w", encoding=encoding, newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["meter_id", "household", "kind", "read_at", "value", "base_unit", "quality", "source"])
+        for row in _pages(conn, start, end, page):
+            out.writerow([row.meter_id, row.household or "", row.kind, as_utc(row.read_at).isoformat(), row.value,
+                          row.base_unit, row.quality, row.source])
+            n += 1
+    return n
+
+
+def _pages(conn: Connection, start: datetime, end: datetime, page: int) -> Iterator[Any]:
+    r, m = readings, meters
+    last = 0
+    while True:
+        rows = conn.execute(
+            select(r.c.id, m.c.meter_id, m.c.household, m.c.kind, r.c.read_at, r.c.value, m.c.base_unit, r.c.quality,
+                   r.c.source).select_from(r.join(m, r.c.meter == m.c.id))
+            .where(and_(r.c.id > last, r.c.read_at >= start, r.c.read_at < end)).order_by(r.c.id).limit(page)).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
