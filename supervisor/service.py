@@ -20,6 +20,9 @@
   STALE until read); it is started first and stopped last, outside the child list, so its
   final flush sees everything the other services published while stopping, and
   ``stopService`` fires only once that flush is on disk.
+- the :class:`~st2000r.historian.writer.Historian` (``.historian``; ``[historian]``, by default
+  ``STATE_DIR/historian.sqlite``): started after the restore, stopped after every child with
+  a final flush (to its spool always, to the database when it answers);
 
 Children start in that order and stop in reverse (links and pollers before the point
 database); on stop, every link is first marked ``stopped`` (a deliberate stop raises no link
