@@ -39,7 +39,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from st2000r.config.model import Meter, ReadingPlan, Topology
 from st2000r.drivers.st2000r import messages as m
@@ -59,10 +65,6 @@ from st2000r.supervisor.events import (
     utc,
 )
 from st2000r.supervisor.point_types import CdtPoint, LinkPoint, MeterPoint, PointStats
-from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 __all__ = ["PointDatabase", "MeterPoint", "CdtPoint", "LinkPoint", "PointStats", "default_stale_after"]
 
