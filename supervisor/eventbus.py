@@ -96,6 +96,7 @@ class QueuedConsumer:
         self._call: Any = None
         self._busy = False
         self.closed = False
+        self._drain_waiters: list[defer.Deferred] = []
 
     # ---------------------------------------------------------------- feeding
 
@@ -135,6 +136,23 @@ class QueuedConsumer:
     def depth(self) -> int:
         return len(self._queue)
 
+    def drained(self) -> defer.Deferred:
+        """Fires once every event queued so far has been delivered and the consumer is not
+        busy with one (a writer's stop waits for this before its final flush)."""
+        d: defer.Deferred = defer.Deferred()
+        if self.closed or (not self._queue and not self._busy):
+            d.callback(None)
+        else:
+            self._drain_waiters.append(d)
+        return d
+
+    def _notify_drained(self) -> None:
+        if self._queue or self._busy or not self._drain_waiters:
+            return
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
     def close(self) -> None:
         """Stop receiving; events still queued are not delivered."""
         self.closed = True
@@ -145,6 +163,7 @@ class QueuedConsumer:
         self._queue.clear()
         self._waiting.clear()
         self.stats.depth = 0
+        self._notify_drained()
 
     # ---------------------------------------------------------------- draining
 
@@ -157,6 +176,7 @@ class QueuedConsumer:
         self._call = None
         for _ in range(DRAIN_BATCH):
             if self._busy or self.closed or not self._queue:
+                self._notify_drained()
                 return
             cell = self._queue.popleft()
             event = cell[0]
@@ -189,6 +209,7 @@ class QueuedConsumer:
     def _resume(self, _: Any) -> None:
         self._busy = False
         self._schedule()
+        self._notify_drained()
 
 
 class EventBus:

@@ -204,3 +204,27 @@ def test_every_event_type_has_the_documented_json_form():
     for e in examples:
         assert to_json(e) == by_type[type(e).__name__], type(e).__name__
         json.dumps(to_json(e))
+
+
+def test_drained_fires_when_everything_queued_was_delivered():
+    clock = Clock()
+    bus = EventBus(clock)
+    pending = []
+
+    def slow(event):
+        d = defer.Deferred()
+        pending.append(d)
+        return d
+
+    queued = bus.attach(slow)
+    assert queued.drained().called  # nothing queued
+    bus.publish(batch())
+    bus.publish(batch())
+    done = queued.drained()
+    clock.advance(0)
+    assert not done.called and len(pending) == 1
+    pending[0].callback(None)
+    clock.advance(0)
+    assert not done.called  # the second is being delivered
+    pending[1].callback(None)
+    assert done.called and queued.depth == 0
