@@ -489,17 +489,7 @@ class StateStore(Service):
         return d
 
     def _drained(self) -> defer.Deferred:
-        # the bus drains its queued consumers on the clock (callLater(0)); wait those turns
-        d: defer.Deferred = defer.Deferred()
-
-        def check() -> None:
-            if self._consumer is None or self._consumer.depth == 0:
-                d.callback(None)
-            else:
-                self.clock.callLater(0, check)
-
-        check()
-        return d
+        return self._consumer.drained() if self._consumer is not None else defer.succeed(None)
 
     def _detach(self) -> None:
         if self._consumer is not None:
