@@ -1,7 +1,7 @@
 """A writer process for the fault test: publishes a round of readings every 20 ms into a
 real Historian (asyncio reactor, writer thread, spool) and prints ``durable R`` once round
-R is in the spool or the database, and ``drained`` when the spool is empty after round
-``--drain-after``.  Usage: ``python hist_child.py CONFIG FIRST_ROUND [--drain-after N]``."""
+R is in the spool or the database, and, with ``--drain-after N``, stops publishing after round N and prints
+``drained`` once the spool is empty.  Usage: ``python hist_child.py CONFIG FIRST_ROUND [--drain-after N]``."""
 
 from __future__ import annotations
 
@@ -36,15 +36,19 @@ def main() -> None:
 
     def tick() -> None:
         r = state["round"]
+        if drain_after is not None and r > drain_after:  # publishing stops: wait for an empty spool
+            status = historian.status()
+            if status.spool_rows == 0 and status.memory_rows == 0 and status.state == "connected":
+                if not state["drained"]:
+                    state["drained"] = True
+                    say("drained")
+                return
+            reactor.callLater(0.02, tick)
+            return
         state["round"] += 1
         for event in batches(topo, r):
             bus.publish(event)
         reactor.callLater(0, lambda: historian.flush().addCallback(lambda _: say(f"durable {r}")))
-        status = historian.status()
-        if drain_after is not None and r >= drain_after and not state["drained"] and status.spool_rows == 0 \
-                and status.state == "connected" and status.memory_rows == 0:
-            state["drained"] = True
-            say("drained")
         reactor.callLater(0.02, tick)
 
     reactor.callWhenRunning(tick)

@@ -93,7 +93,7 @@ def test_outages_and_a_sigkill_lose_nothing_and_duplicate_nothing(pg_database, p
         first.proc.send_signal(signal.SIGKILL)  # in the middle of an outage, with rows in the spool
         first.proc.wait(10)
         durable_first = first.durable
-        second = Child(config, 1001, drain_after=1020)
+        second = Child(config, 1001, drain_after=1015)
         children.append(second)
         second.durable_at_least(1010)  # still cut: the second process spools behind the first's rows
         proxy.restore()
