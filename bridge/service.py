@@ -95,16 +95,17 @@ class ModbusBridge(Service):
         deferred(self._listen()).addErrback(self._listen_failed).addBoth(self._listened)
 
     async def _listen(self) -> int:
-        from st2000r.bridge.server import make_tcp_server
+        from st2000r.bridge.server import ModbusServer, Responder, tls_context
 
-        server = make_tcp_server(self.image, self.policy, self.settings.tcp, self.settings.max_clients)
-        self.image.fill(self.points, self.commands)  # the server's lists replaced the image's own
+        tls = self.settings.tls
+        context = tls_context(*tls) if tls is not None else None
+        server = ModbusServer(Responder(self.image, self.policy), self.settings.max_clients, context)
         self.server = server
-        await server.serve_forever(background=True)
-        sockets = getattr(server.transport, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.tcp[1]
-        log.info("Modbus TCP server listening on {host}:{port} ({units} unit ids, writes {writes})",
-                 host=self.settings.tcp[0], port=self.port, units=len(self.map.units),
+        host, port = self.settings.tcp
+        self.port = await server.listen(host, port)
+        log.info("Modbus {proto} server listening on {host}:{port} ({units} unit ids, writes {writes})",
+                 proto="TCP" if context is None else "TCP Security (TLS, client certificates required)",
+                 host=host, port=self.port, units=len(self.map.units),
                  writes="from " + ", ".join(self.settings.write_allow) if self.settings.write_allow else "off")
         return self.port
 

@@ -81,7 +81,7 @@ async def test_the_client_over_the_bound_is_refused_and_the_others_keep_being_se
             w0.close()
             await w0.wait_closed()
             deadline = time.monotonic() + WAIT
-            while len(bridge.server.active_connections) > 2:
+            while len(bridge.server.connections) > 2:
                 assert time.monotonic() < deadline, "the closed client is still counted"
                 await asyncio.sleep(0.01)
             r5, w5 = await asyncio.open_connection("127.0.0.1", port)
