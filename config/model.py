@@ -58,6 +58,7 @@ __all__ = [
     "ROLES",
     "SupervisorSettings",
     "ModbusSettings",
+    "ModbusRtuSettings",
     "HistorianSettings",
 ]
 
@@ -449,7 +450,10 @@ class ModbusSettings:
     clients may write; empty: read-only.  ``max_clients``: concurrent TCP clients served,
     the excess is refused.  ``units``: ``(link name, first unit id)`` pairs fixing a link's
     unit ids (else the map lock file assigns them).  ``map_lock``: the map lock file's path,
-    or None (beside the configuration file).
+    or None (beside the configuration file).  ``tls``: ``(cert, key, ca)`` file paths as
+    written (relative to the configuration's folder): the TCP listener then speaks Modbus/TCP
+    Security and requires client certificates from ``ca``; None: plain Modbus TCP.  ``rtu``:
+    the serial slave, or None.
     """
 
     tcp: tuple[str, int] | None
@@ -457,6 +461,21 @@ class ModbusSettings:
     max_clients: int = 16
     units: tuple[tuple[str, int], ...] = ()
     map_lock: str | None = None
+    tls: tuple[str, str, str] | None = None
+    rtu: ModbusRtuSettings | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModbusRtuSettings:
+    """The Modbus RTU slave (``[modbus] rtu``): serial ``device``, ``baud``, ``parity``
+    (``"N"``, ``"E"``, ``"O"``; two stop bits with ``"N"``, as Modbus over serial line asks),
+    and ``unit``: the one unit id of the map it answers (others on a multidrop line stay
+    silent, as they may be other slaves'), or None for every unit id of the map."""
+
+    device: str
+    baud: int = 19200
+    parity: str = "E"
+    unit: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,6 +48,7 @@ __all__ = [
     "SITE_SCHEMA", "LINK_COMMON_SCHEMA", "LINK_KIND_SCHEMAS", "REPEATER_SCHEMA", "CDT_RANGE_SCHEMA",
     "CDT_SCHEMA", "MODULE_RANGE_SCHEMA", "MODULE_SCHEMA", "CHANNEL_SCHEMA", "PLAN_SCHEMA",
     "INTERLOCKS_SCHEMA", "OPERATOR_SCHEMA", "SUPERVISOR_SCHEMA", "MODBUS_SCHEMA",
+    "MODBUS_TLS_SCHEMA", "MODBUS_RTU_SCHEMA",
 ]
 
 REQUIRED: Any = object()
@@ -245,6 +246,21 @@ MODBUS_SCHEMA: Schema = {
     "max_clients": Key(INT, 16, in_range(1, MAX_CLIENTS), "concurrent Modbus TCP clients"),
     "units": Key(TABLE, {}, doc="first unit id per link name (default: assigned in the map lock file)"),
     "map_lock": Key(STR, None, check_token, "the map lock file (default: beside the configuration)"),
+    "tls": Key(TABLE, None, doc="Modbus/TCP Security on the tcp listener: [modbus.tls] (absent: plain TCP)"),
+    "rtu": Key(TABLE, None, doc="the Modbus RTU slave: [modbus.rtu] (absent: none)"),
+}
+
+MODBUS_TLS_SCHEMA: Schema = {
+    "cert": Key(STR, REQUIRED, check_token, "the server's certificate (PEM), relative to the configuration's folder"),
+    "key": Key(STR, REQUIRED, check_token, "the server's private key (PEM)"),
+    "ca": Key(STR, REQUIRED, check_token, "CA certificates (PEM) a client's certificate must chain to"),
+}
+
+MODBUS_RTU_SCHEMA: Schema = {
+    "device": Key(STR, REQUIRED, check_token, "serial device of the RTU slave"),
+    "baud": Key(INT, 19200, one_of(*BAUD_RATES), "line speed"),
+    "parity": Key(STR, "E", one_of("N", "E", "O"), "N | E | O (N: two stop bits)"),
+    "unit": Key(INT, None, in_range(1, 247), "the one unit id answered (absent: every unit id of the map)"),
 }
 
 HISTORIAN_SCHEMA: Schema = {
@@ -272,6 +288,8 @@ SCHEMAS: dict[str, Schema] = {
     "operators[]": OPERATOR_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
     "modbus": MODBUS_SCHEMA,
+    "modbus.tls": MODBUS_TLS_SCHEMA,
+    "modbus.rtu": MODBUS_RTU_SCHEMA,
     "historian": HISTORIAN_SCHEMA,
 }
 

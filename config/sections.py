@@ -11,9 +11,10 @@ import re
 from typing import Any
 
 from st2000r.config.modbus import UNITS_PER_LINK, check_first_unit, parse_listen, parse_network
-from st2000r.config.model import (HistorianSettings, Interlocks, ModbusSettings, Operator, ReadingPlan,
-                                  SupervisorSettings)
+from st2000r.config.model import (HistorianSettings, Interlocks, ModbusRtuSettings, ModbusSettings, Operator,
+                                  ReadingPlan, SupervisorSettings)
 from st2000r.config.schema import HISTORIAN_SCHEMA, INTERLOCKS_SCHEMA, MODBUS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
+from st2000r.config.schema import MODBUS_RTU_SCHEMA, MODBUS_TLS_SCHEMA
 from st2000r.config.validation import Context, check_table, indexed, string_list
 from st2000r.config.values import check_text, key_path, parse_duration, parse_time, show, type_name
 
@@ -178,10 +179,27 @@ def modbus_section(ctx: Context, value: Any, path: str) -> None:
         for unit in range(first, first + UNITS_PER_LINK):
             taken[unit] = name
         units.append((name, first))
+    tls = rtu = None
+    if values.get("tls") is not None:
+        tpath = key_path(path, "tls")
+        t = check_table(ctx, values["tls"], tpath, MODBUS_TLS_SCHEMA)
+        if t is None or len(t) != len(MODBUS_TLS_SCHEMA):
+            good = False
+        elif values.get("tcp") is None:
+            ctx.error(tpath, "tls secures the TCP listener: add tcp = \"IP:PORT\" (Modbus/TCP Security uses port 802)")
+            good = False
+        else:
+            tls = (t["cert"], t["key"], t["ca"])
+    if values.get("rtu") is not None:
+        r = check_table(ctx, values["rtu"], key_path(path, "rtu"), MODBUS_RTU_SCHEMA)
+        if r is None or len(r) != len(MODBUS_RTU_SCHEMA):
+            good = False
+        else:
+            rtu = ModbusRtuSettings(device=r["device"], baud=r["baud"], parity=r["parity"], unit=r["unit"])
     if good:
         tcp = parse_listen(values["tcp"])[0] if values["tcp"] is not None else None
         ctx.modbus = ModbusSettings(tcp=tcp, write_allow=tuple(networks), max_clients=values["max_clients"],
-                                    units=tuple(units), map_lock=values["map_lock"])
+                                    units=tuple(units), map_lock=values["map_lock"], tls=tls, rtu=rtu)
 
 
 def historian_section(ctx: Context, value: Any, path: str) -> None:
