@@ -13,6 +13,7 @@ master (DESIGN.md §4).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -49,6 +50,7 @@ class ModbusBridge(Service):
                  regmap: RegisterMap | None = None) -> None:
         assert topology.modbus is not None
         self.settings = topology.modbus
+        self.topology = topology
         self.reactor = reactor
         self.bus = bus
         self.points = points
@@ -98,7 +100,7 @@ class ModbusBridge(Service):
         from st2000r.bridge.server import ModbusServer, Responder, tls_context
 
         tls = self.settings.tls
-        context = tls_context(*tls) if tls is not None else None
+        context = tls_context(*(self._path(p) for p in tls)) if tls is not None else None
         server = ModbusServer(Responder(self.image, self.policy), self.settings.max_clients, context)
         self.server = server
         host, port = self.settings.tcp
@@ -108,6 +110,12 @@ class ModbusBridge(Service):
                  host=host, port=self.port, units=len(self.map.units),
                  writes="from " + ", ".join(self.settings.write_allow) if self.settings.write_allow else "off")
         return self.port
+
+    def _path(self, path: str) -> str:
+        """A file named in the configuration: relative to the configuration's folder."""
+        source = self.topology.source
+        base = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else ""
+        return os.path.join(base, os.path.expanduser(path))
 
     def _listen_failed(self, failure: Any) -> Any:
         log.error("Modbus TCP server cannot listen on {host}:{port}: {why}", host=self.settings.tcp[0],

@@ -10,10 +10,15 @@ bounded.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
 import struct
+import subprocess
 import time
 
+import pytest
 import pytest_twisted
+from pymodbus.client import AsyncModbusTlsClient
 
 from st2000r.bridge.aio import deferred
 from st2000r.bridge.service import ModbusBridge
@@ -90,5 +95,72 @@ async def test_the_client_over_the_bound_is_refused_and_the_others_keep_being_se
                 w.close()
 
         await deferred(scenario())
+    finally:
+        await bridge.stopService()
+
+
+# ---------------------------------------------------------------- Modbus/TCP Security
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_pki(folder) -> None:
+    """A throwaway CA, a server certificate for 127.0.0.1, a client certificate from the CA,
+    and a client certificate from another (unknown) CA; EC P-256 keys, valid for a day."""
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for ca in ("ca", "rogue-ca"):
+        _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1",
+                 "-subj", f"/CN={ca}", cwd=folder)
+    for name, ca, ext in (("server", "ca", "server.ext"), ("client", "ca", "client.ext"),
+                          ("rogue", "rogue-ca", "client.ext")):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", ext, cwd=folder)
+
+
+def client_context(folder, cert: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(folder / "ca.pem"))
+    if cert is not None:
+        context.load_cert_chain(str(folder / f"{cert}.pem"), str(folder / f"{cert}.key"))
+    return context
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest_twisted.ensureDeferred
+async def test_tls_a_client_with_a_certificate_reads_one_without_or_from_another_ca_is_refused(tmp_path):
+    make_pki(tmp_path)
+    bridge = make_bridge(f'tcp = "127.0.0.1:0"\ntls = {{ cert = "{tmp_path}/server.pem", '
+                         f'key = "{tmp_path}/server.key", ca = "{tmp_path}/ca.pem" }}\n')
+    try:
+        port = await bridge.when_listening()
+        expected = [bridge.image.get16(UNIT, METER + i) for i in range(8)]
+        assert expected[2] == 0 and expected[0:2] != [0, 0]  # good quality, a value
+
+        async def scenario() -> None:
+            client = AsyncModbusTlsClient("127.0.0.1", port=port, sslctx=client_context(tmp_path, "client"),
+                                          timeout=WAIT, retries=0)
+            assert await client.connect()
+            try:
+                result = await client.read_input_registers(METER, count=8, device_id=UNIT)
+                assert result.registers == expected
+            finally:
+                client.close()
+            for cert in (None, "rogue"):
+                answer = b""
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                        "127.0.0.1", port, ssl=client_context(tmp_path, cert), server_hostname="127.0.0.1"), WAIT)
+                    writer.write(read_request(1))
+                    answer = await asyncio.wait_for(reader.read(), WAIT)
+                    writer.close()
+                except (ssl.SSLError, ConnectionError):
+                    pass  # refused in the handshake
+                assert answer == b"", (cert, answer)  # no Modbus answer, whatever the TLS version
+
+        await deferred(scenario())
+        assert len(bridge.server.connections) <= 1 and bridge.stats.requests == 1
     finally:
         await bridge.stopService()
