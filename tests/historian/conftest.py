@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+from hist_rig import PG_HOST, PG_PORT, PG_USER, pg_url
 
 
 def _admin():
@@ -39,13 +39,6 @@ def pg_database():
     yield name
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def pg_url(database: str, port: int = PG_PORT, schema: str | None = None) -> str:
-    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{port}/{database}"
-    if schema is not None:
-        url += f"?options=-csearch_path%3D{schema}"
-    return url
 
 
 @pytest.fixture

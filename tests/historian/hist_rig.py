@@ -135,4 +135,13 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
 
-PG_UPSTREAM = ("127.0.0.1", 5432)
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+PG_UPSTREAM = (PG_HOST, PG_PORT)
+
+
+def pg_url(database: str, port: int = PG_PORT, schema: str | None = None) -> str:
+    """A psycopg URL of the local server (or of a proxy's ``port``), in ``schema``."""
+    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{port}/{database}"
+    if schema is not None:
+        url += f"?options=-csearch_path%3D{schema}"
+    return url

@@ -22,8 +22,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from conftest import pg_url
-from hist_rig import PG_UPSTREAM, START, TOPOLOGY, TcpProxy
+from hist_rig import PG_UPSTREAM, START, TOPOLOGY, TcpProxy, pg_url
 from st2000r.historian import db
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -121,12 +121,10 @@ def test_a_replay_after_a_crash_inserts_nothing_twice(db_url, tmp_path):
 def test_unreachable_database_spools_and_replays_in_order(pg_database, pg_schema, tmp_path):
     """The database goes away (a proxy of our own is cut) for several rounds and comes back:
     rows wait in the spool, then arrive once each, in the order they were produced."""
-    from hist_rig import PG_UPSTREAM
+    from hist_rig import PG_UPSTREAM, pg_url
 
     proxy = TcpProxy(PG_UPSTREAM)
     try:
-        from conftest import pg_url
-
         url = upgraded(pg_url(pg_database, port=proxy.port, schema=pg_schema))
         topo = topology(str(tmp_path))
         h, bus, clock = start(url, tmp_path, topo=topo)
