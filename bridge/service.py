@@ -65,6 +65,8 @@ class ModbusBridge(Service):
         self._stats_loop: task.LoopingCall | None = None
         self._listen_result: Any = None
         self._waiters: list[defer.Deferred] = []
+        self.rtu: Any = None
+        self._rtu_port: Any = None
 
     def when_listening(self) -> defer.Deferred:
         """Fires with the TCP port once the server listens (errback if it cannot); with None
@@ -91,6 +93,7 @@ class ModbusBridge(Service):
         self._stats_loop = task.LoopingCall(self._copy_stats)
         self._stats_loop.clock = self.reactor
         self._stats_loop.start(STATS_PERIOD_S, now=False)
+        self._open_rtu()
         if self.settings.tcp is None:
             self._listened(None)
             return
@@ -110,6 +113,28 @@ class ModbusBridge(Service):
                  host=host, port=self.port, units=len(self.map.units),
                  writes="from " + ", ".join(self.settings.write_allow) if self.settings.write_allow else "off")
         return self.port
+
+    def _open_rtu(self) -> None:
+        """The RTU slave, when configured; a device that cannot be opened is logged and the
+        rest of the bridge (and the supervisor) carries on."""
+        rtu = self.settings.rtu
+        if rtu is None:
+            return
+        from st2000r.bridge.rtu import open_rtu
+        from st2000r.bridge.server import Responder
+
+        if rtu.unit is not None and rtu.unit not in self.map.units:
+            log.error("Modbus RTU slave: unit {unit} is not on the map (units: {units}); not started", unit=rtu.unit,
+                      units=", ".join(map(str, sorted(self.map.units))))
+            return
+        responder = Responder(self.image, self.policy, None if rtu.unit is None else (rtu.unit,))
+        try:
+            self.rtu, self._rtu_port = open_rtu(responder, self.reactor, self._path(rtu.device), rtu.baud, rtu.parity)
+        except Exception as e:
+            log.error("Modbus RTU slave cannot open {device}: {why}", device=rtu.device, why=e)
+            return
+        log.info("Modbus RTU slave on {device} ({baud} baud, parity {parity}, unit ids {units})", device=rtu.device,
+                 baud=rtu.baud, parity=rtu.parity, units=", ".join(map(str, sorted(responder.valid))))
 
     def _path(self, path: str) -> str:
         """A file named in the configuration: relative to the configuration's folder."""
@@ -133,6 +158,9 @@ class ModbusBridge(Service):
             self._consumer = None
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
+        port, self._rtu_port = self._rtu_port, None
+        if port is not None:
+            port.loseConnection()
         server, self.server = self.server, None
         if server is None:
             return defer.succeed(None)

@@ -19,6 +19,7 @@ import time
 import pytest
 import pytest_twisted
 from pymodbus.client import AsyncModbusTlsClient
+from pymodbus.exceptions import ModbusIOException
 
 from st2000r.bridge.aio import deferred
 from st2000r.bridge.service import ModbusBridge
@@ -46,6 +47,11 @@ def make_bridge(modbus: str) -> ModbusBridge:
     bridge = ModbusBridge(topology, reactor, bus, points, None)
     bridge.startService()
     return bridge
+
+
+def same_meter(regs: list[int], expected: list[int]) -> bool:
+    """A meter's 8 registers equal, but for the age (computed when read: it may have ticked)."""
+    return regs[:3] == expected[:3] and regs[5:8] == expected[5:8] and (regs[3] << 16 | regs[4]) < 10
 
 
 def read_request(tid: int, address: int = METER, count: int = 2) -> bytes:
@@ -145,7 +151,7 @@ async def test_tls_a_client_with_a_certificate_reads_one_without_or_from_another
             assert await client.connect()
             try:
                 result = await client.read_input_registers(METER, count=8, device_id=UNIT)
-                assert result.registers == expected
+                assert same_meter(result.registers, expected)
             finally:
                 client.close()
             for cert in (None, "rogue"):
@@ -164,3 +170,102 @@ async def test_tls_a_client_with_a_certificate_reads_one_without_or_from_another
         assert len(bridge.server.connections) <= 1 and bridge.stats.requests == 1
     finally:
         await bridge.stopService()
+
+
+# ---------------------------------------------------------------- RTU slave
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+@pytest_twisted.ensureDeferred
+async def test_rtu_slave_on_a_pty_pair_answers_pymodbus_and_mbpoll_and_stays_silent_for_others(tmp_path):
+    from pymodbus.client import AsyncModbusSerialClient
+
+    from support.pty import poll
+
+    slave_end, master_end = tmp_path / "slave", tmp_path / "master"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={slave_end}", f"pty,raw,echo=0,link={master_end}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bridge = None
+    try:
+        await poll(lambda: slave_end.exists() and master_end.exists(), WAIT)
+        bridge = make_bridge(f'rtu = {{ device = "{slave_end}", baud = 19200, parity = "E", unit = 1 }}\n')
+        assert bridge.rtu is not None
+        expected = [bridge.image.get16(UNIT, METER + i) for i in range(8)]
+        assert expected[2] == 0 and expected[0:2] != [0, 0]
+
+        async def scenario() -> None:
+            # a pty carries no parity bit, and Linux refuses a second tcsetattr with PARENB on a pty
+            # (pyserial applies settings again on every change): the master side says "N"
+            client = AsyncModbusSerialClient(str(master_end), baudrate=19200, parity="N", stopbits=1, bytesize=8,
+                                             timeout=1, retries=0)
+            assert await client.connect()
+            try:
+                assert same_meter((await client.read_input_registers(METER, count=8, device_id=UNIT)).registers, expected)
+                header = await client.read_input_registers(0, count=6, device_id=UNIT)
+                assert header.registers[0] == 1  # map version
+                bad = await client.read_input_registers(900, count=2, device_id=UNIT)  # between header and block
+                assert bad.isError() and bad.exception_code == 2
+                refused = await client.write_coil(METER, False, device_id=UNIT)  # no address to allow: 01
+                assert refused.isError() and refused.exception_code == 1
+                before = bridge.rtu.frames
+                with pytest.raises(ModbusIOException):  # another slave's address: silence
+                    await client.read_input_registers(METER, count=2, device_id=7)
+                assert bridge.rtu.frames == before
+                assert (await client.read_input_registers(METER, count=2, device_id=UNIT)).registers == expected[:2]
+            finally:
+                client.close()
+            if shutil.which("mbpoll"):
+                proc = await asyncio.create_subprocess_exec(
+                    "mbpoll", "-m", "rtu", "-b", "19200", "-P", "none", "-a", "1", "-t", "3", "-0", "-r", str(METER),
+                    "-c", "8", "-1", "-o", "1", str(master_end), stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE)
+                out, err = await asyncio.wait_for(proc.communicate(), 10)
+                assert proc.returncode == 0, out + err
+                values = {int(a): int(v.split()[0]) for a, v in
+                          (line[1:].split("]:", 1) for line in out.decode().splitlines() if line.startswith("["))}
+                assert same_meter([values[METER + i] & 0xFFFF for i in range(8)], expected)
+
+        await deferred(scenario())
+    finally:
+        if bridge is not None:
+            await bridge.stopService()
+        socat.terminate()
+        socat.wait(10)
+
+
+def test_rtu_framing_on_a_clock():
+    """Split requests, damaged frames and unknown functions on the slave's framing, time
+    from a Clock: a known request is answered as soon as it is complete; a damaged one is
+    dropped once the line is silent for 3.5 characters; an unknown function answers 01 then."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from st2000r.bridge.rtu import RtuSlave, crc16
+    from st2000r.bridge.server import Responder, WritePolicy
+
+    bridge = ModbusBridge(loads(example_path("small.toml").read_text(encoding="utf-8") + '\n[modbus]\n'),
+                          Clock(), EventBus(Clock()), None, None)
+    clock = Clock()
+    slave = RtuSlave(Responder(bridge.image, WritePolicy((), None, bridge.stats)), clock, 19200)
+    wire = StringTransport()
+    slave.makeConnection(wire)
+
+    def framed(body: bytes) -> bytes:
+        return body + crc16(body).to_bytes(2, "little")
+
+    request = framed(struct.pack(">BBHH", UNIT, 4, 0, 1))
+    slave.dataReceived(request[:3])
+    assert wire.value() == b""
+    slave.dataReceived(request[3:])
+    assert wire.value() == framed(bytes((UNIT, 4, 2, 0, 1)))  # map version 1, at once
+    wire.clear()
+    slave.dataReceived(request[:-1] + bytes((request[-1] ^ 0xFF,)))  # bad CRC
+    clock.advance(0.01)
+    assert wire.value() == b"" and slave.dropped == 1
+    slave.dataReceived(framed(bytes((UNIT, 8, 0, 1, 0x12, 0x34))))  # diagnostics: length unknown
+    assert wire.value() == b""
+    clock.advance(3.5 * 11 / 19200)
+    assert wire.value() == framed(bytes((UNIT, 0x88, 1)))
+    wire.clear()
+    slave.dataReceived(framed(struct.pack(">BBHH", 0, 4, 0, 1)) + framed(struct.pack(">BBHH", 9, 4, 0, 1)))
+    clock.advance(0.01)
+    assert wire.value() == b""  # broadcast and another slave: silence
