@@ -4,8 +4,10 @@ Built by :class:`~st2000r.supervisor.service.SupervisorService` when the topolog
 ``[modbus]`` section.  On start: the image is filled from the point database's snapshots
 (values restored from the state folder come back STALE), a queued consumer of the event bus
 keeps it current (change events coalesce per point when it falls behind), the link counters
-are copied once a second, and the TCP server listens on exactly the configured interface.
-On stop: the consumer is closed and the server shut down (its clients disconnected).
+are copied once a second, the TCP server (TLS with client certificates when ``tls`` is
+set) listens on exactly the configured interface, and the RTU slave opens its serial device
+(a device that cannot be opened is logged; the rest carries on).  On stop: the consumer is
+closed, the serial port closed and the server shut down (its clients disconnected).
 
 The bridge is a consumer of events and a client of the command dispatcher, never of a bus
 master (DESIGN.md §4).
