@@ -11,7 +11,8 @@ BIN := $(VENV)/bin
 #   socat     serial-device-server and pseudo-terminal plumbing in tests and the demo
 #   tmux      drives the operator console in a real terminal in tests
 #   mbpoll    a third-party Modbus master: reads the Modbus bridge in tests and the demo
-SYSTEM_PACKAGES := unixodbc socat tmux mbpoll
+#   openssl   makes the throwaway CA and certificates of the Modbus/TCP Security test
+SYSTEM_PACKAGES := unixodbc socat tmux mbpoll openssl
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
