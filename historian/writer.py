@@ -139,6 +139,22 @@ class Historian(Service):
     # ---------------------------------------------------------------- service
 
     def startService(self) -> None:
+        # The first contact with a database is the heaviest Python work the writer does
+        # (Alembic's imports and migrations, the topology's rows).  Done on the writer thread
+        # while the links come up, it starves the reactor of the interpreter lock long enough
+        # for bus transactions to time out (100 GPRS DTUs polled at start failed that way).
+        # So: the imports always, and for the embedded file all of it, here, before the
+        # reactor serves anything; a remote database that does not answer is not waited for.
+        import alembic.command  # noqa: F401
+        import alembic.runtime.migration  # noqa: F401
+        import alembic.script  # noqa: F401
+
+        if self.auto_upgrade:
+            try:
+                self._thd_prepare()
+            except Exception:
+                log.failure("historian {url}: preparing the embedded database failed; the writer will retry",
+                            url=db.describe_url(self.url))
         self.spool = Spool(self.spool_dir, self.spool_max_bytes)
         for problem in self.spool.problems:
             log.error("historian spool: {problem}", problem=problem)
@@ -262,18 +278,9 @@ class Historian(Service):
         assert self.spool is not None
         committed = quarantined = 0
         try:
-            if self._engine is None:
-                self._engine = self._engine_factory(self.url)
-            if self._meter_keys is None:
-                with self._engine.connect() as conn:
-                    status = db.schema_status(conn)
-                if not status.ok and self.auto_upgrade and not status.newer:
-                    status = db.upgrade(self._engine)
-                problem = status.problem(self.config_name)
-                if problem is not None:
-                    return "schema", problem, 0, 0
-                with self._engine.begin() as conn:
-                    self._meter_keys = store.sync_topology(conn, self.topology, datetime.now(UTC))
+            problem = self._thd_prepare()
+            if problem is not None:
+                return "schema", problem, 0, 0
             while self.spool.rows:
                 records = self.spool.head(self.records_per_transaction)
                 rejected: list[tuple] = []
@@ -295,6 +302,23 @@ class Historian(Service):
                 raise
             return "unreachable", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, committed, quarantined
         return "connected", None, committed, quarantined
+
+    def _thd_prepare(self) -> str | None:
+        """Engine, schema check (and upgrade of the embedded file), the topology's rows; the
+        schema problem in words, or None.  Raises what connecting raises."""
+        if self._engine is None:
+            self._engine = self._engine_factory(self.url)
+        if self._meter_keys is None:
+            with self._engine.connect() as conn:
+                status = db.schema_status(conn)
+            if not status.ok and self.auto_upgrade and not status.newer:
+                status = db.upgrade(self._engine)
+            problem = status.problem(self.config_name)
+            if problem is not None:
+                return problem
+            with self._engine.begin() as conn:
+                self._meter_keys = store.sync_topology(conn, self.topology, datetime.now(UTC))
+        return None
 
     def _thd_one_by_one(self, records: list[Any]) -> list[tuple]:
         """Each row in its own transaction; the ones the database rejects come back."""
