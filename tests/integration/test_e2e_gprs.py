@@ -81,8 +81,8 @@ async def test_100_dtus_prove_themselves_are_polled_drop_reconnect_are_polled_ag
     async def poll_all() -> float:
         t0 = time.perf_counter()
         results = await within(defer.gatherResults([service.pollers[n].run_plan_now("status") for n in names]), 60)
-        assert all(r.unreachable == () and r.aborted is None for r in results)
-        assert all(c.online for c in service.points.cdts())
+        assert all(r.unreachable == () and r.aborted is None for r in results), [r for r in results if r.unreachable or r.aborted][:3]
+        assert all(c.online for c in service.points.cdts()), [(c.link, c.address, c.online) for c in service.points.cdts() if not c.online][:5]
         return time.perf_counter() - t0
 
     sim.startService()
