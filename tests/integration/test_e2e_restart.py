@@ -7,6 +7,10 @@ read after it: every point it restored must still be in ``state.sqlite`` with it
 value, count and read time, marked stale, after its first flush.  Waiting is on process
 output lines and on the state file with deadlines, never on fixed sleeps.
 
+The audit log of an earlier run holds a valve command cut off by a crash (its last line
+``sent``): the first run closes it as ``interrupted`` after reading the valve back; after
+the SIGKILL and the restart the audit log is whole and the command is not closed twice.
+
 Acknowledged alarms across a restart have no outside entry yet (no API to acknowledge
 with): ``tests/supervisor/test_sup_state.py`` covers them with two supervisors on one
 state folder in-process, killed and stopped cleanly.
@@ -55,9 +59,21 @@ def _configs(tmp_path):
     return field, scenario, ptys, state, reading, idle
 
 
+CUT_OFF = {"id": "0ldrun00-000007", "kind": "valve", "target": f"{LINK}/1/1/2", "action": "close", "who": "alice",
+           "source": "api", "peer": "192.0.2.7", "reason": "unpaid bill", "requested_at": "2026-11-29T21:00:00+00:00",
+           "state": "sent", "detail": "frame on the wire", "sent_at": "2026-11-29T21:00:00+00:00",
+           "finished_at": None, "late": False}
+
+
+def _audit(state):
+    return [json.loads(line) for line in (state / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
 def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kill_as_stale(tmp_path):
     field, scenario, ptys, state, reading, idle = _configs(tmp_path)
     db = str(state / "state.sqlite")
+    state.mkdir()
+    (state / "audit.jsonl").write_text(json.dumps(CUT_OFF) + "\n", encoding="utf-8")  # an earlier run's crash
     sim = subprocess.Popen([ST2000R, "simulate", str(field), "--control", "0", "--pty-dir", str(ptys),
                             "--scenario", str(scenario)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -69,6 +85,10 @@ def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kil
         out = Lines(run)
         out.until(r"restored 0 meter points \(stale until read\) and 0 alarms", 20)
         out.until(rf"supervising .*{4 * CDTS_PER_REPEATER} CDTs, {METERS} meters", 20)
+        # the cut-off command is closed after its valve was read back (the simulator's is open)
+        closed = poll(lambda: [r for r in _audit(state) if r["id"] == CUT_OFF["id"] and r["state"] == "interrupted"],
+                      30, "the cut-off command closed")
+        assert "valve read back open after the restart (target not reached)" in closed[0]["detail"]
 
         # some meters read and flushed (the tamper alarm too), the round still running: kill it there
         poll(lambda: len(state_rows(db, "SELECT 1 FROM meters")) >= 96 and state_rows(db, "SELECT 1 FROM alarms"),
@@ -108,10 +128,9 @@ def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kil
 
         # no file was taken for damaged; the audit log, if any command wrote one, is whole
         assert not [name for name in os.listdir(state) if ".corrupt-" in name]
-        audit = state / "audit.jsonl"
-        if audit.exists():
-            for line in audit.read_text(encoding="utf-8").splitlines():
-                json.loads(line)
+        records = _audit(state)  # every line parses: whole after the SIGKILL
+        assert [r["state"] for r in records if r["id"] == CUT_OFF["id"]] == ["sent", "interrupted"]  # closed once
+        assert not (state / "audit.jsonl.torn-1").exists()
         sim.send_signal(signal.SIGTERM)
         Lines(sim).rest(20)
     finally:
