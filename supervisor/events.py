@@ -399,4 +399,11 @@ def to_json(event: Any) -> dict[str, Any]:
     return out
 
 
-from st2000r.supervisor.eventbus import EventBus  # noqa: E402  (re-exported; it imports the types above)
+def __getattr__(name: str) -> Any:
+    """``EventBus`` is re-exported from :mod:`~st2000r.supervisor.eventbus`, lazily: that module
+    imports the types above, so either module may be imported first."""
+    if name == "EventBus":
+        from st2000r.supervisor.eventbus import EventBus
+
+        return EventBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,9 +11,9 @@ The audit log of an earlier run holds a valve command cut off by a crash (its la
 ``sent``): the first run closes it as ``interrupted`` after reading the valve back; after
 the SIGKILL and the restart the audit log is whole and the command is not closed twice.
 
-Acknowledged alarms across a restart have no outside entry yet (no API to acknowledge
-with): ``tests/supervisor/test_sup_state.py`` covers them with two supervisors on one
-state folder in-process, killed and stopped cleanly.
+The state folder also starts with the tamper alarm the scenario raises, already
+acknowledged in an earlier run (written by the state store itself: there is no outside way
+to acknowledge yet): it stays acknowledged through the run, the SIGKILL and the restart.
 """
 
 from __future__ import annotations
@@ -69,11 +69,42 @@ def _audit(state):
     return [json.loads(line) for line in (state / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
+def _acknowledged_in_an_earlier_run(state, config) -> None:
+    """The state folder as an earlier run left it: the tamper alarm acknowledged by alice."""
+    from datetime import UTC, datetime
+
+    from twisted.internet.task import Clock
+
+    from st2000r.config.loader import load
+    from st2000r.supervisor.eventbus import EventBus
+    from st2000r.supervisor.events import Alarm, AlarmChanged
+    from st2000r.supervisor.state import StateStore
+
+    clock = Clock()
+    clock.advance(datetime(2026, 11, 29, 21, 0, tzinfo=UTC).timestamp())
+    bus = EventBus(clock)
+    store = StateStore(state, clock, bus, load(config))
+    store.startService()
+    at = datetime.fromtimestamp(clock.seconds(), UTC)
+    bus.publish(AlarmChanged(Alarm(id=TAMPER, source=f"{LINK}/1/1/1", kind="tamper", severity="major",
+                                   text=f"meter {LINK}/1/1/1: tamper alarm on the channel", state="active-acked",
+                                   active=True, raised_at=at, acked_by="alice", acked_at=at,
+                                   ack_note="technician on the way"), at))
+    clock.advance(0)
+    done = store.stopService()
+    clock.advance(0)
+    assert done.called
+
+
+TAMPER = f"meter:{LINK}/1/1/1:tamper"
+
+
 def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kill_as_stale(tmp_path):
     field, scenario, ptys, state, reading, idle = _configs(tmp_path)
     db = str(state / "state.sqlite")
     state.mkdir()
     (state / "audit.jsonl").write_text(json.dumps(CUT_OFF) + "\n", encoding="utf-8")  # an earlier run's crash
+    _acknowledged_in_an_earlier_run(state, reading)
     sim = subprocess.Popen([ST2000R, "simulate", str(field), "--control", "0", "--pty-dir", str(ptys),
                             "--scenario", str(scenario)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -83,7 +114,7 @@ def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kil
         run = subprocess.Popen([ST2000R, "run", str(reading)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(run)
         out = Lines(run)
-        out.until(r"restored 0 meter points \(stale until read\) and 0 alarms", 20)
+        out.until(r"restored 0 meter points \(stale until read\) and 1 alarms", 20)
         out.until(rf"supervising .*{4 * CDTS_PER_REPEATER} CDTs, {METERS} meters", 20)
         # the cut-off command is closed after its valve was read back (the simulator's is open)
         closed = poll(lambda: [r for r in _audit(state) if r["id"] == CUT_OFF["id"] and r["state"] == "interrupted"],
@@ -102,7 +133,8 @@ def test_sigkill_mid_round_then_restart_restores_every_point_read_before_the_kil
         before = {row[0]: row[1:] for row in state_rows(
             db, "SELECT link || '/' || cdt || '/' || module || '/' || channel, value, count, read_at FROM meters")}
         alarms_before = state_rows(db, "SELECT id, state, raised_at FROM alarms")
-        assert [row[:2] for row in alarms_before] == [("meter:lakeside-bus/1/1/1:tamper", "active-unacked")]
+        # the tamper is active again in the field, and still acknowledged
+        assert [row[:2] for row in alarms_before] == [(TAMPER, "active-acked")]
         assert 96 <= len(before) < METERS  # read before the kill, and not the whole round
 
         again = subprocess.Popen([ST2000R, "run", str(idle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
