@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.engine import Connection
 
 from st2000r.historian.schema import as_utc, installations, meters, readings
 
-__all__ = ["ROLLOVER", "Segment", "Usage", "usage", "Suspicion", "suspicious", "export_readings"]
+__all__ = ["ROLLOVER", "Segment", "Usage", "usage", "Suspicion", "suspicious", "export_readings",
+           "installations_stmt", "value_before_stmt", "values_inside_stmt", "suspicious_stmt", "export_page_stmt"]
 
 #: a register of 6 integer and 2 decimal digits of m³ or kWh wraps after 999999.99, i.e. at
 #: 10^9 base units (L or Wh)
@@ -80,33 +81,79 @@ def _steps(values: list[int]) -> tuple[int, int, int]:
     return total, rollovers, reversals
 
 
+# ---------------------------------------------------------------- statements
+# Each SELECT the queries issue is built by one of these functions, so the tests can compile
+# exactly what runs for SQL Server (tests/historian/test_hist_mssql.py).  Portable on
+# purpose: comparisons, joins, ORDER BY and a row limit only (no database functions); a
+# limit becomes LIMIT on SQLite and PostgreSQL and TOP on SQL Server.
+
+
+def installations_stmt(household: str, start: datetime, end: datetime) -> Select:
+    """The installations of ``household`` overlapping ``[start, end]`` with their meter."""
+    i, m = installations, meters
+    return (select(i.c.id, i.c.meter, i.c.serial, i.c.installed_at, i.c.removed_at, i.c.start_value,
+                   i.c.final_value, m.c.meter_id, m.c.kind, m.c.base_unit)
+            .select_from(i.join(m, i.c.meter == m.c.id))
+            .where(i.c.household == household, i.c.installed_at <= end,
+                   or_(i.c.removed_at.is_(None), i.c.removed_at > start))
+            .order_by(m.c.meter_id, i.c.installed_at))
+
+
+def _in_installation(meter: int, installed: datetime, removed: datetime | None) -> list[Any]:
+    r = readings
+    where = [r.c.meter == meter, r.c.read_at >= installed]
+    if removed is not None:
+        where.append(r.c.read_at <= removed)
+    return where
+
+
+def value_before_stmt(meter: int, installed: datetime, removed: datetime | None, at: datetime) -> Select:
+    """The installation's last reading at or before ``at`` (one row at most)."""
+    r = readings
+    return (select(r.c.value).where(*_in_installation(meter, installed, removed), r.c.read_at <= at)
+            .order_by(r.c.read_at.desc(), r.c.id.desc()).limit(1))
+
+
+def values_inside_stmt(meter: int, installed: datetime, removed: datetime | None, start: datetime,
+                       end: datetime) -> Select:
+    """The installation's readings in ``(start, end]``, in time order."""
+    r = readings
+    return (select(r.c.value).where(*_in_installation(meter, installed, removed), r.c.read_at > start,
+                                    r.c.read_at <= end)
+            .order_by(r.c.read_at, r.c.id))
+
+
+def suspicious_stmt(start: datetime, end: datetime) -> Select:
+    """Every reading of ``[start, end]`` per meter in time order."""
+    r, m = readings, meters
+    return (select(m.c.meter_id, r.c.read_at, r.c.value).select_from(r.join(m, r.c.meter == m.c.id))
+            .where(r.c.read_at >= start, r.c.read_at <= end)
+            .order_by(m.c.meter_id, r.c.read_at, r.c.id))
+
+
+def export_page_stmt(start: datetime, end: datetime, after_id: int, page: int) -> Select:
+    """One page of the export: up to ``page`` readings of ``[start, end)`` with a key above
+    ``after_id``, by key (keyset paging: every page is an index range scan, however deep)."""
+    r, m = readings, meters
+    return (select(r.c.id, m.c.meter_id, m.c.household, m.c.kind, r.c.read_at, r.c.value, m.c.base_unit,
+                   r.c.quality, r.c.source).select_from(r.join(m, r.c.meter == m.c.id))
+            .where(and_(r.c.id > after_id, r.c.read_at >= start, r.c.read_at < end)).order_by(r.c.id).limit(page))
+
+
 def usage(conn: Connection, household: str, start: datetime, end: datetime) -> Usage:
     """Consumption of ``household`` from ``start`` to ``end`` (aware datetimes; module
     docstring for the rules)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)  # SQLite compares UTC text
-    i, m, r = installations, meters, readings
-    rows = conn.execute(
-        select(i.c.id, i.c.meter, i.c.serial, i.c.installed_at, i.c.removed_at, i.c.start_value, i.c.final_value,
-               m.c.meter_id, m.c.kind, m.c.base_unit)
-        .select_from(i.join(m, i.c.meter == m.c.id))
-        .where(i.c.household == household, i.c.installed_at <= end,
-               or_(i.c.removed_at.is_(None), i.c.removed_at > start))
-        .order_by(m.c.meter_id, i.c.installed_at)).all()
+    rows = conn.execute(installations_stmt(household, start, end)).all()
     segments = []
     by_kind: dict[str, int] = {}
     for row in rows:
         installed, removed = as_utc(row.installed_at), as_utc(row.removed_at)
         seg_start = max(start, installed)
         seg_end = min(end, removed) if removed is not None else end
-        in_install = [r.c.meter == row.meter, r.c.read_at >= installed]
-        if removed is not None:
-            in_install.append(r.c.read_at <= removed)
-        before = conn.execute(select(r.c.value).where(*in_install, r.c.read_at <= seg_start)
-                              .order_by(r.c.read_at.desc(), r.c.id.desc()).limit(1)).scalar()
+        before = conn.execute(value_before_stmt(row.meter, installed, removed, seg_start)).scalar()
         first = before if before is not None else row.start_value
-        inside = [v for (v,) in conn.execute(select(r.c.value).where(*in_install, r.c.read_at > seg_start,
-                                                                      r.c.read_at <= seg_end)
-                                             .order_by(r.c.read_at, r.c.id))]
+        inside = [v for (v,) in conn.execute(values_inside_stmt(row.meter, installed, removed, seg_start, seg_end))]
         values = [first, *inside]
         if removed is not None and removed <= end and row.final_value is not None:
             values.append(row.final_value)
@@ -135,10 +182,7 @@ def suspicious(conn: Connection, start: datetime, end: datetime, *, zero_days: i
     order: reverse flow, jumps larger than ``jump`` base units, and meters whose value did
     not move for ``zero_days`` days or more."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    r, m = readings, meters
-    rows = conn.execute(select(m.c.meter_id, r.c.read_at, r.c.value).select_from(r.join(m, r.c.meter == m.c.id))
-                        .where(r.c.read_at >= start, r.c.read_at <= end)
-                        .order_by(m.c.meter_id, r.c.read_at, r.c.id)).all()
+    rows = conn.execute(suspicious_stmt(start, end)).all()
     out: list[Suspicion] = []
     last: dict[str, tuple[datetime, int]] = {}
     still_since: dict[str, datetime] = {}
@@ -182,13 +226,9 @@ def export_readings(conn: Connection, start: datetime, end: datetime, path: str,
 
 
 def _pages(conn: Connection, start: datetime, end: datetime, page: int) -> Iterator[Any]:
-    r, m = readings, meters
     last = 0
     while True:
-        rows = conn.execute(
-            select(r.c.id, m.c.meter_id, m.c.household, m.c.kind, r.c.read_at, r.c.value, m.c.base_unit, r.c.quality,
-                   r.c.source).select_from(r.join(m, r.c.meter == m.c.id))
-            .where(and_(r.c.id > last, r.c.read_at >= start, r.c.read_at < end)).order_by(r.c.id).limit(page)).all()
+        rows = conn.execute(export_page_stmt(start, end, last, page)).all()
         if not rows:
             return
         yield from rows

@@ -8,13 +8,16 @@ Server has no ``ON CONFLICT``), views that compile with literal values, and pagi
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from st2000r.historian import db
+from st2000r.historian import db, queries
 from st2000r.historian.schema import metadata, readings
 from st2000r.historian.views import view_ddl
 
@@ -67,3 +70,79 @@ def test_paging_is_keyset_paging_with_top():
     sql = str(page.compile(dialect=mssql.dialect(), compile_kwargs={"literal_binds": True}))
     assert " ".join(sql.split()) == ("SELECT TOP 1000 readings.id, readings.value FROM readings "
                                       "WHERE readings.id > 2000 ORDER BY readings.id")
+
+
+# ---------------------------------------------------------------- billing queries (historian/queries.py)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 2, 1, 8, tzinfo=timezone(timedelta(hours=8)))  # an offset other than UTC
+#: what the billing queries may use: plain comparisons, joins, ORDER BY, TOP -- no function
+#: that SQL Server lacks (LIMIT, ILIKE, NOW(), ||, GREATEST, ...)
+NOT_ON_SQL_SERVER = re.compile(r"\b(LIMIT|OFFSET \d+ ROWS(?! FETCH)|ILIKE|NULLS (FIRST|LAST)|GREATEST|LEAST|NOW|"
+                               r"STRFTIME|DATE_TRUNC|RETURNING|ON CONFLICT)\b|\|\|", re.IGNORECASE)
+
+BILLING_SELECTS = {
+    "usage: installations of a household": queries.installations_stmt("B001-01", T0, T1),
+    "usage: value before the period (installed)": queries.value_before_stmt(7, T0, None, T1),
+    "usage: value before the period (removed)": queries.value_before_stmt(7, T0, T1, T1),
+    "usage: values inside the period": queries.values_inside_stmt(7, T0, T1, T0, T1),
+    "suspicious": queries.suspicious_stmt(T0, T1),
+    "export page": queries.export_page_stmt(T0, T1, 20_000, 10_000),
+}
+
+
+def compiled(stmt):
+    """The SQL as pyodbc receives it (``render_postcompile``: TOP's number filled in) and
+    the parameter values after the dialect's bind processors, in ``?`` order."""
+    c = stmt.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
+    params = c.construct_params()
+    procs = c._bind_processors
+    values = [procs[k](params[k]) if k in procs else params[k] for k in c.positiontup]
+    return " ".join(str(c).split()), values
+
+
+@pytest.mark.parametrize("name", sorted(BILLING_SELECTS))
+def test_billing_selects_compile_for_sql_server(name):
+    sql, values = compiled(BILLING_SELECTS[name])
+    assert sql.startswith("SELECT ")
+    assert not NOT_ON_SQL_SERVER.search(sql), sql
+    assert sql.count("?") == len(values)
+    # every time goes out as text with its offset, which SQL Server converts to DATETIMEOFFSET
+    # exactly (a naive DATETIME parameter would compare at the server's local time)
+    times = [v for v in values if isinstance(v, str) and re.fullmatch(r"\d{4}-\d\d-\d\d .*", v)]
+    assert times and all(re.search(r"[+-]\d\d:\d\d$", v) for v in times), values
+    assert "2026-02-01 08:00:00.000000+08:00" in values or "2026-01-01 00:00:00.000000+00:00" in values
+
+
+def test_usage_takes_the_value_before_the_period_with_top_1():
+    sql, values = compiled(queries.value_before_stmt(7, T0, T1, T1))
+    assert sql == ("SELECT TOP 1 readings.value FROM readings WHERE readings.meter = ? AND readings.read_at >= ? "
+                   "AND readings.read_at <= ? AND readings.read_at <= ? ORDER BY readings.read_at DESC, "
+                   "readings.id DESC")
+    assert values == [7, "2026-01-01 00:00:00.000000+00:00", "2026-02-01 08:00:00.000000+08:00",
+                      "2026-02-01 08:00:00.000000+08:00"]
+
+
+def test_usage_reads_installations_with_open_ones():
+    sql, values = compiled(queries.installations_stmt("一号楼-101", T0, T1))
+    assert ("WHERE meter_installations.household = ? AND meter_installations.installed_at <= ? AND "
+            "(meter_installations.removed_at IS NULL OR meter_installations.removed_at > ?) "
+            "ORDER BY meters.meter_id, meter_installations.installed_at") in sql
+    assert values[0] == "一号楼-101"  # pyodbc sends str as NVARCHAR: a Chinese household name survives
+
+
+def test_suspicious_reads_in_meter_and_time_order_without_a_limit():
+    sql, _ = compiled(queries.suspicious_stmt(T0, T1))
+    assert sql.endswith("ORDER BY meters.meter_id, readings.read_at, readings.id")
+    assert "TOP" not in sql
+
+
+def test_export_pages_by_key_with_top_not_limit():
+    sql, values = compiled(queries.export_page_stmt(T0, T1, 20_000, 10_000))
+    assert sql.startswith("SELECT TOP 10000 readings.id, meters.meter_id, meters.household,")
+    assert sql.endswith("WHERE readings.id > ? AND readings.read_at >= ? AND readings.read_at < ? "
+                        "ORDER BY readings.id")
+    assert values[0] == 20_000
+    # without the key an export would need OFFSET ... FETCH, which SQL Server only accepts
+    # with an ORDER BY; keyset paging needs neither and stays an index range scan
+    assert "OFFSET" not in sql and "FETCH" not in sql
