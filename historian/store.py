@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from st2000r.config.model import Topology
-from st2000r.historian.db import insert_ignoring
+from st2000r.historian.db import write_ignoring
 from st2000r.historian.schema import (
     alarm_events,
     cdts,
@@ -172,13 +172,17 @@ def reading_rows(rows: Iterable[list[Any]], meter_keys: dict[str, int]) -> tuple
     """Spooled reading lists as ``readings`` rows; readings of unknown meters come back
     separately as ``(row, reason)``."""
     out, unknown = [], []
+    times: dict[str, datetime] = {}  # a batch's readings share a few reply times: parse each once
     for meter_id, at, source, value, count, quality, valve, alarms, plan, run, seq in rows:
+        read_at = times.get(at)
+        if read_at is None:
+            read_at = times[at] = datetime.fromisoformat(at)
         key = meter_keys.get(meter_id)
         if key is None:
             unknown.append((["readings", [meter_id, at, source, value, count, quality, valve, alarms, plan, run, seq]],
                             f"meter {meter_id} is not in the meters table"))
             continue
-        out.append({"meter": key, "read_at": _time(at), "source": source, "value": value, "count": count,
+        out.append({"meter": key, "read_at": read_at, "source": source, "value": value, "count": count,
                     "quality": quality, "valve": valve, "alarms": alarms, "plan": plan, "run": run, "seq": seq})
     return out, unknown
 
@@ -192,16 +196,14 @@ def write_batch(conn: Connection, payload: dict[str, Any], meter_keys: dict[str,
     """Insert one spooled batch (idempotently: rows already there are skipped) on ``conn``
     inside the caller's transaction; returns the rows that cannot be stored as ``(row,
     reason)`` (readings of unknown meters) for quarantine."""
-    dialect = conn.dialect
     rejected: list[tuple] = []
     if payload.get("readings"):
         rows, unknown = reading_rows(payload["readings"], meter_keys)
         rejected.extend(unknown)
-        if rows:
-            conn.execute(insert_ignoring(readings, _READING_KEYS, dialect), rows)
+        write_ignoring(conn, readings, _READING_KEYS, rows)
     for kind in KINDS[1:]:
         if payload.get(kind):
-            conn.execute(insert_ignoring(_TABLES[kind], _EVENT_KEYS, dialect), event_table_rows(kind, payload[kind]))
+            write_ignoring(conn, _TABLES[kind], _EVENT_KEYS, event_table_rows(kind, payload[kind]))
     return rejected
 
 
