@@ -21,7 +21,11 @@ as fast as it takes them; for every meter, the delay from its reply being handed
 point database to its registers holding the new value (the image consumer returns), p99
 (bound 50 ms), idle and while 10 clients read.
 
-Usage: python bench/bench_bridge.py [--seconds 2]     (about 30 s in all)
+With ``--variants`` a third server is measured in the same run: the bridge with pymodbus's
+own encoder for the answers to register reads (``server.FAST_READS = False``), the price of
+pymodbus doing every byte.
+
+Usage: python bench/bench_bridge.py [--seconds 2] [--variants]     (about 30 s in all)
 """
 
 from __future__ import annotations
@@ -95,11 +99,16 @@ def serve_stock() -> None:
     asyncio.run(main())
 
 
-def serve_bridge() -> None:
-    """The supervisor's bridge on Twisted's asyncio reactor, registers filled by one round."""
+def serve_bridge(pymodbus_encoder: bool = False) -> None:
+    """The supervisor's bridge on Twisted's asyncio reactor, registers filled by one round
+    (``pymodbus_encoder``: answers to register reads encoded by pymodbus's own encoder)."""
     from st2000r.simulation.cli import install_reactor
 
     reactor = install_reactor()
+    if pymodbus_encoder:
+        from st2000r.bridge import server
+
+        server.FAST_READS = False
     _, _, points, bridge = _bridge(reactor)
     _burst(points, 1)
     bridge.startService()
@@ -299,20 +308,23 @@ def _start(kind: str) -> tuple[subprocess.Popen, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
-    parser.add_argument("--serve", choices=("stock", "bridge"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("stock", "bridge", "bridge-pymodbus-encoder"), help=argparse.SUPPRESS)
+    parser.add_argument("--variants", action="store_true",
+                        help="also measure the bridge with pymodbus's own encoder for register answers")
     parser.add_argument("--freshness-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "stock":
         serve_stock()
         return 0
-    if args.serve == "bridge":
-        serve_bridge()
+    if args.serve in ("bridge", "bridge-pymodbus-encoder"):
+        serve_bridge(args.serve == "bridge-pymodbus-encoder")
         return 0
     if args.freshness_only:
         freshness()
         return 0
 
-    servers = {kind: _start(kind) for kind in ("stock", "bridge")}
+    kinds = ("stock", "bridge") + (("bridge-pymodbus-encoder",) if args.variants else ())
+    servers = {kind: _start(kind) for kind in kinds}
     ok = True
     try:
         for n in CLIENTS:
@@ -326,6 +338,10 @@ def main() -> int:
                     f"throughput ratio {ratio:.2f}, p99 ratio {b_p99 / s_p99:.2f}")
             if n == CLIENTS[-1]:
                 line += f" (goal {GOAL_RATIO:.1f} with p99 <= {GOAL_P99_MS:.0f} ms)"
+            if args.variants:
+                v_rate, v_p99 = figures["bridge-pymodbus-encoder"]
+                line += (f"\n             bridge, pymodbus's encoder for register answers {v_rate:8.0f} req/s "
+                         f"p99 {v_p99 * 1000:6.2f} ms | throughput ratio to stock {v_rate / s_rate:.2f}")
             print(line, flush=True)
             ok = ok and ratio >= 1.0
     finally:

@@ -1,7 +1,11 @@
 """The Modbus RTU slave: the bridge's map on a serial line, for SCADA masters on RS-485.
 
-The same request core as TCP (:class:`~st2000r.bridge.server.Responder`) behind RTU
-framing (Modbus over serial line v1.02): ``unit id, PDU, CRC-16 (low byte first)``.
+The same request core as TCP (:class:`~st2000r.bridge.server.Responder`: pymodbus decodes
+the request PDU and builds the answer) behind RTU framing (Modbus over serial line v1.02):
+``unit id, PDU, CRC-16 (low byte first)``.  The framing stays the slave's own: pymodbus's
+``FramerRTU`` keeps no 3.5-character silence (it looks for a frame start byte by byte and
+drops the whole buffer at the first bad CRC), where a slave on a shared line judges a frame
+it cannot place once the line falls silent (below).
 
 Framing.  A frame ends with a silence of 3.5 characters (at least 1.75 ms above 19200
 baud).  Every request the bridge serves has a length known from its first bytes (functions

@@ -1,14 +1,32 @@
 """The Modbus server of the bridge: the request core, the write policy and the TCP (and
 Modbus/TCP Security) transport, on asyncio in the supervisor's loop.
 
-Why not pymodbus's server: measured side by side (bench/bench_bridge.py), pymodbus's server
-with its datastore hook answered 125-register reads at 0.7-0.9 × the rate of a stock
-pymodbus server, well short of the 2× the bridge is asked for.  Each request there goes
-through a task, a framer, PDU objects and the datastore's per-call hook.  The bridge serves
-six functions on one image it owns, so the request core below answers straight from the
-image's lists with ``struct``, one function call per request and no task; the same core
-serves the RTU slave (:mod:`~st2000r.bridge.rtu`).  pymodbus stays the project's Modbus
-client (tests, tools) and its reference peer in the benchmark.
+pymodbus does the Modbus parts; the bridge owns the transport and the answers' contents.
+pymodbus's ``FramerSocket`` decodes each MBAP frame and encodes each answer's MBAP header;
+the request class of each function, taken from pymodbus's server-side function table
+(``DecodePDU(is_server=True)``), decodes the request PDU (and checks the count against the
+function's limit); pymodbus's response classes (``ReadInputRegistersResponse``,
+``ReadCoilsResponse``, ``WriteSingleCoilResponse``, ``WriteMultipleCoilsResponse``,
+``ExceptionResponse``) build every answer.  The bridge supplies what pymodbus leaves to a
+server: the connection rules below, the length of a PDU (pymodbus's decoders ignore trailing
+bytes), the register image lookups and the write policy.
+
+Two departures, both measured.  (1) Not pymodbus's server: with its task per request and
+its datastore hook it answered 125-register reads at 0.7-0.9 × a stock pymodbus server;
+the lean asyncio protocol below answers in the transport's ``data_received``, one call per
+request, no task.  (2) Not pymodbus's encoder for the hot answer: ``ReadInputRegistersResponse.encode``
+appends register by register (~15 µs for 125 registers, more than the rest of a request's
+handling); :class:`_InputRegistersAnswer` is that class with one ``struct`` call for the
+same bytes (tests/bridge/test_bridge_pdus.py holds the two to the same bytes, and the
+bridge's answers to a stock pymodbus server's).  bench/bench_bridge.py (--variants),
+125-register reads at 100 clients on a busy machine: with pymodbus's encoder 1.1-2.0 ×
+stock (median 1.5), short of the 2× asked; with the ``struct`` call 1.4-3.5 × (median 2.5;
+docs/performance.md).
+``FAST_READS = False`` restores pymodbus's encoder.  pymodbus PDU objects are built for
+every request and answer; pymodbus's ``DecodePDU.decode`` itself is not called
+because it logs a warning through the standard library's logging for every PDU it cannot
+decode (a flooding client would flood the supervisor's stderr); the bridge calls the same
+request classes' ``decode`` and answers 03 instead.
 
 Requests (``Responder.respond``, a PDU in, a PDU out; rules as the Modbus application
 protocol specification v1.1b3):
@@ -43,31 +61,53 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsResponse, WriteMultipleCoilsResponse, WriteSingleCoilResponse
+from pymodbus.pdu.register_message import ReadInputRegistersResponse
 from twisted.logger import Logger
 
 from st2000r.bridge.image import RegisterImage
 from st2000r.supervisor.commands_model import ValveRequest
 from st2000r.supervisor.events import CommandState
 
-__all__ = ["BridgeStats", "WritePolicy", "Responder", "ModbusServer", "tls_context", "SERVED_FUNCTIONS"]
+__all__ = ["BridgeStats", "WritePolicy", "Responder", "ModbusServer", "tls_context", "SERVED_FUNCTIONS", "FAST_READS"]
 
 log = Logger()
 
-ILLEGAL_FUNCTION = 0x01
-ILLEGAL_ADDRESS = 0x02
-ILLEGAL_VALUE = 0x03
-DEVICE_FAILURE = 0x04
-GATEWAY_PATH_UNAVAILABLE = 0x0A
+ILLEGAL_FUNCTION = ExcCodes.ILLEGAL_FUNCTION
+ILLEGAL_ADDRESS = ExcCodes.ILLEGAL_ADDRESS
+ILLEGAL_VALUE = ExcCodes.ILLEGAL_VALUE
+DEVICE_FAILURE = ExcCodes.DEVICE_FAILURE
+GATEWAY_PATH_UNAVAILABLE = ExcCodes.GATEWAY_PATH_UNAVIABLE  # sic, pymodbus's spelling
 
 #: the functions served (read coils, discrete inputs, holding, input registers; write coils)
 SERVED_FUNCTIONS = frozenset({1, 2, 3, 4, 5, 15})
 MAX_READ_REGISTERS = 125
-MAX_READ_BITS = 2000
 MAX_WRITE_COILS = 1968
+#: encode the answers to reads of input registers with one struct call (see the module docstring);
+#: False: with pymodbus's own encoder
+FAST_READS = True
 
-_ADDR_COUNT = struct.Struct(">HH")
-_MBAP = struct.Struct(">HHHB")
-_REG_ANSWERS = {n: struct.Struct(f">BB{n}H") for n in range(1, MAX_READ_REGISTERS + 1)}
+_DECODER = DecodePDU(is_server=True)
+#: pymodbus's server-side request class of each served function (pymodbus's own function table)
+_REQUESTS: dict[int, type[ModbusPDU]] = {fc: _DECODER.pdu_table[fc][_DECODER.pdu_inx] for fc in SERVED_FUNCTIONS}
+#: PDU lengths of the fixed-layout requests (function code included)
+_FIXED_LENGTH = {1: 5, 2: 5, 3: 5, 4: 5, 5: 5}
+_COIL_ON, _COIL_OFF = b"\xff\x00", b"\x00\x00"
+_REG_BODIES = {n: struct.Struct(f">B{n}H") for n in range(1, MAX_READ_REGISTERS + 1)}
+
+
+class _InputRegistersAnswer(ReadInputRegistersResponse):
+    """pymodbus's answer to a read of input registers with the same bytes from one ``struct``
+    call: pymodbus's ``encode`` appends register by register (~15 µs for 125 registers, more
+    than the rest of a request's handling).  tests/bridge/test_bridge_pdus.py holds it to
+    pymodbus's bytes."""
+
+    def encode(self) -> bytes:
+        registers = self.registers
+        return _REG_BODIES[len(registers)].pack(2 * len(registers), *registers)
 
 
 @dataclass(slots=True)
@@ -133,12 +173,16 @@ class WritePolicy:
 class Responder:
     """Answers request PDUs from ``image`` (which keeps its own full-size lists: register
     ``a`` of unit ``u`` is ``image.regs[u][a]``).  ``units``: the unit ids answered
-    (default: every unit of the map)."""
+    (default: every unit of the map).  ``fast_reads``: answer a valid read of input
+    registers with :class:`_InputRegistersAnswer` (default :data:`FAST_READS`), else with
+    pymodbus's own response class."""
 
-    def __init__(self, image: RegisterImage, policy: WritePolicy, units: Any = None) -> None:
+    def __init__(self, image: RegisterImage, policy: WritePolicy, units: Any = None,
+                 fast_reads: bool | None = None) -> None:
         self.image = image
         self.policy = policy
         self.stats = policy.stats
+        self.fast_reads = FAST_READS if fast_reads is None else fast_reads
         self.valid: dict[int, bytearray] = {}
         self.coil_span: dict[int, tuple[int, int]] = {}
         for unit in image.map.units if units is None else units:
@@ -150,72 +194,69 @@ class Responder:
             span = image.coil_range(unit)
             self.coil_span[unit] = (span[0], span[0] + span[1]) if span else (0, 0)
 
-    def _exception(self, fc: int, code: int) -> bytes:
-        self.stats.exceptions += 1
-        return bytes((fc | 0x80, code))
-
     def respond(self, unit: int, pdu: bytes, peer: str | None) -> bytes:
         """The answer PDU to ``pdu`` for ``unit`` from a client at ``peer`` (None: serial)."""
         self.stats.requests += 1
+        answer = self.answer(unit, pdu, peer)
+        return bytes((answer.function_code,)) + answer.encode()
+
+    def answer(self, unit: int, pdu: bytes, peer: str | None) -> ModbusPDU:
+        """The answer to ``pdu`` as a pymodbus response PDU, the request decoded by pymodbus's
+        request class for its function (rules in the module docstring)."""
         fc = pdu[0]
-        valid = self.valid.get(unit)
-        if fc == 4 and valid is not None and len(pdu) == 5:  # the hot path: read input registers
-            address, count = _ADDR_COUNT.unpack_from(pdu, 1)
-            if not 1 <= count <= MAX_READ_REGISTERS:
-                return self._exception(fc, ILLEGAL_VALUE)
-            end = address + count
-            if end > 65536 or valid.find(0, address, end) != -1:
-                return self._exception(fc, ILLEGAL_ADDRESS)
-            image = self.image
-            image.refresh_ages(unit, address, count)
-            return _REG_ANSWERS[count].pack(4, 2 * count, *image.regs[unit][address:end])
-        if fc not in SERVED_FUNCTIONS:
+        request_class = _REQUESTS.get(fc)
+        if request_class is None:
             return self._exception(fc & 0x7F, ILLEGAL_FUNCTION)
+        valid = self.valid.get(unit)
         if valid is None:
             self.stats.unknown_units += 1
             return self._exception(fc, GATEWAY_PATH_UNAVAILABLE)
+        # pymodbus's decoders read a fixed layout and ignore trailing bytes: the length is ours to check
+        if _FIXED_LENGTH.get(fc, len(pdu)) != len(pdu) or fc == 5 and pdu[3:5] not in (_COIL_ON, _COIL_OFF):
+            return self._exception(fc, ILLEGAL_VALUE)
+        request = request_class()
+        try:
+            request.decode(pdu[1:])  # checks the count against the function's limit
+        except (ValueError, IndexError, struct.error):
+            return self._exception(fc, ILLEGAL_VALUE)
+        address, count = request.address, request.count
+        if fc == 4:
+            end = address + count
+            if end > 65536 or valid.find(0, address, end) != -1:
+                return self._exception(fc, ILLEGAL_ADDRESS)
+            self.image.refresh_ages(unit, address, count)
+            answer_class = _InputRegistersAnswer if self.fast_reads else ReadInputRegistersResponse
+            return answer_class(registers=self.image.regs[unit][address:end], dev_id=unit)
+        if fc == 1 or fc == 2:
+            first, end = self.coil_span[unit] if fc == 1 else (0, 0)
+            if address < first or address + count > end:
+                return self._exception(fc, ILLEGAL_ADDRESS)
+            return ReadCoilsResponse(bits=self._bits(unit, address, count), dev_id=unit)
+        if fc == 3:
+            return self._exception(fc, ILLEGAL_ADDRESS)  # no holding registers
         if fc == 15:
-            return self._write_coils(unit, pdu, peer)
-        if len(pdu) != 5:
-            return self._exception(fc, ILLEGAL_VALUE)
-        address, arg = _ADDR_COUNT.unpack_from(pdu, 1)
+            byte_count = request.byte_count  # type: ignore[attr-defined]
+            if count > MAX_WRITE_COILS or byte_count != (count + 7) // 8 or request.data_byte_count != byte_count:  # type: ignore[attr-defined]
+                return self._exception(fc, ILLEGAL_VALUE)
+        code = self.policy.write(self.image, unit, address, list(request.bits), peer)
+        if code is not None:
+            return self._exception(fc, code)
         if fc == 5:
-            if arg not in (0x0000, 0xFF00):
-                return self._exception(fc, ILLEGAL_VALUE)
-            code = self.policy.write(self.image, unit, address, [arg == 0xFF00], peer)
-            return pdu if code is None else self._exception(fc, code)
-        if fc == 4 or fc == 3:
-            if not 1 <= arg <= MAX_READ_REGISTERS:
-                return self._exception(fc, ILLEGAL_VALUE)
-            return self._exception(fc, ILLEGAL_ADDRESS)  # fc 4 here: a malformed PDU was caught above
-        if not 1 <= arg <= MAX_READ_BITS:
-            return self._exception(fc, ILLEGAL_VALUE)
-        first, end = self.coil_span[unit] if fc == 1 else (0, 0)
-        if address < first or address + arg > end:
-            return self._exception(fc, ILLEGAL_ADDRESS)
-        return bytes((1, (arg + 7) // 8)) + self._bits(unit, address, arg)
+            return WriteSingleCoilResponse(address=address, bits=request.bits, dev_id=unit)
+        return WriteMultipleCoilsResponse(address=address, count=count, dev_id=unit)
 
-    def _bits(self, unit: int, address: int, count: int) -> bytes:
+    def _exception(self, fc: int, code: int) -> ExceptionResponse:
+        self.stats.exceptions += 1
+        return ExceptionResponse(fc, code)
+
+    def _bits(self, unit: int, address: int, count: int) -> list[bool]:
         coils = self.image.coils[unit]
         w0, w1 = address // 16, (address + count - 1) // 16
         word = 0
         for i in range(w1, w0 - 1, -1):
             word = (word << 16) | coils[i]
-        word = (word >> (address % 16)) & ((1 << count) - 1)
-        return word.to_bytes((count + 7) // 8, "little")
-
-    def _write_coils(self, unit: int, pdu: bytes, peer: str | None) -> bytes:
-        fc = 15
-        if len(pdu) < 7:
-            return self._exception(fc, ILLEGAL_VALUE)
-        address, count = _ADDR_COUNT.unpack_from(pdu, 1)
-        nbytes = pdu[5]
-        if not 1 <= count <= MAX_WRITE_COILS or nbytes != (count + 7) // 8 or len(pdu) != 6 + nbytes:
-            return self._exception(fc, ILLEGAL_VALUE)
-        bits = int.from_bytes(pdu[6:], "little")
-        values = [bool(bits >> i & 1) for i in range(count)]
-        code = self.policy.write(self.image, unit, address, values, peer)
-        return pdu[:5] if code is None else self._exception(fc, code)
+        word >>= address % 16
+        return [bool(word >> i & 1) for i in range(count)]
 
 
 class _Connection(asyncio.Protocol):
@@ -257,9 +298,12 @@ class _Connection(asyncio.Protocol):
         pos = 0
         out = []
         respond = self.server.responder.respond
+        framer = self.server.framer
         while n - pos >= 7:
-            tid, proto, length, unit = _MBAP.unpack_from(buf, pos)
-            if proto != 0 or not 2 <= length <= 254:
+            # the connection's rule, which pymodbus's framer does not apply (after a protocol id
+            # other than 0 it waits for more data, and it bounds no length): close the connection
+            length = buf[pos + 4] << 8 | buf[pos + 5]
+            if buf[pos + 2] or buf[pos + 3] or not 2 <= length <= 254:
                 self.server.stats.bad_frames += 1
                 self.buf = b""
                 self.refused = True
@@ -268,8 +312,8 @@ class _Connection(asyncio.Protocol):
             end = pos + 6 + length
             if end > n:
                 break
-            answer = respond(unit, buf[pos + 7:end], self.peer)
-            out.append(_MBAP.pack(tid, 0, len(answer) + 1, unit) + answer)
+            _, unit, tid, pdu = framer.decode(buf[pos:end])  # exactly one frame: pymodbus's MBAP decoder
+            out.append(framer.encode(respond(unit, pdu, self.peer), unit, tid))
             pos = end
         self.buf = buf[pos:] if pos < n else b""
         if out:
@@ -290,6 +334,7 @@ class ModbusServer:
         self.stats = responder.stats
         self.max_clients = max_clients
         self.ssl = ssl_context
+        self.framer = FramerSocket(DecodePDU(is_server=True))
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
