@@ -220,6 +220,14 @@ class Spool:
             out.append(record)
         return out
 
+    def oldest(self) -> SpoolRecord | None:
+        """The oldest unacknowledged record (None: the spool is empty).  Safe to call from
+        another thread than the owner's (one atomic look at the queue, no iteration)."""
+        try:
+            return self._pending[0]
+        except IndexError:
+            return None
+
     def ack(self, record: SpoolRecord) -> None:
         """``record`` and every record before it are committed: they leave the spool."""
         while self._pending and (self._pending[0].segment, self._pending[0].offset) <= (record.segment, record.offset):

@@ -27,7 +27,10 @@ Why this shape (the issue's rules, and how each is kept):
   ``historian:spool`` is raised; when full, batches wait in memory (logged) rather than be
   dropped;
 - **visible**: :meth:`Historian.status` gives spool depth (rows, bytes), the oldest row's
-  age, rows written and the write rate, the database state and quarantined rows.
+  age, rows written and the write rate, the database state and quarantined rows; while
+  rows wait in the spool (the database is away, or a backlog is draining) the same figures
+  are logged once a minute (``BACKLOG_LOG_S``), the first time after a minute of backlog,
+  so the batches every flush spools and writes at once never log.
 
 With a clock that cannot run threads (a test's ``Clock``) the blocking work runs inline.
 """
@@ -58,6 +61,8 @@ __all__ = ["Historian", "HistorianStatus", "QUARANTINE_FILE", "STORED_EVENTS", "
 log = Logger()
 
 QUARANTINE_FILE = "quarantine.jsonl"
+#: while the spool holds rows, its depth, oldest age and the write rate are logged this often
+BACKLOG_LOG_S = 60.0
 STORED_EVENTS = (ReadingBatch, AlarmChanged, CommandChanged, CdtChanged, LinkChanged)
 #: errors that mean "the database cannot be used now" (retry later), not "this row is bad"
 _UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
@@ -135,6 +140,7 @@ class Historian(Service):
         self.quarantined = 0
         self._rate_marks: list[tuple[float, int]] = []
         self._spool_alarm = False
+        self._backlog_mark: float | None = None  # when the backlog was first seen or last logged
 
     # ---------------------------------------------------------------- service
 
@@ -230,6 +236,7 @@ class Historian(Service):
     def flush(self, final: bool = False) -> defer.Deferred:
         """Hand the rows in memory to the writer thread (spool, then database); fires when
         this and every earlier write is done.  Never fails."""
+        self._log_backlog()
         batch = None
         if self._buffered:
             batch = {k: v for k, v in self._buffer.items() if v}
@@ -414,13 +421,31 @@ class Historian(Service):
 
     # ---------------------------------------------------------------- visibility
 
+    def _log_backlog(self) -> None:
+        """Log the spool's figures once a minute while it keeps holding rows (module docstring)."""
+        if self.spool is None or not self.spool.rows:
+            self._backlog_mark = None
+            return
+        now = self.clock.seconds()
+        if self._backlog_mark is None:
+            self._backlog_mark = now
+            return
+        if now - self._backlog_mark < BACKLOG_LOG_S:
+            return
+        self._backlog_mark = now
+        s = self.status()
+        log.info("historian backlog: {rows} row(s), {bytes:,} bytes in the spool ({percent:.0f} % of its bound), "
+                 "the oldest {age:.0f} s old; writing {rate:.0f} rows/s ({state}{problem})", rows=s.spool_rows,
+                 bytes=s.spool_bytes, percent=100 * s.spool_bytes / max(1, s.spool_max_bytes), age=s.oldest_age_s,
+                 rate=s.rate, state=s.state, problem=f": {s.problem}" if s.problem else "", status=s)
+
     def status(self) -> HistorianStatus:
         spool = self.spool
         oldest = 0.0
         if spool is not None:
-            head = spool.head(1)
-            if head:
-                oldest = max(0.0, self.clock.seconds() - float(head[0].payload.get("at", self.clock.seconds())))
+            first = spool.oldest()  # read from the reactor while the writer thread may ack
+            if first is not None:
+                oldest = max(0.0, self.clock.seconds() - float(first.payload.get("at", self.clock.seconds())))
         rate = 0.0
         if len(self._rate_marks) >= 2:
             (t0, n0), (t1, n1) = self._rate_marks[0], self._rate_marks[-1]

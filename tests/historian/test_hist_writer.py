@@ -218,3 +218,41 @@ def test_a_spool_near_its_bound_raises_an_alarm(tmp_path):
     assert status.spool_bytes <= 8000 and status.memory_rows > 0
     assert status.spool_rows + status.memory_rows == (r + 5) * 12
     h.stopService()
+
+
+def test_a_backlog_is_visible_in_status_and_logged_once_a_minute(tmp_path):
+    """Database away: the spool's depth, its oldest row's age and the write rate are in
+    ``status()`` and logged once a minute, the first time after a minute of backlog; once
+    the rows are written nothing more is logged."""
+    from twisted.logger import globalLogPublisher
+
+    topo = topology(str(tmp_path))
+    seen = []
+
+    def observe(event):
+        if "status" in event and event.get("log_namespace", "").endswith("historian.writer"):
+            seen.append((event["status"].spool_rows, round(event["status"].oldest_age_s)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        h, bus, clock = start("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path, topo=topo)
+        publish_round(bus, topo, 1)
+        for _ in range(int(150 / 0.5)):  # 150 s in flush steps
+            clock.advance(0.5)
+        status = h.status()
+        assert (status.state, status.spool_rows, status.written, status.rate) == ("unreachable", 12, 0, 0.0)
+        assert 149 <= status.oldest_age_s <= 151
+        assert seen == [(12, 60), (12, 120)]
+        h.stopService()
+        seen.clear()
+        url = upgraded(f"sqlite:///{tmp_path / 'h.sqlite'}")
+        h, bus, clock = start(url, tmp_path, topo=topo, clock=clock)  # the same spool, a database that answers
+        for _ in range(int(130 / 0.5)):
+            clock.advance(0.5)
+        status = h.status()
+        assert (status.state, status.spool_rows, status.written, status.oldest_age_s) == ("connected", 0, 12, 0.0)
+        assert seen == []
+        h.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert rows(url, "SELECT count(*) FROM readings") == [(12,)]
