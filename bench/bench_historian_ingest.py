@@ -3,6 +3,12 @@ idempotent batched insert, several spool records per transaction) next to a bare
 Core executemany of the same rows in the same run (plain INSERT, one transaction per batch),
 on SQLite and -- when it answers -- the local PostgreSQL (a throwaway database).
 
+The historian's insert is ``db.write_ignoring``: on PostgreSQL one ``INSERT ... SELECT FROM
+unnest(arrays) ... ON CONFLICT DO NOTHING`` per batch, on SQLite the driver's executemany of
+``INSERT ... ON CONFLICT DO NOTHING``; the bare reference stays SQLAlchemy's executemany of a
+plain INSERT (the issue's yardstick).  The historian runs second, on the table the bare run
+filled and emptied.  Figures and their spread: docs/performance.md.
+
 Prints one line per database with both rates and their ratio (goal >= 0.9, bound 0.8).
 Usage: python bench/bench_historian_ingest.py [ROWS]
 """

@@ -22,8 +22,8 @@ command-line tool).  Why each piece:
   (``docs/performance.md``).  The ordinality keeps the keys in the batch's order (readings
   of one instant are told apart by insertion order).  On SQLite the compiled ``ON CONFLICT``
   insert goes straight to the driver's executemany with the values converted by
-  SQLAlchemy's own bind processors (SQLAlchemy's per-row parameter handling was half of a
-  batch's time).  SQL Server uses SQLAlchemy's executemany of the ``MERGE`` (pyodbc's
+  SQLAlchemy's own bind processors (SQLAlchemy's per-row parameter handling cost about a
+  fifth of a batch).  SQL Server uses SQLAlchemy's executemany of the ``MERGE`` (pyodbc's
   ``fast_executemany`` already sends one parameter array).
 """
 
@@ -244,7 +244,8 @@ def _sqlite_insert(table: Table, keys: tuple[str, ...], dialect: Any) -> tuple[s
     per parameter, its column and SQLAlchemy's own bind processor for that column's type
     (times -> text, booleans -> 0/1; None: passed as is), so rows stored through the
     driver's executemany are byte for byte what ``connection.execute`` would store, without
-    SQLAlchemy's per-row parameter work (about half the time of a batch)."""
+    SQLAlchemy's per-row parameter work (measured: a batch of 2,000 readings 26 ms instead
+    of 33-37 ms)."""
     found = _SQLITE_INSERTS.get((table.name, keys))
     if found is None:
         names = [c.name for c in _inserted_columns(table)]
