@@ -67,14 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from st2000r.bridge.regmap import MapError, load_map
-    from st2000r.config.errors import ConfigError
-    from st2000r.config.loader import load
+    from st2000r.config.cliargs import load_topology
 
-    try:
-        topology = load(args.config)
-    except ConfigError as exc:
-        for issue in exc.errors:
-            print(issue, file=sys.stderr)
+    topology = load_topology(args.config)
+    if topology is None:
         return 2
     try:
         regmap = load_map(topology, write=not args.no_lock_update)

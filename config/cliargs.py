@@ -27,6 +27,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "ArgumentParser",
@@ -174,3 +175,17 @@ def host_port(text: str) -> tuple[str, int]:
             and 0 < int(port_text) <= 65535):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 1..65535, got {text!r}")
     return host.strip("[]"), int(port_text)
+
+
+def load_topology(path: str) -> Any:
+    """The topology in ``path``, or None after printing every issue on stderr, one a line,
+    as ``st2000r config check`` prints them (the caller exits 2)."""
+    from st2000r.config.errors import ConfigError
+    from st2000r.config.loader import load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for issue in exc.errors:
+            print(issue, file=sys.stderr)
+        return None

@@ -52,15 +52,9 @@ def _parser() -> Any:
 
 
 def _load(path: str) -> Any:
-    from st2000r.config.errors import ConfigError
-    from st2000r.config.loader import load
+    from st2000r.config.cliargs import load_topology
 
-    try:
-        return load(path)
-    except ConfigError as exc:
-        for issue in exc.errors:
-            print(issue, file=sys.stderr)
-        return None
+    return load_topology(path)
 
 
 def main(argv: list[str] | None = None) -> int:

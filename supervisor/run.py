@@ -77,14 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     from dataclasses import replace
 
-    from st2000r.config.errors import ConfigError
-    from st2000r.config.loader import load
+    from st2000r.config.cliargs import load_topology
 
-    try:
-        topology = load(args.config)
-    except ConfigError as exc:
-        for issue in exc.errors:
-            print(issue, file=sys.stderr)
+    topology = load_topology(args.config)
+    if topology is None:
         return 2
     if args.state_dir is not None:
         topology = replace(topology, settings=replace(topology.settings, state_dir=args.state_dir))
