@@ -32,7 +32,10 @@ ALLOWED = {
     "simulation": {"config", "drivers"},
 }
 # modules of the codec that must stay sans-I/O
-SANS_IO = ["frame", "messages", "units", "bcd", "crc", "errors", "describe", "cli", "registration"]
+SANS_IO = [
+    "frame", "messages", "msgbase", "standard", "vendor", "units", "bcd", "crc", "errors",
+    "describe", "cli", "registration",
+]  # fmt: skip
 # the simulator plays the device role: it shares the sans-I/O codec and packet formats with
 # the driver, never the driver's master, poller or links
 SIMULATION_MAY_USE = {f"st2000r.drivers.st2000r.{m}" for m in SANS_IO} | {"st2000r.drivers.st2000r"}
