@@ -22,8 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registers": ("st2000r.bridge.cli", "export the Modbus register map (CSV or JSON) for SCADA tag import"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
     "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
+    "simulate-demo": ("st2000r.simulation.demo", "the simulator's demo alone (the embedded community; connect "
+                                                 "your own supervisor)"),
     "demo": ("st2000r.supervisor.demo", "run the demo: the supervisor reading the embedded community on the "
-                                         "simulator (--simulator-only: the simulator alone)"),
+                                         "simulator (--simulator-only: st2000r simulate-demo)"),
 }
 
 
