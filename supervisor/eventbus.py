@@ -14,7 +14,7 @@ Two ways to listen, because consumers differ:
 Queue policy when a queued consumer falls behind (``limit`` events waiting):
 
 - change events (:data:`~st2000r.supervisor.events.COALESCING`: ``MeterChanged``,
-  ``CdtChanged``, ``LinkChanged``) **coalesce per point**: a newer change replaces the
+  ``CdtChanged``, ``LinkChanged``, ``HistorianChanged``) **coalesce per point**: a newer change replaces the
   one of the same point still waiting (in its place), counted in ``coalesced``; so the
   queue holds at most ``limit`` + one change per point;
 - every other event (``ReadingBatch``, alarms, commands, round ends) is **never dropped**:

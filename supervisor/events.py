@@ -44,6 +44,7 @@ __all__ = [
     "CommandState",
     "CommandRecord",
     "CommandChanged",
+    "HistorianChanged",
     "Event",
     "EVENT_TYPES",
     "COALESCING",
@@ -344,11 +345,36 @@ class CommandChanged(EventBase):
     at: datetime
 
 
-Event = ReadingBatch | MeterChanged | CdtChanged | LinkChanged | RoundDone | AlarmChanged | CommandChanged
+@dataclass(frozen=True, slots=True)
+class HistorianChanged(EventBase):
+    """The historian's writer and its backlog, for the Modbus status registers, the API and
+    the console.  Published when ``state`` (or ``problem``) changes, and while the figures
+    move at most every few seconds (``Historian.status_every_s``).  ``state``:
+    ``starting`` | ``connected`` | ``unreachable`` | ``schema`` (refusing to write an older
+    schema; ``problem`` says which command fixes it); ``spool_rows``/``spool_bytes``: rows
+    not yet committed to the database; ``spool_max_bytes``: the spool's bound (an alarm at
+    80 %); ``oldest_age_s``: whole seconds since the oldest of them was spooled (0: none);
+    ``write_rate``: rows committed per second over about the last minute, rounded;
+    ``written``/``quarantined``: rows committed / set aside since the start."""
+
+    state: str
+    problem: str | None
+    spool_rows: int
+    spool_bytes: int
+    spool_max_bytes: int
+    oldest_age_s: int
+    write_rate: int
+    written: int
+    quarantined: int
+    at: datetime
+
+
+Event = (ReadingBatch | MeterChanged | CdtChanged | LinkChanged | RoundDone | AlarmChanged | CommandChanged
+         | HistorianChanged)
 EVENT_TYPES: tuple[type, ...] = (ReadingBatch, MeterChanged, CdtChanged, LinkChanged, RoundDone, AlarmChanged,
-                                 CommandChanged)
+                                 CommandChanged, HistorianChanged)
 #: change events a bounded consumer queue may coalesce (only the newest state of a point matters)
-COALESCING: tuple[type, ...] = (MeterChanged, CdtChanged, LinkChanged)
+COALESCING: tuple[type, ...] = (MeterChanged, CdtChanged, LinkChanged, HistorianChanged)
 
 
 def coalesce_key(event: Any) -> Any:
@@ -360,6 +386,8 @@ def coalesce_key(event: Any) -> Any:
         return (CdtChanged, event.link, event.cdt)
     if t is LinkChanged:
         return (LinkChanged, event.link)
+    if t is HistorianChanged:
+        return HistorianChanged
     return None
 
 

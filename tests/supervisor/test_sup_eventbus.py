@@ -24,6 +24,7 @@ from st2000r.supervisor.events import (
     CommandKind,
     CommandRecord,
     CommandState,
+    HistorianChanged,
     LinkChanged,
     LinkState,
     MeterChanged,
@@ -186,7 +187,8 @@ def _examples():
     return [batch(), meter_changed(),
             CdtChanged("bus", 1, True, True, False, 3600, frozenset({1, 2}), AT),
             LinkChanged("bus", LinkState.CONNECTED, None, AT), RoundDone("bus", "daily", "full", AT, AT, AT),
-            AlarmChanged(alarm, AT), CommandChanged(record, AT)]
+            AlarmChanged(alarm, AT), CommandChanged(record, AT),
+            HistorianChanged("unreachable", "connection refused", 12288, 1572864, 1 << 30, 900, 0, 36864, 0, AT)]
 
 
 def test_every_event_type_has_the_documented_json_form():
