@@ -64,6 +64,7 @@ from st2000r.config.schema import (
 )
 from st2000r.config.sections import (
     historian_section,
+    api_section,
     interlocks_section,
     modbus_section,
     operators_section,
@@ -101,6 +102,7 @@ SECTIONS: dict[str, Callable[[Context, Any, str], None]] = {
     "supervisor": supervisor_section,
     "modbus": modbus_section,
     "historian": historian_section,
+    "api": api_section,
 }
 
 
@@ -148,7 +150,7 @@ def loads(text: str, source: str = "<string>") -> Topology:
         raise ctx.failure()
     return Topology(sites=tuple(ctx.sites), source=source, plans=ctx.plans, interlocks=ctx.interlocks,
                     operators=ctx.operators, settings=ctx.settings, modbus=ctx.modbus,
-                    historian=ctx.historian)
+                    historian=ctx.historian, api=ctx.api)
 
 
 def load(path: str | os.PathLike[str]) -> Topology:

@@ -60,6 +60,7 @@ __all__ = [
     "ModbusSettings",
     "ModbusRtuSettings",
     "HistorianSettings",
+    "ApiSettings",
 ]
 
 #: link kinds, in the order summaries list them
@@ -491,6 +492,21 @@ class HistorianSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    """The HTTP API (``[api]``); its presence turns the API on.  ``listen``: ``(interface
+    IP, port)`` bound (port 0: any free port).  ``token_ttl_s``: lifetime of a login token.
+    ``max_clients``: HTTP connections served at once; ``max_sse_clients``: event streams at
+    once.  ``tls``: ``(cert, key)`` file paths as written (relative to the configuration's
+    folder): HTTPS; None: plain HTTP."""
+
+    listen: tuple[str, int]
+    token_ttl_s: int = 28_800
+    max_clients: int = 64
+    max_sse_clients: int = 32
+    tls: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """A whole validated configuration file.  ``source``: the path it was read from, or
     the ``source`` given to ``loads`` (``"<string>"`` by default).
@@ -508,6 +524,7 @@ class Topology:
                                                       state_dir="var")
     modbus: ModbusSettings | None = None
     historian: HistorianSettings = HistorianSettings()
+    api: ApiSettings | None = None
 
     def links(self) -> Iterator[Link]:
         """Every link of every site, in file order."""

@@ -48,7 +48,7 @@ __all__ = [
     "SITE_SCHEMA", "LINK_COMMON_SCHEMA", "LINK_KIND_SCHEMAS", "REPEATER_SCHEMA", "CDT_RANGE_SCHEMA",
     "CDT_SCHEMA", "MODULE_RANGE_SCHEMA", "MODULE_SCHEMA", "CHANNEL_SCHEMA", "PLAN_SCHEMA",
     "INTERLOCKS_SCHEMA", "OPERATOR_SCHEMA", "SUPERVISOR_SCHEMA", "MODBUS_SCHEMA",
-    "MODBUS_TLS_SCHEMA", "MODBUS_RTU_SCHEMA",
+    "MODBUS_TLS_SCHEMA", "MODBUS_RTU_SCHEMA", "API_SCHEMA", "API_TLS_SCHEMA",
 ]
 
 REQUIRED: Any = object()
@@ -94,6 +94,7 @@ TOP_SCHEMA: Schema = {
     "supervisor": Key(TABLE, {}, doc="process settings: [supervisor]"),
     "modbus": Key(TABLE, None, doc="the Modbus bridge: [modbus] (absent: no bridge)"),
     "historian": Key(TABLE, {}, doc="the historian database: [historian]"),
+    "api": Key(TABLE, None, doc="the HTTP API: [api] (absent: no API)"),
 }
 
 TEMPLATE_SCHEMA: Schema = {
@@ -269,6 +270,20 @@ HISTORIAN_SCHEMA: Schema = {
     "spool_max_mb": Key(INT, 1024, in_range(1, 1_048_576), "bound of the local spool, MiB"),
 }
 
+API_SCHEMA: Schema = {
+    "listen": Key(STR, REQUIRED, check_listen, "HTTP listen address \"IP:PORT\", e.g. \"127.0.0.1:8080\""),
+    "token_ttl": Key(("string", "integer"), 28_800, check_duration(60, 30 * 86_400),
+                     "lifetime of a login token (60 s .. 30 d)"),
+    "max_clients": Key(INT, 64, in_range(1, MAX_CLIENTS), "HTTP connections served at once"),
+    "max_sse_clients": Key(INT, 32, in_range(1, MAX_CLIENTS), "event streams (GET /api/v1/events) at once"),
+    "tls": Key(TABLE, None, doc="HTTPS: [api.tls] (absent: plain HTTP)"),
+}
+
+API_TLS_SCHEMA: Schema = {
+    "cert": Key(STR, REQUIRED, check_token, "the server's certificate chain (PEM), relative to the configuration's folder"),
+    "key": Key(STR, REQUIRED, check_token, "the server's private key (PEM)"),
+}
+
 #: every schema table by the name docs/configuration.md gives it
 SCHEMAS: dict[str, Schema] = {
     "top level": TOP_SCHEMA,
@@ -291,5 +306,7 @@ SCHEMAS: dict[str, Schema] = {
     "modbus.tls": MODBUS_TLS_SCHEMA,
     "modbus.rtu": MODBUS_RTU_SCHEMA,
     "historian": HISTORIAN_SCHEMA,
+    "api": API_SCHEMA,
+    "api.tls": API_TLS_SCHEMA,
 }
 

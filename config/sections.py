@@ -11,15 +11,15 @@ import re
 from typing import Any
 
 from st2000r.config.modbus import UNITS_PER_LINK, check_first_unit, parse_listen, parse_network
-from st2000r.config.model import (HistorianSettings, Interlocks, ModbusRtuSettings, ModbusSettings, Operator,
+from st2000r.config.model import (ApiSettings, HistorianSettings, Interlocks, ModbusRtuSettings, ModbusSettings, Operator,
                                   ReadingPlan, SupervisorSettings)
 from st2000r.config.schema import HISTORIAN_SCHEMA, INTERLOCKS_SCHEMA, MODBUS_SCHEMA, OPERATOR_SCHEMA, PLAN_SCHEMA, SUPERVISOR_SCHEMA
-from st2000r.config.schema import MODBUS_RTU_SCHEMA, MODBUS_TLS_SCHEMA
+from st2000r.config.schema import API_SCHEMA, API_TLS_SCHEMA, MODBUS_RTU_SCHEMA, MODBUS_TLS_SCHEMA
 from st2000r.config.validation import Context, check_table, indexed, string_list
 from st2000r.config.values import check_text, key_path, parse_duration, parse_time, show, type_name
 
 __all__ = ["plans_section", "interlocks_section", "operators_section", "supervisor_section", "modbus_section",
-           "historian_section"]
+           "historian_section", "api_section"]
 
 
 def plans_section(ctx: Context, value: Any, path: str) -> None:
@@ -215,6 +215,21 @@ def historian_section(ctx: Context, value: Any, path: str) -> None:
                                          "\"mssql+pyodbc://user:password@dsn\", \"sqlite:////var/lib/st2000r/h.sqlite\")")
         return
     ctx.historian = HistorianSettings(url=url, enabled=values["enabled"], spool_max_mb=values["spool_max_mb"])
+
+
+def api_section(ctx: Context, value: Any, path: str) -> None:
+    """``[api]`` -> ``ctx.api`` (``ApiSettings``); its presence turns the HTTP API on."""
+    values = check_table(ctx, value, path, API_SCHEMA)
+    if values is None or len(values) != len(API_SCHEMA):
+        return
+    tls = None
+    if values.get("tls") is not None:
+        t = check_table(ctx, values["tls"], key_path(path, "tls"), API_TLS_SCHEMA)
+        if t is None or len(t) != len(API_TLS_SCHEMA):
+            return
+        tls = (t["cert"], t["key"])
+    ctx.api = ApiSettings(listen=parse_listen(values["listen"])[0], token_ttl_s=parse_duration(values["token_ttl"])[0],
+                          max_clients=values["max_clients"], max_sse_clients=values["max_sse_clients"], tls=tls)
 
 
 _URL_RE = re.compile(r"^(sqlite|postgresql|mssql)(\+[a-z0-9_]+)?://")

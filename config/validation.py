@@ -15,6 +15,7 @@ from typing import Any
 from st2000r.config.errors import ConfigError, ConfigIssue
 from st2000r.config.model import (
     DEFAULT_PLANS,
+    ApiSettings,
     HistorianSettings,
     Interlocks,
     MeterKind,
@@ -34,7 +35,7 @@ class Context:
     """State of one validation run: the issues found and what sections produced."""
 
     __slots__ = ("file", "issues", "omitted", "meters", "templates", "sites", "link_names", "dtu_ids", "devices", "endpoints",
-                 "plans", "interlocks", "operators", "settings", "modbus", "historian")
+                 "plans", "interlocks", "operators", "settings", "modbus", "historian", "api")
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -54,6 +55,7 @@ class Context:
         self.settings = SupervisorSettings(gprs_listen=None, retries=2, log_format="text", state_dir="var")
         self.modbus: ModbusSettings | None = None
         self.historian = HistorianSettings()
+        self.api: ApiSettings | None = None
 
     def error(self, path: str, reason: str) -> None:
         if len(self.issues) < MAX_ISSUES:

@@ -96,7 +96,7 @@ def test_at_most_100_issues_are_listed_then_a_count():
     keys = "".join(f"x{i} = 1\n" for i in range(1000))
     found = issues(keys + TEMPLATE)
     assert len(found) == MAX_ISSUES + 1
-    assert found[0] == ("x0", "unknown key 'x0' (allowed: templates, sites, plans, interlocks, operators, supervisor, modbus, historian)")
+    assert found[0] == ("x0", "unknown key 'x0' (allowed: templates, sites, plans, interlocks, operators, supervisor, modbus, historian, api)")
     assert found[-1] == ("", f"... and 900 more problems (only the first {MAX_ISSUES} are listed)")
 
 

@@ -49,7 +49,7 @@ def test_check_bad_file_prints_every_issue_and_exits_2(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        f"{path}: colour: unknown key 'colour' (allowed: templates, sites, plans, interlocks, operators, supervisor, modbus, historian)",
+        f"{path}: colour: unknown key 'colour' (allowed: templates, sites, plans, interlocks, operators, supervisor, modbus, historian, api)",
         f"{path}: sites[0].name: must not be empty",
     ]
     assert main(["check", str(path), "--json"]) == 2

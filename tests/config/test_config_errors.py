@@ -234,7 +234,7 @@ def test_unknown_key_names_it_and_lists_the_allowed_keys():
 def test_unknown_top_level_section():
     assert issues("[scada]\nport = 1\n" + BASE) == [
         ("scada", "unknown key 'scada' (allowed: templates, sites, plans, interlocks, operators, supervisor, "
-                  "modbus, historian)"),
+                  "modbus, historian, api)"),
     ]
 
 
