@@ -27,7 +27,9 @@ Why this shape (the issue's rules, and how each is kept):
   ``historian:spool`` is raised; when full, batches wait in memory (logged) rather than be
   dropped;
 - **visible**: :meth:`Historian.status` gives spool depth (rows, bytes), the oldest row's
-  age, rows written and the write rate, the database state and quarantined rows; while
+  age, rows written and the write rate, the database state and quarantined rows; the same
+  figures go on the bus as ``HistorianChanged`` (for Modbus, the API and the console) at
+  once when the state changes and, while they move, at most every ``status_every_s``; while
   rows wait in the spool (the database is away, or a backlog is draining) the same figures
   are logged once a minute (``BACKLOG_LOG_S``), the first time after a minute of backlog,
   so the batches every flush spools and writes at once never log.
@@ -54,7 +56,8 @@ from twisted.logger import Logger
 from st2000r.config.model import Topology
 from st2000r.historian import db, store
 from st2000r.historian.spool import Spool, SpoolFull
-from st2000r.supervisor.events import AlarmChanged, CdtChanged, CommandChanged, LinkChanged, ReadingBatch
+from st2000r.supervisor.events import (AlarmChanged, CdtChanged, CommandChanged, HistorianChanged, LinkChanged,
+                                       ReadingBatch, utc)
 
 __all__ = ["Historian", "HistorianStatus", "QUARANTINE_FILE", "STORED_EVENTS", "for_topology", "check_at_start"]
 
@@ -106,7 +109,7 @@ class Historian(Service):
                  batch_rows: int = 2000, max_delay_s: float = 0.5, spool_max_bytes: int = 1 << 30,
                  records_per_transaction: int = 16, retry_max_s: float = 30.0, config_name: str = "CONFIG",
                  alarms: Any = None, engine_factory: Callable[[str], Any] = db.make_engine,
-                 auto_upgrade: bool = False) -> None:
+                 auto_upgrade: bool = False, status_every_s: float = 5.0) -> None:
         self.topology = topology
         self.url = url
         self.clock = clock
@@ -141,6 +144,9 @@ class Historian(Service):
         self._rate_marks: list[tuple[float, int]] = []
         self._spool_alarm = False
         self._backlog_mark: float | None = None  # when the backlog was first seen or last logged
+        self.status_every_s = status_every_s
+        self._published: tuple | None = None  # the figures of the last HistorianChanged
+        self._published_at = 0.0
 
     # ---------------------------------------------------------------- service
 
@@ -237,6 +243,7 @@ class Historian(Service):
         """Hand the rows in memory to the writer thread (spool, then database); fires when
         this and every earlier write is done.  Never fails."""
         self._log_backlog()
+        self._publish_status()
         batch = None
         if self._buffered:
             batch = {k: v for k, v in self._buffer.items() if v}
@@ -382,6 +389,7 @@ class Historian(Service):
             self._retry_at = now + self._backoff
             self._backoff = min(self._backoff * 2, self.retry_max_s)
         self._check_spool()
+        self._publish_status()
 
     def _crashed(self, failure: Any) -> None:
         log.failure("historian: writer failed (rows stay in the spool and are retried)", failure)
@@ -438,6 +446,21 @@ class Historian(Service):
                  "the oldest {age:.0f} s old; writing {rate:.0f} rows/s ({state}{problem})", rows=s.spool_rows,
                  bytes=s.spool_bytes, percent=100 * s.spool_bytes / max(1, s.spool_max_bytes), age=s.oldest_age_s,
                  rate=s.rate, state=s.state, problem=f": {s.problem}" if s.problem else "", status=s)
+
+    def _publish_status(self) -> None:
+        """``HistorianChanged`` on the bus: at once when the state or its problem changed,
+        else when a figure changed and ``status_every_s`` passed since the last one."""
+        s = self.status()
+        figures = (s.state, s.problem, s.spool_rows, s.spool_bytes, s.spool_max_bytes, int(s.oldest_age_s),
+                   round(s.rate), s.written, s.quarantined)
+        if figures == self._published:
+            return
+        now = self.clock.seconds()
+        if (self._published is not None and figures[:2] == self._published[:2]
+                and now - self._published_at < self.status_every_s):
+            return
+        self._published, self._published_at = figures, now
+        self.bus.publish(HistorianChanged(*figures, at=utc(now)))
 
     def status(self) -> HistorianStatus:
         spool = self.spool
