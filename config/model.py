@@ -484,11 +484,15 @@ class HistorianSettings:
     """The historian (``[historian]``).  ``url``: an SQLAlchemy database URL, or None for
     the embedded default (``historian.sqlite`` in the state folder).  ``enabled``: False
     turns the historian off.  ``spool_max_mb``: bound of the local spool, MiB (an alarm at
-    80 %)."""
+    80 %).  ``keep_raw_days``: raw readings older than this many days are deleted once their
+    day is aggregated (0: kept forever).  ``aggregate_timezone``: the IANA zone whose local
+    days and months the daily and monthly aggregates use."""
 
     url: str | None = None
     enabled: bool = True
     spool_max_mb: int = 1024
+    keep_raw_days: int = 0
+    aggregate_timezone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -264,11 +264,26 @@ MODBUS_RTU_SCHEMA: Schema = {
     "unit": Key(INT, None, in_range(1, 247), "the one unit id answered (absent: every unit id of the map)"),
 }
 
+
+def check_zone(value: str) -> str | None:
+    """An IANA time zone name the system knows (``UTC``, ``Asia/Shanghai``)."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, OSError, LookupError):
+        return f"unknown time zone {value!r} (an IANA name such as \"Asia/Shanghai\" or \"UTC\")"
+    return None
+
+
 HISTORIAN_SCHEMA: Schema = {
     "url": Key(STR, None, check_text, "SQLAlchemy database URL (default: historian.sqlite in state_dir)"),
     "enabled": Key(("boolean",), True, None, "store readings, alarms and commands"),
     "spool_max_mb": Key(INT, 1024, in_range(1, 1_048_576), "bound of the local spool, MiB"),
+    "keep_raw_days": Key(INT, 0, in_range(0, 36_500), "days raw readings are kept (0: forever); aggregates are kept"),
+    "aggregate_timezone": Key(STR, "UTC", check_zone, "IANA time zone of the aggregates' days and months"),
 }
+
 
 API_SCHEMA: Schema = {
     "listen": Key(STR, REQUIRED, check_listen, "HTTP listen address \"IP:PORT\", e.g. \"127.0.0.1:8080\""),

@@ -214,7 +214,9 @@ def historian_section(ctx: Context, value: Any, path: str) -> None:
         ctx.error(key_path(path, "url"), f"not a database URL: {url!r} (e.g. \"postgresql+psycopg://user@host/db\", "
                                          "\"mssql+pyodbc://user:password@dsn\", \"sqlite:////var/lib/st2000r/h.sqlite\")")
         return
-    ctx.historian = HistorianSettings(url=url, enabled=values["enabled"], spool_max_mb=values["spool_max_mb"])
+    ctx.historian = HistorianSettings(url=url, enabled=values["enabled"], spool_max_mb=values["spool_max_mb"],
+                                      keep_raw_days=values["keep_raw_days"],
+                                      aggregate_timezone=values["aggregate_timezone"])
 
 
 def api_section(ctx: Context, value: Any, path: str) -> None:
