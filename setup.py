@@ -42,7 +42,9 @@ setup(
         "pyserial>=3.5",
         "SQLAlchemy==2.1.*",
         "alembic==1.20.*",
-        "textual>=0.80",
+        "textual==8.2.*",  # the console's snapshot tests depend on its rendering
+        "httpx==0.28.*",  # the console's HTTP client
+        "textual-plotext==1.0.*",  # the console's consumption chart
     ],
     extras_require={
         # database drivers of the historian: a plain install (SQLite) needs neither

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("st2000r.historian.history_cli", "billing queries: household usage, CSV export, suspicious readings"),
     "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "registers": ("st2000r.bridge.cli", "export the Modbus register map (CSV or JSON) for SCADA tag import"),
+    "console": ("st2000r.tui.cli", "the operators' console (Textual; a client of the HTTP API)"),
     "simulate": ("st2000r.simulation.cli", "run the field simulator"),
     "simulate-ctl": ("st2000r.simulation.ctl", "control a running simulator"),
     "simulate-demo": ("st2000r.simulation.demo", "the simulator's demo alone (the embedded community; connect "

@@ -83,9 +83,30 @@ def test_codec_is_sans_io(module):
     assert found == set(), f"{path.name} imports {found}"
 
 
-def test_tui_never_imports_the_reactor():
-    for path in modules("tui"):
-        assert not any(n.startswith("twisted.internet") for n in imports(path)), path
+def test_tui_never_imports_twisted():
+    """The console is a client of the HTTP API on Textual's own loop: no Twisted at all."""
+    bad = [f"{p.relative_to(ROOT)}: {n}" for p in modules("tui") for n in imports(p)
+           if n == "twisted" or n.startswith("twisted.")]
+    assert bad == []
+
+
+def test_console_command_loads_no_daemon_module():
+    """``st2000r console`` (tui.cli and the app it starts) imports nothing of the daemon's
+    rooms and no Twisted, checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import st2000r.tui.cli, st2000r.tui.app, st2000r.tui.screens\n"
+        "from st2000r.tui.screens import build_screens\n"
+        "import st2000r.tui.screen_meters, st2000r.tui.screen_detail, st2000r.tui.screen_alarms\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'twisted' or\n"
+        "             m.split('.')[:2] in (['st2000r', r] for r in ('supervisor', 'drivers', 'bridge', 'historian')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
 
 
 def test_the_checker_sees_a_violation(tmp_path):
