@@ -1,25 +1,45 @@
 """The register image: the point database's state written into Modbus registers and coils.
 
+Registers are kept **pre-encoded**: one ``bytearray`` of 65,536 big-endian registers per unit
+(register ``a`` is bytes ``2a, 2a+1``), so the answer to a read is a slice of it (see
+:meth:`RegisterImage.read`), never a list of ints packed again per request.  Every meter has
+its place computed once (:class:`_MeterSlot`: buffer, byte offset, coil word and bit, age
+block), so a reading is one dictionary lookup and one ``struct.pack_into`` of the meter's
+seven registers (value, quality, age, alarms, valve), no per-reading objects.
+
 Fed by one queued consumer of the event bus (change events coalesce per point when it falls
-behind, so a full-round burst never grows its queue beyond one entry per point) and filled
-from the point database's snapshots at start.  It writes plain lists that the server serves
-as they are (``bind``): an update is a few list stores, no coroutine per event.
+behind, so a full-round burst never grows its queue beyond one entry per point; the bus
+drains it in bounded slices per reactor turn) and filled from the point database's snapshots
+at start.
 
 Values are integers end to end: a reading above 4,294,967,295 base units shows 4294967295
 with the quality flag ``SATURATED`` (never wrapped: a wrapped counter would look like a
-plausible reading).  The age register is computed when it is read (:meth:`refresh_ages`),
-from the reading's own timestamp and the injected clock, so it is exact without a timer.
+plausible reading).  The age register is exact when read: a read first rewrites the ages of
+the CDT blocks it touches whose ages may have ticked since they were written (each block
+keeps the earliest instant one of its ages goes out of date), from each reading's own
+timestamp and the injected clock, so no timer is needed and a read of an up-to-date block
+costs two comparisons.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from st2000r.bridge import layout as L
 from st2000r.bridge.regmap import RegisterMap
-from st2000r.supervisor.events import CdtChanged, CommandChanged, CommandKind, LinkChanged, MeterChanged, RoundDone
+from st2000r.supervisor.events import (
+    CdtChanged,
+    CommandChanged,
+    CommandKind,
+    LinkChanged,
+    MeterChanged,
+    MeterId,
+    Quality,
+    RoundDone,
+)
 
 __all__ = ["RegisterImage"]
 
@@ -27,36 +47,70 @@ _M = {name: spec[0] for name, spec in L.METER_POINTS.items()}
 _C = {name: spec[0] + L.CDT_HEADER for name, spec in L.CDT_POINTS.items()}
 _H = {name: spec[0] for name, spec in L.HEADER_POINTS.items()}
 
+# value (uint32), quality, age (uint32), alarms, valve: the meter's first seven registers
+assert (_M["value"], _M["quality"], _M["age"], _M["alarms"], _M["valve"]) == (0, 2, 3, 5, 6)
+_METER = struct.Struct(">IHIHH")
+_U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
+_AGE_OFFSET = 2 * _M["age"]
+_QUALITY = {q: L.QUALITY_CODES[q.value] for q in Quality}
+_STALE_CODE = L.QUALITY_CODES["stale"]
+_COMM_FAIL = Quality.COMM_FAIL
+_MAX_AGE = L.UNKNOWN32 - 1
+_NEVER = float("inf")
+_BLOCKS = 65536 // L.CDT_BLOCK + 1
+
 
 def _flag(value: bool | None) -> int:
     return L.UNKNOWN16 if value is None else int(bool(value))
 
 
+class _MeterSlot:
+    """Where one meter's points live (computed once)."""
+
+    __slots__ = ("unit", "base", "buf", "offset", "coils", "word", "bit", "block", "read_at", "stale")
+
+    def __init__(self, image: RegisterImage, unit: int, base: int) -> None:
+        self.unit, self.base = unit, base
+        self.buf, self.offset = image.regs[unit], 2 * base
+        self.coils, self.word, self.bit = image.coils[unit], base // 16, 1 << (base % 16)
+        self.block = base // L.CDT_BLOCK
+        self.read_at = image.read_at[unit]  # base -> reading time (POSIX s), for the age
+        self.stale = image._stale[unit]  # block -> the first instant an age of it is out of date
+
+
 class RegisterImage:
     """Registers of every unit of ``regmap`` (layout in :mod:`~st2000r.bridge.layout`).
 
-    ``regs[unit]``: input registers, index ``address - reg_start[unit]``; ``coils[unit]``:
-    coils packed 16 per int (bit 0 first), index ``address // 16 - coil_start[unit]``.
-    Until :meth:`bind` gives it the server's lists it keeps its own (tests read those).
+    ``regs[unit]``: input registers, a ``bytearray`` of 65,536 big-endian words (register
+    ``a`` at bytes ``2a``, ``2a+1``); ``coils[unit]``: coils packed 16 per int (bit 0 first),
+    index ``address // 16``.  ``clock``: ``seconds()`` for the age registers.
     """
 
     def __init__(self, regmap: RegisterMap, clock: IReactorTime) -> None:
         self.map = regmap
         self.clock = clock
-        self.regs: dict[int, list[int]] = {}
-        self.reg_start: dict[int, int] = {}
-        self.coils: dict[int, list[int]] = {}
-        self.coil_start: dict[int, int] = {}
+        self.regs: dict[int, bytearray] = {u: bytearray(2 * 65536) for u in regmap.units}
+        self.coils: dict[int, list[int]] = {u: [0] * 4096 for u in regmap.units}
         #: unit -> meter base -> reading time (POSIX seconds), for the age registers
         self.read_at: dict[int, dict[int, float]] = {u: {} for u in regmap.units}
+        self._stale: dict[int, list[float]] = {u: [_NEVER] * _BLOCKS for u in regmap.units}
+        self._block_meters: dict[int, list[list[int]]] = {u: [[] for _ in range(_BLOCKS)] for u in regmap.units}
         #: unit -> coil address -> meter id (the write path's lookup)
         self.coil_meters: dict[int, dict[int, str]] = {u: {} for u in regmap.units}
+        self._slots: dict[MeterId, _MeterSlot] = {}
+        self._slots_by_name: dict[str, _MeterSlot] = {}
         for mid, (unit, base) in regmap.meters.items():
             self.coil_meters[unit][base] = mid
+            slot = _MeterSlot(self, unit, base)
+            self._slots[MeterId.parse(mid)] = self._slots_by_name[mid] = slot
+            self._block_meters[unit][slot.block].append(base)
         self._online: dict[str, dict[int, bool]] = {name: {} for name in regmap.links}
         self._rounds: dict[str, int] = dict.fromkeys(regmap.links, 0)
+        self._apply = {MeterChanged: self._meter_changed, CdtChanged: self._cdt_changed,
+                       LinkChanged: self._link_changed, CommandChanged: self._command_changed,
+                       RoundDone: self._round_done}
         for unit in regmap.units:
-            self.bind(unit, [0] * 65536, 0, [0] * 4096, 0)
+            self._header(unit)
 
     # ---------------------------------------------------------------- storage
 
@@ -72,10 +126,8 @@ class RegisterImage:
         first = min(bases) // 16 * 16
         return first, (max(bases) - first) // 16 * 16 + 16
 
-    def bind(self, unit: int, regs: list[int], reg_start: int, coils: list[int], coil_start: int) -> None:
-        """Serve from these lists from now on (the server's own); the header is (re)written."""
-        self.regs[unit], self.reg_start[unit] = regs, reg_start
-        self.coils[unit], self.coil_start[unit] = coils, coil_start
+    def _header(self, unit: int) -> None:
+        """The unit's constant registers and the initial state of its points."""
         link, bases = self.map.units[unit]
         lm = self.map.links[link]
         self.set16(unit, _H["map_version"], L.MAP_VERSION)
@@ -92,71 +144,93 @@ class RegisterImage:
                 self.set16(unit, base + _C["slot"], slot)
         for mid, (u, base) in self.map.meters.items():
             if u == unit:
-                self.set16(unit, base + _M["quality"], L.NO_VALUE | L.QUALITY_CODES["stale"])
+                self.set16(unit, base + _M["quality"], L.NO_VALUE | _STALE_CODE)
                 self.set32(unit, base + _M["age"], L.UNKNOWN32)
                 self.set16(unit, base + _M["valve"], L.VALVE_UNKNOWN)
 
     def set16(self, unit: int, address: int, value: int) -> None:
-        self.regs[unit][address - self.reg_start[unit]] = value & 0xFFFF
+        _U16.pack_into(self.regs[unit], 2 * address, value & 0xFFFF)
 
     def set32(self, unit: int, address: int, value: int) -> None:
-        i = address - self.reg_start[unit]
-        regs = self.regs[unit]
-        regs[i] = (value >> 16) & 0xFFFF
-        regs[i + 1] = value & 0xFFFF
+        _U32.pack_into(self.regs[unit], 2 * address, value & 0xFFFFFFFF)
 
     def set64(self, unit: int, address: int, value: int) -> None:
         self.set32(unit, address, value >> 32)
         self.set32(unit, address + 2, value & 0xFFFFFFFF)
 
     def get16(self, unit: int, address: int) -> int:
-        return self.regs[unit][address - self.reg_start[unit]]
+        return _U16.unpack_from(self.regs[unit], 2 * address)[0]
 
     def get32(self, unit: int, address: int) -> int:
-        i = address - self.reg_start[unit]
-        return (self.regs[unit][i] << 16) | self.regs[unit][i + 1]
+        return _U32.unpack_from(self.regs[unit], 2 * address)[0]
+
+    def registers(self, unit: int, address: int, count: int) -> list[int]:
+        """``count`` registers from ``address`` as ints, ages brought up to date (as :meth:`read`)."""
+        return list(struct.unpack(f">{count}H", self.read(unit, address, count)))
+
+    def read(self, unit: int, address: int, count: int) -> bytes:
+        """``count`` registers from ``address`` of ``unit`` as the bytes of a Modbus answer
+        (big-endian words), the ages of the CDT blocks they touch brought up to date first.
+        The range is the caller's to check."""
+        stale = self._stale[unit]
+        first, last = address // L.CDT_BLOCK, (address + count - 1) // L.CDT_BLOCK
+        now = self.clock.seconds()
+        if now >= stale[first]:
+            self._refresh_block(unit, first, now)
+        if last != first and now >= stale[last]:
+            self._refresh_block(unit, last, now)
+        return bytes(self.regs[unit][2 * address:2 * (address + count)])
 
     def set_coil(self, unit: int, address: int, on: bool) -> None:
-        i = address // 16 - self.coil_start[unit]
+        i = address // 16
         bit = 1 << (address % 16)
         coils = self.coils[unit]
         coils[i] = (coils[i] | bit) if on else (coils[i] & ~bit)
 
     def coil(self, unit: int, address: int) -> bool:
-        return bool(self.coils[unit][address // 16 - self.coil_start[unit]] & (1 << (address % 16)))
+        return bool(self.coils[unit][address // 16] & (1 << (address % 16)))
 
     # ---------------------------------------------------------------- points
 
     def meter(self, mid: str, value: int | None, quality: str, timestamp: Any, valve: Any, alarms: int) -> None:
-        """Write one meter's point (``valve``: a ``Valve`` (int) or None; ``alarms``: AlarmFlag bits)."""
-        where = self.map.meters.get(mid)
-        if where is None:
-            return
-        unit, base = where
-        code = L.QUALITY_CODES.get(quality, L.QUALITY_CODES["stale"])
+        """Write one meter's point (``quality``: a ``Quality`` value spelling; ``valve``: a
+        ``Valve`` (int) or None; ``alarms``: AlarmFlag bits)."""
+        slot = self._slots_by_name.get(mid)
+        if slot is not None:
+            self._write_meter(slot, value, Quality(quality), None if timestamp is None else timestamp.timestamp(),
+                              valve, int(alarms))
+
+    def _write_meter(self, slot: _MeterSlot, value: int | None, quality: Quality, at: float | None,
+                     valve: Any, alarms: int) -> None:
+        code = _QUALITY[quality]
         if value is None:
             code |= L.NO_VALUE
             value = 0
         elif value > L.UNKNOWN32:
             code |= L.SATURATED
             value = L.UNKNOWN32
-        self.set32(unit, base + _M["value"], max(value, 0))
-        self.set16(unit, base + _M["quality"], code)
-        if timestamp is None:
-            self.read_at[unit].pop(base, None)
-            self.set32(unit, base + _M["age"], L.UNKNOWN32)
+        elif value < 0:
+            value = 0
+        if at is None:
+            slot.read_at.pop(slot.base, None)
+            age = L.UNKNOWN32
         else:
-            self.read_at[unit][base] = timestamp.timestamp()
-            self.set32(unit, base + _M["age"], self._age(timestamp.timestamp()))
-        bits = int(alarms) & 0x7
-        if quality == "comm_fail":
+            slot.read_at[slot.base] = at
+            age = self.clock.seconds() - at
+            age = 0 if age < 0 else (int(age) if age < _MAX_AGE else _MAX_AGE)
+            next_tick = at + age + 1
+            if next_tick < slot.stale[slot.block]:
+                slot.stale[slot.block] = next_tick
+        bits = alarms & 0x7
+        if quality is _COMM_FAIL:
             bits |= L.ALARM_COMM_FAIL
-        self.set16(unit, base + _M["alarms"], bits)
         if valve is None:
-            self.set16(unit, base + _M["valve"], L.VALVE_UNKNOWN)
+            valve_code = L.VALVE_UNKNOWN
         else:
-            self.set16(unit, base + _M["valve"], int(valve))
-            self.set_coil(unit, base, int(valve) == 0)  # Valve.OPEN; closed, fault and none read 0
+            valve_code = int(valve)
+            coils, word = slot.coils, slot.word
+            coils[word] = (coils[word] | slot.bit) if valve_code == 0 else (coils[word] & ~slot.bit)  # Valve.OPEN
+        _METER.pack_into(slot.buf, slot.offset, value, code, age, bits, valve_code)
 
     def cdt(self, link: str, address: int, online: bool | None, mains: bool | None, battery_low: bool | None,
             battery_mv: int | None, modules: frozenset[int] | None) -> None:
@@ -205,27 +279,40 @@ class RegisterImage:
     # ---------------------------------------------------------------- events and snapshots
 
     def apply(self, event: Any) -> None:
-        """The event bus consumer: one change event into the registers."""
-        t = type(event)
-        if t is MeterChanged:
-            self.meter(str(event.meter), event.value, event.quality.value, event.timestamp, event.valve,
-                       int(event.alarms))
-        elif t is CdtChanged:
-            self.cdt(event.link, event.cdt, event.online, event.mains, event.battery_low, event.battery_mv,
-                     event.modules)
-        elif t is LinkChanged:
-            self.link(event.link, event.state.value, event.signal)
-        elif t is CommandChanged:
-            if event.command.kind is CommandKind.VALVE:
-                self.command(event.command.target, event.command.state.value)
-        elif t is RoundDone and event.link in self._rounds:
+        """The event bus consumer: one change event into the registers (other types ignored)."""
+        handler = self._apply.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _meter_changed(self, event: MeterChanged) -> None:
+        slot = self._slots.get(event.meter)
+        if slot is not None:
+            timestamp = event.timestamp
+            self._write_meter(slot, event.value, event.quality, None if timestamp is None else timestamp.timestamp(),
+                              event.valve, int(event.alarms))
+
+    def _cdt_changed(self, event: CdtChanged) -> None:
+        self.cdt(event.link, event.cdt, event.online, event.mains, event.battery_low, event.battery_mv, event.modules)
+
+    def _link_changed(self, event: LinkChanged) -> None:
+        self.link(event.link, event.state.value, event.signal)
+
+    def _command_changed(self, event: CommandChanged) -> None:
+        if event.command.kind is CommandKind.VALVE:
+            self.command(event.command.target, event.command.state.value)
+
+    def _round_done(self, event: RoundDone) -> None:
+        if event.link in self._rounds:
             self._rounds[event.link] += 1
             self._link_set32(event.link, "link_rounds", self._rounds[event.link])
 
     def fill(self, points: Any, commands: Any = None) -> None:
         """Everything the point database (and the command history) holds now."""
         for mp in points.meters():
-            self.meter(str(mp.id), mp.value, mp.quality.value, mp.timestamp, mp.valve, int(mp.alarms))
+            slot = self._slots.get(mp.id)
+            if slot is not None:
+                self._write_meter(slot, mp.value, mp.quality, None if mp.timestamp is None else mp.timestamp.timestamp(),
+                                  mp.valve, int(mp.alarms))
         for cp in points.cdts():
             self.cdt(cp.link, cp.address, cp.online, cp.mains, cp.battery_low, cp.battery_mv, cp.modules)
         for lp in points.links():
@@ -238,21 +325,17 @@ class RegisterImage:
 
     # ---------------------------------------------------------------- ages
 
-    def _age(self, at: float) -> int:
-        return min(max(int(self.clock.seconds() - at), 0), L.UNKNOWN32 - 1)
-
-    def refresh_ages(self, unit: int, address: int, count: int) -> None:
-        """Rewrite the age registers of the meters whose block overlaps ``[address, address+count)``."""
-        read_at = self.read_at.get(unit)
-        if not read_at:
-            return
-        now = self.clock.seconds()
-        regs, start = self.regs[unit], self.reg_start[unit]
-        first = (address - L.METER_STRIDE) // L.METER_STRIDE * L.METER_STRIDE
-        for base in range(max(first, 0), address + count, L.METER_STRIDE):
+    def _refresh_block(self, unit: int, block: int, now: float) -> None:
+        """Rewrite the age registers of the meters of ``block`` and when they next tick."""
+        read_at, buf = self.read_at[unit], self.regs[unit]
+        next_tick = _NEVER
+        for base in self._block_meters[unit][block]:
             at = read_at.get(base)
-            if at is not None:
-                age = min(max(int(now - at), 0), L.UNKNOWN32 - 1)
-                i = base + _M["age"] - start
-                regs[i] = age >> 16
-                regs[i + 1] = age & 0xFFFF
+            if at is None:
+                continue
+            age = now - at
+            age = 0 if age < 0 else (int(age) if age < _MAX_AGE else _MAX_AGE)
+            _U32.pack_into(buf, 2 * base + _AGE_OFFSET, age)
+            if at + age + 1 < next_tick:
+                next_tick = at + age + 1
+        self._stale[unit][block] = next_tick

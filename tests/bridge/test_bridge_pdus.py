@@ -59,12 +59,41 @@ def requests(image: RegisterImage) -> list[bytes]:
     return pdus
 
 
-def test_the_struct_encoder_gives_pymodbus_bytes_for_every_count():
+def test_the_encoded_answer_gives_pymodbus_bytes_for_every_count():
     rnd = random.Random(3)
     for n in range(1, 126):
         registers = [rnd.choice((0, 1, 0x7FFF, 0x8000, 0xFFFF, rnd.randrange(65536))) for _ in range(n)]
-        assert _InputRegistersAnswer(registers=registers).encode() == \
+        assert _InputRegistersAnswer(struct.pack(f">{n}H", *registers)).encode() == \
             ReadInputRegistersResponse(registers=registers).encode()
+
+
+def test_the_tcp_fast_path_gives_the_general_paths_bytes():
+    """``read_frame`` (a read of input registers answered from the image's bytes, no pymodbus
+    objects) equals pymodbus's MBAP encoder around ``respond`` for every valid read, and
+    declines (None) every read the general path answers with an exception."""
+    from pymodbus.framer import FramerSocket
+    from pymodbus.pdu import DecodePDU
+
+    image = make_image()
+    responder = Responder(image, WritePolicy((), None, BridgeStats()))
+    framer = FramerSocket(DecodePDU(is_server=True))
+    rnd = random.Random(5)
+    cases = [(UNIT, s + o, n) for s, c in image.input_ranges(UNIT)
+             for o, n in ((0, 1), (0, min(c, 125)), (max(c - 125, 0), min(c, 125)), (c - 1, 1), (c - 1, 2), (0, 0))]
+    cases += [(rnd.choice((UNIT, 2, 0, 200)), rnd.randrange(65536), rnd.randrange(130)) for _ in range(3000)]
+    cases += [(UNIT, 65535, 1), (UNIT, 65535, 2), (UNIT, 0, 126)]
+    for s, c in image.input_ranges(UNIT):  # anywhere inside a range
+        cases += [(UNIT, s + o, rnd.randint(1, min(125, c - o))) for o in (rnd.randrange(c) for _ in range(100))]
+    fast = 0
+    for tid, (unit, address, count) in enumerate(cases):
+        frame = responder.read_frame(tid, unit, address, count)
+        general = framer.encode(responder.respond(unit, struct.pack(">BHH", 4, address, count), None), unit, tid)
+        if frame is None:
+            assert general[7] == 0x84, (unit, address, count, general.hex())
+        else:
+            fast += 1
+            assert frame == general, (unit, address, count)
+    assert fast > 150
 
 
 def test_both_encoders_answer_every_request_with_the_same_bytes():
@@ -103,7 +132,7 @@ async def test_answers_equal_a_stock_pymodbus_server_on_the_same_registers():
     from pymodbus.simulator import DataType, SimData, SimDevice
 
     image = make_image()
-    inputs = [SimData(address=s, values=list(image.regs[UNIT][s:s + c]), datatype=DataType.REGISTERS)
+    inputs = [SimData(address=s, values=image.registers(UNIT, s, c), datatype=DataType.REGISTERS)
               for s, c in image.input_ranges(UNIT)]
     first, count = image.coil_range(UNIT)
     bits = [bool(image.coils[UNIT][a // 16] >> (a % 16) & 1) for a in range(first, first + count)]
