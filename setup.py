@@ -10,6 +10,7 @@ from setuptools import setup
 
 ROOMS = {
     "st2000r.supervisor": "supervisor",
+    "st2000r.supervisor.api": "supervisor/api",
     "st2000r.drivers": "drivers",
     "st2000r.drivers.st2000r": "drivers/st2000r",
     "st2000r.bridge": "bridge",
@@ -45,6 +46,7 @@ setup(
         "textual==8.2.*",  # the console's snapshot tests depend on its rendering
         "httpx==0.28.*",  # the console's HTTP client
         "textual-plotext==1.0.*",  # the console's consumption chart
+        "argon2-cffi>=23.1",  # operators' password hashes (the HTTP API's login, st2000r operators hash)
     ],
     extras_require={
         # database drivers of the historian: a plain install (SQLite) needs neither
@@ -56,6 +58,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
+            "schemathesis==4.*",  # fuzzes the HTTP API from its served OpenAPI document
         ],
     },
     entry_points={"console_scripts": ["st2000r = st2000r.supervisor.cli:main"]},
