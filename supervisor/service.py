@@ -20,6 +20,8 @@
   STALE until read); it is started first and stopped last, outside the child list, so its
   final flush sees everything the other services published while stopping, and
   ``stopService`` fires only once that flush is on disk.
+- with ``[api]``: the :class:`~st2000r.supervisor.api.service.ApiService` (``.api``, else None),
+  the HTTP API, a consumer of the bus and a client of the dispatcher;
 - the :class:`~st2000r.historian.writer.Historian` (``.historian``; ``[historian]``, by default
   ``STATE_DIR/historian.sqlite``): started after the restore, stopped after every child with
   a final flush (to its spool always, to the database when it answers);
@@ -164,6 +166,15 @@ class SupervisorService(MultiService):
 
             self.historian = for_topology(topology, reactor, self.bus, alarms=self.alarms)
         # ---- end historian
+        # ---- HTTP API (supervisor/api/): built when the topology has [api]; a child after the
+        # dispatcher, so it starts when everything it reads exists and stops before the point database
+        self.api: Any = None
+        if topology.api is not None:
+            from st2000r.supervisor.api.service import ApiService
+
+            self.api = ApiService(topology, reactor, self)
+            self.api.setServiceParent(self)
+        # ---- end HTTP API
 
     # ---- state store: built, started first, stopped last (see the module docstring)
 

@@ -1,0 +1,127 @@
+"""What the handlers work on: the supervisor's parts, the sessions, the event stream and
+a static index of the meters for filtering and paging.
+
+The index is built once from the topology (meter order, link, CDT, household and kind
+never change while the supervisor runs), so a filtered page looks at the live point of
+only the meters the static filters leave.  Cursors are opaque: the position after the
+last item of the page, encoded; positions are stable because the order is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from st2000r.config.model import Topology
+from st2000r.supervisor.api.errors import invalid
+from st2000r.supervisor.api.sessions import Sessions
+from st2000r.supervisor.api.stream import EventStream
+from st2000r.supervisor.events import MeterId
+
+__all__ = ["ApiApp", "MeterEntry", "encode_cursor", "decode_cursor"]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEntry:
+    """The static part of a meter (from the topology)."""
+
+    id: MeterId
+    household: str | None
+    kind: str
+
+
+def encode_cursor(tag: str, position: int) -> str:
+    return base64.urlsafe_b64encode(f"{tag}:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(tag: str, text: str | None) -> int:
+    """The position a cursor of list ``tag`` stands for (0 without one); 400 for a cursor
+    that is not one of ours."""
+    if text is None:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        kind, _, number = raw.partition(":")
+        if kind != tag or not number.isdigit() or len(number) > 12:
+            raise ValueError
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid("cursor", "not a cursor of this list (pass back the 'next' of the previous page)") from None
+
+
+class ApiApp:
+    """The state the handlers share.  ``historian``: the writer (status, database URL) or None."""
+
+    def __init__(self, topology: Topology, clock: IReactorTime, *, bus: Any, points: Any, alarms: Any, commands: Any,
+                 sessions: Sessions, stream: EventStream, historian: Any = None, reactor: Any = None,
+                 pollers: dict[str, Any] | None = None, link_services: dict[str, Any] | None = None,
+                 gprs_server: Any = None) -> None:
+        from st2000r.supervisor.api.routes import ROUTES
+
+        self.topology = topology
+        self.clock = clock
+        self.reactor = reactor
+        self.bus = bus
+        self.points = points
+        self.alarms = alarms
+        self.commands = commands
+        self.sessions = sessions
+        self.stream = stream
+        self.historian = historian
+        self.pollers = pollers or {}
+        self.link_services = link_services or {}
+        self.gprs_server = gprs_server
+        self.routes = ROUTES
+        self.history: Any = None  # the historian reader, made on first use
+        self.meters: list[MeterEntry] = []
+        self.meter_index: dict[MeterId, int] = {}
+        for point in points.meters():
+            config = points.meter_config(point.id)
+            self.meter_index[point.id] = len(self.meters)
+            self.meters.append(MeterEntry(point.id, config.household, config.kind.value))
+        self.site_of: dict[str, str] = {}
+        for site in topology.sites:
+            for link in site.links:
+                self.site_of[link.name] = site.name
+        self.meters_per_cdt: dict[tuple[str, int], int] = {}
+        self.meters_per_link: dict[str, int] = {}
+        for entry in self.meters:
+            key = (entry.id.link, entry.id.cdt)
+            self.meters_per_cdt[key] = self.meters_per_cdt.get(key, 0) + 1
+            self.meters_per_link[entry.id.link] = self.meters_per_link.get(entry.id.link, 0) + 1
+
+    def rounds(self, link: str | None = None) -> list[dict[str, Any]]:
+        """The poll rounds in progress (of one link): plan, kind, start, CDTs tried / all."""
+        from st2000r.supervisor.events import utc
+
+        out = []
+        for name, poller in self.pollers.items():
+            if link is not None and name != link:
+                continue
+            total = len(getattr(poller, "_cdts", ()))
+            for plan, state in dict(getattr(poller, "_rounds", {})).items():
+                started = getattr(state, "started", None)
+                out.append({"link": name, "plan": str(plan), "kind": str(getattr(state, "kind", "")),
+                            "started_at": utc(started).isoformat() if started is not None else None,
+                            "cdts_done": min(total, len(getattr(state, "tried", ()))), "cdts_total": total})
+        return out
+
+    def sessions_of(self, link: str) -> list[dict[str, Any]]:
+        """The registered DTU sessions of a GPRS link (empty for other kinds)."""
+        from st2000r.supervisor.events import utc
+
+        server = self.gprs_server
+        if server is None:
+            return []
+        out = []
+        for info in server.sessions().values():
+            if info.link != link:
+                continue
+            out.append({"dtu_id": info.dtu_id, "peer": info.peer, "since": utc(info.since).isoformat(),
+                        "last_seen": utc(info.last_seen).isoformat(), "heartbeats": info.heartbeats,
+                        "bytes_in": info.bytes_in, "bytes_out": info.bytes_out, "auth": info.auth})
+        return out

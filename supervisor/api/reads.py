@@ -1,0 +1,181 @@
+"""Handlers that read: health, summary, sites, links, CDTs, meters and a meter's history.
+
+Each takes a :class:`~st2000r.supervisor.api.resource.Call` whose path and query values are
+already checked against the route's declarations, and returns the JSON body.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from st2000r.drivers.st2000r.messages import AlarmFlag
+from st2000r.supervisor.api.app import decode_cursor, encode_cursor
+from st2000r.supervisor.api.errors import ApiError, not_found
+from st2000r.supervisor.api.shapes import cdt_json, command_json, link_json, meter_json, page
+from st2000r.supervisor.events import MeterId, Quality, utc
+
+__all__ = ["health", "summary", "sites", "links", "link", "cdts", "cdt", "meters", "meter", "me", "historian_json"]
+
+_FLAGS = {"tamper": AlarmFlag.TAMPER, "short": AlarmFlag.SHORT, "open": AlarmFlag.OPEN}
+
+
+def historian_json(app: Any) -> dict[str, Any] | None:
+    if app.historian is None:
+        return None
+    s = app.historian.status()
+    return {"state": s.state, "problem": s.problem, "spool_rows": s.spool_rows, "spool_bytes": s.spool_bytes,
+            "spool_max_bytes": s.spool_max_bytes, "oldest_age_s": round(s.oldest_age_s, 3), "written": s.written,
+            "rate": round(s.rate, 3), "quarantined": s.quarantined, "memory_rows": s.memory_rows}
+
+
+def health(call: Any) -> dict[str, Any]:
+    app = call.app
+    links = app.points.links()
+    return {"status": "ok", "run": app.bus.run_id, "seq": app.bus.seq, "time": utc(app.clock.seconds()).isoformat(),
+            "links": {"total": len(links), "connected": sum(1 for p in links if p.connected)},
+            "meters": len(app.meters)}
+
+
+def me(call: Any) -> dict[str, Any]:
+    s = call.session
+    return {"name": s.name, "role": s.role.value, "expires_at": utc(s.expires).isoformat()}
+
+
+def summary(call: Any) -> dict[str, Any]:
+    app = call.app
+    links = app.points.links()
+    quality: Counter[str] = Counter()
+    with_alarms = 0
+    for point in app.points.meters():
+        quality[point.quality.value] += 1
+        if point.alarms:
+            with_alarms += 1
+    alarms = app.alarms.alarms()
+    return {
+        "run": app.bus.run_id, "seq": app.bus.seq,
+        "links": {"total": len(links), "by_state": dict(Counter(p.state.value for p in links))},
+        "meters": {"total": len(app.meters), "by_quality": dict(quality), "with_alarms": with_alarms},
+        "alarms": {"total": len(alarms), "by_state": dict(Counter(a.state for a in alarms)),
+                   "by_severity": dict(Counter(a.severity for a in alarms))},
+        "rounds": app.rounds(),
+        "historian": historian_json(app),
+    }
+
+
+def sites(call: Any) -> dict[str, Any]:
+    return {"items": [{"name": s.name, "address": s.address, "links": [lk.name for lk in s.links]}
+                      for s in call.app.topology.sites]}
+
+
+def _link_json(app: Any, point: Any) -> dict[str, Any]:
+    rounds = app.rounds(point.name)
+    return link_json(point, site=app.site_of.get(point.name, ""),
+                     cdts=_cdt_count(app, point.name),
+                     meters=app.meters_per_link.get(point.name, 0), round_=rounds[0] if rounds else None,
+                     sessions=app.sessions_of(point.name))
+
+
+def _cdt_count(app: Any, link: str) -> int:
+    try:
+        return len(app.topology.link(link).cdts)
+    except KeyError:
+        return 0
+
+
+def links(call: Any) -> dict[str, Any]:
+    app = call.app
+    return {"items": [_link_json(app, p) for p in app.points.links()], "next": None}
+
+
+def link(call: Any) -> dict[str, Any]:
+    app = call.app
+    name = call.path["name"]
+    for point in app.points.links():
+        if point.name == name:
+            return _link_json(app, point)
+    raise not_found("name", f"no link {name!r}")
+
+
+def cdts(call: Any) -> dict[str, Any]:
+    app, q = call.app, call.query
+    want_link, online = q.get("link"), q.get("online")
+    if want_link is not None and want_link not in app.meters_per_link and want_link not in app.site_of:
+        raise not_found("link", f"no link {want_link!r}")
+    items = [p for p in app.points.cdts(want_link) if online is None or p.online is online]
+    start = decode_cursor("c", q.get("cursor"))
+    limit = q.get("limit", 100)
+    chunk = items[start:start + limit]
+    nxt = encode_cursor("c", start + limit) if start + limit < len(items) else None
+    return page([cdt_json(p, app.meters_per_cdt.get((p.link, p.address), 0)) for p in chunk], nxt)
+
+
+def cdt(call: Any) -> dict[str, Any]:
+    app = call.app
+    name, address = call.path["link"], call.path["address"]
+    try:
+        point = app.points.cdt(name, address)
+    except KeyError:
+        raise not_found("address", f"no CDT {address} on link {name!r}") from None
+    return cdt_json(point, app.meters_per_cdt.get((name, address), 0))
+
+
+def meters(call: Any) -> dict[str, Any]:
+    """A filtered page: static filters on the index first, live ones on the point."""
+    app, q = call.app, call.query
+    want_link, want_cdt, kind = q.get("link"), q.get("cdt"), q.get("kind")
+    household = q.get("household")
+    prefix = household[:-1] if household is not None and household.endswith("*") else None
+    quality = Quality(q["quality"]) if "quality" in q else None
+    alarm = q.get("alarm")
+    limit = q.get("limit", 100)
+    position = decode_cursor("m", q.get("cursor"))
+    points = app.points
+    items: list[dict[str, Any]] = []
+    entries = app.meters
+    n = len(entries)
+    while position < n and len(items) < limit:
+        entry = entries[position]
+        position += 1
+        mid = entry.id
+        if want_link is not None and mid.link != want_link:
+            continue
+        if want_cdt is not None and mid.cdt != want_cdt:
+            continue
+        if kind is not None and entry.kind != kind:
+            continue
+        if household is not None:
+            h = entry.household or ""
+            if (prefix is not None and not h.startswith(prefix)) or (prefix is None and h != household):
+                continue
+        point = points.meter(mid)
+        if quality is not None and point.quality is not quality:
+            continue
+        if alarm is not None:
+            flags = point.alarms
+            if alarm == "true" and not flags or alarm == "false" and flags:
+                continue
+            if alarm in _FLAGS and not flags & _FLAGS[alarm]:
+                continue
+        items.append(meter_json(point))
+    return page(items, encode_cursor("m", position) if position < n and len(items) == limit else None)
+
+
+def meter_id(call: Any) -> MeterId:
+    p = call.path
+    mid = MeterId(p["link"], p["cdt"], p["module"], p["channel"])
+    if mid not in call.app.meter_index:
+        raise not_found("id", f"no meter {mid}")
+    return mid
+
+
+def meter(call: Any) -> dict[str, Any]:
+    mid = meter_id(call)
+    out = meter_json(call.app.points.meter(mid))
+    last = call.app.commands.last_for(mid)
+    out["last_command"] = command_json(last) if last is not None else None
+    return out
+
+
+def no_historian() -> ApiError:
+    return ApiError(409, "this supervisor keeps no history: enable [historian] in its configuration")
