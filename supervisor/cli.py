@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("st2000r.supervisor.run", "run the supervisor for a topology"),
     "db": ("st2000r.historian.cli", "historian database: upgrade the schema, status, quarantine"),
     "history": ("st2000r.historian.history_cli", "billing queries: household usage, CSV export, suspicious readings"),
+    "operators": ("st2000r.supervisor.api.operators_cli", "operators: 'hash' prints the password_hash line of a "
+                                                         "password"),
     "scan": ("st2000r.supervisor.scan", "commissioning scan of a field bus against the topology"),
     "registers": ("st2000r.bridge.cli", "export the Modbus register map (CSV or JSON) for SCADA tag import"),
     "console": ("st2000r.tui.cli", "the operators' console (Textual; a client of the HTTP API)"),
