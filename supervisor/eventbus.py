@@ -49,6 +49,7 @@ __all__ = ["EventBus", "QueuedConsumer", "ConsumerStats"]
 log = Logger()
 
 DRAIN_BATCH = 256  # events a queued consumer takes per reactor turn before yielding
+_COALESCING = frozenset(COALESCING)
 
 
 def _type_filter(types: type | Iterable[type] | None) -> tuple[type, ...] | None:
@@ -78,7 +79,12 @@ class ConsumerStats:
 
 
 class QueuedConsumer:
-    """One queued consumer of an :class:`EventBus` (made by :meth:`EventBus.attach`)."""
+    """One queued consumer of an :class:`EventBus` (made by :meth:`EventBus.attach`).
+
+    The coalescing index (point -> its change still queued) exists only while the queue is
+    at its limit: it is built from the queue (one pass) the first time an event arrives at a
+    full queue and dropped when the queue empties, so a consumer that keeps up pays no
+    dictionary work per event."""
 
     def __init__(self, bus: EventBus, consumer: Callable[[Any], Any], types: tuple[type, ...] | None,
                  clock: IReactorTime, limit: int, overflow: Callable[[Any], Any] | None, name: str) -> None:
@@ -92,7 +98,8 @@ class QueuedConsumer:
         self._overflow = overflow
         self.stats = ConsumerStats(name or getattr(consumer, "__qualname__", "consumer"))
         self._queue: deque[list[Any]] = deque()  # [event] cells, so a coalesced change keeps its place
-        self._waiting: dict[Any, list[Any]] = {}  # coalesce key -> cell still queued
+        self._waiting: dict[Any, list[Any]] | None = None  # coalesce key -> cell still queued (at the limit only)
+        self._accepts: dict[type, bool] = {}  # event type -> of ``types``
         self._call: Any = None
         self._busy = False
         self.closed = False
@@ -101,17 +108,29 @@ class QueuedConsumer:
     # ---------------------------------------------------------------- feeding
 
     def offer(self, event: Any) -> None:
-        if self.closed or (self.types is not None and not isinstance(event, self.types)):
+        if self.closed:
+            return
+        t = type(event)
+        accepted = self._accepts.get(t)
+        if accepted is None:
+            accepted = self._accepts[t] = self.types is None or issubclass(t, self.types)
+        if not accepted:
             return
         stats = self.stats
-        key = coalesce_key(event) if isinstance(event, COALESCING) else None
-        if len(self._queue) >= self.limit:
+        queue = self._queue
+        cell = [event]
+        if len(queue) >= self.limit:
+            key = coalesce_key(event) if t in _COALESCING else None
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = self._index()
             if key is not None:
-                cell = self._waiting.get(key)
-                if cell is not None:
-                    cell[0] = event
+                queued = waiting.get(key)
+                if queued is not None:
+                    queued[0] = event
                     stats.coalesced += 1
                     return
+                waiting[key] = cell
             elif self._overflow is not None:
                 stats.overflowed += 1
                 try:
@@ -122,15 +141,24 @@ class QueuedConsumer:
                 return
             else:
                 stats.over_limit += 1
-        cell = [event]
-        self._queue.append(cell)
-        if key is not None:
-            self._waiting[key] = cell
+        elif self._waiting is not None and t in _COALESCING:
+            self._waiting[coalesce_key(event)] = cell
+        queue.append(cell)
         stats.queued += 1
-        stats.depth = len(self._queue)
-        if stats.depth > stats.max_depth:
-            stats.max_depth = stats.depth
-        self._schedule()
+        depth = stats.depth = len(queue)
+        if depth > stats.max_depth:
+            stats.max_depth = depth
+        if self._call is None and not self._busy:
+            self._call = self._clock.callLater(0, self._drain)
+
+    def _index(self) -> dict[Any, list[Any]]:
+        """The coalescing index of the queue as it is (the last cell of each point)."""
+        waiting = {}
+        for cell in self._queue:
+            event = cell[0]
+            if type(event) in _COALESCING:
+                waiting[coalesce_key(event)] = cell
+        return waiting
 
     @property
     def depth(self) -> int:
@@ -161,45 +189,53 @@ class QueuedConsumer:
             self._call.cancel()
         self._call = None
         self._queue.clear()
-        self._waiting.clear()
+        self._waiting = None
         self.stats.depth = 0
         self._notify_drained()
 
     # ---------------------------------------------------------------- draining
 
     def _schedule(self) -> None:
-        if self._busy or self.closed or (self._call is not None and self._call.active()):
+        if self._busy or self.closed or self._call is not None:
             return
         self._call = self._clock.callLater(0, self._drain)
 
     def _drain(self) -> None:
+        """Deliver up to ``DRAIN_BATCH`` events, then yield the reactor (the rest next turn)."""
         self._call = None
+        queue, stats, consumer = self._queue, self.stats, self._consumer
         for _ in range(DRAIN_BATCH):
-            if self._busy or self.closed or not self._queue:
-                self._notify_drained()
-                return
-            cell = self._queue.popleft()
+            if self._busy or self.closed or not queue:
+                break
+            cell = queue.popleft()
             event = cell[0]
-            key = coalesce_key(event) if isinstance(event, COALESCING) else None
-            if key is not None and self._waiting.get(key) is cell:
-                del self._waiting[key]
-            self.stats.depth = len(self._queue)
+            waiting = self._waiting
+            if waiting is not None:
+                if not queue:
+                    self._waiting = None  # empty: no index until the limit is reached again
+                elif type(event) in _COALESCING:
+                    key = coalesce_key(event)
+                    if waiting.get(key) is cell:
+                        del waiting[key]
+            stats.depth = len(queue)
             try:
-                result = self._consumer(event)
+                result = consumer(event)
             except Exception:
-                self.stats.failures += 1
-                log.failure("event consumer {name} failed on {type}", name=self.stats.name,
-                            type=type(event).__name__)
+                stats.failures += 1
+                log.failure("event consumer {name} failed on {type}", name=stats.name, type=type(event).__name__)
                 continue
-            self.stats.delivered += 1
-            if isinstance(result, defer.Deferred) and not result.called:
-                self._busy = True
-                result.addErrback(self._failed, event)
-                result.addBoth(self._resume)
-                return
-            if isinstance(result, defer.Deferred):  # already fired: consume a failure
-                result.addErrback(self._failed, event)
-        self._schedule()
+            stats.delivered += 1
+            if result is not None and isinstance(result, defer.Deferred):
+                if not result.called:
+                    self._busy = True
+                    result.addErrback(self._failed, event)
+                    result.addBoth(self._resume)
+                    return
+                result.addErrback(self._failed, event)  # already fired: consume a failure
+        if queue and not self.closed:
+            self._schedule()
+        else:
+            self._notify_drained()
 
     def _failed(self, failure: Any, event: Any) -> None:
         self.stats.failures += 1
@@ -223,6 +259,9 @@ class EventBus:
         self.seq = 0  # of the last event published
         self._subscribers: list[tuple[tuple[type, ...] | None, Callable[[Any], None]]] = []
         self._consumers: list[QueuedConsumer] = []
+        # what publish iterates: rebuilt when a subscriber or consumer comes or goes
+        self._subscribed: tuple[tuple[tuple[type, ...] | None, Callable[[Any], None]], ...] = ()
+        self._offers: tuple[Callable[[Any], None], ...] = ()
         self._queue: deque[Any] = deque()
         self._delivering = False
         self.published = 0
@@ -235,12 +274,14 @@ class EventBus:
         entry = (_type_filter(types), callback)  # a new tuple per subscription: one callback may subscribe twice
 
         self._subscribers.append(entry)
+        self._subscribed = tuple(self._subscribers)
 
         def unsubscribe() -> None:
             try:
                 self._subscribers.remove(entry)
             except ValueError:
                 pass
+            self._subscribed = tuple(self._subscribers)
 
         return unsubscribe
 
@@ -252,6 +293,7 @@ class EventBus:
             raise ValueError("EventBus.attach needs the bus to have a clock")
         queued = QueuedConsumer(self, consumer, _type_filter(types), self.clock, limit, overflow, name)
         self._consumers.append(queued)
+        self._offers = tuple(c.offer for c in self._consumers)
         return queued
 
     def consumers(self) -> list[QueuedConsumer]:
@@ -272,16 +314,19 @@ class EventBus:
             self.seq += 1
             object.__setattr__(event, "seq", self.seq)  # fresh and unshared: see the module docstring
             object.__setattr__(event, "run", self.run_id)
-        for queued in tuple(self._consumers):
-            queued.offer(event)
-        self._queue.append(event)
+        for offer in self._offers:
+            offer(event)
         if self._delivering:
+            self._queue.append(event)
             return event
+        if not self._subscribed:
+            return event
+        self._queue.append(event)
         self._delivering = True
         try:
             while self._queue:
                 current = self._queue.popleft()
-                for types, callback in tuple(self._subscribers):
+                for types, callback in self._subscribed:
                     if types is not None and not isinstance(current, types):
                         continue
                     try:
@@ -299,3 +344,4 @@ class EventBus:
             self._consumers.remove(queued)
         except ValueError:
             pass
+        self._offers = tuple(c.offer for c in self._consumers)
