@@ -35,6 +35,9 @@ class ApiError(Exception):
 
 
 def invalid(field: str | None, message: str) -> ApiError:
+    """400 ``invalid``; ``field`` "" is the body as a whole (reported as null)."""
+    if field == "":
+        return ApiError(400, f"the body: {message}", field=None)
     return ApiError(400, f"{field}: {message}" if field else message, field=field)
 
 
