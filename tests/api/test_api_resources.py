@@ -1,0 +1,215 @@
+"""What the resources answer: meters filtered and paged, one meter by path segments or
+encoded id, CDTs, links, summary, diagnostics; commands through the one command path to
+their outcome; alarm operations; and bad input answered 4xx naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from support.apirig import ApiRig
+from support.builders import status
+from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
+
+TAMPER = "meter:bus/1/1/1:tamper"
+
+
+@pytest.fixture
+def rig():
+    rig = ApiRig(cdts=3)
+    rig.start()
+    rig.read(1, [5, 6, 7, 8, 9, 10], statuses=[status(Valve.OPEN, AlarmFlag.TAMPER), 0, 0, 0, 0,
+                                             status(Valve.CLOSED, AlarmFlag.OPEN)])
+    rig.read(2, [1, 1, 1, 1, 1, 1])
+    yield rig
+    pytest_twisted.blockon(rig.stop())
+
+
+async def all_pages(rig, query, limit):
+    ids, cursor, pages = [], None, 0
+    while True:
+        q = f"{query}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        a = await rig.call("GET", f"meters?{q}", as_="viewer")
+        assert a.status == 200, a.raw
+        ids += [m["id"] for m in a.json["items"]]
+        pages += 1
+        cursor = a.json["next"]
+        if cursor is None:
+            return ids, pages
+
+
+@pytest_twisted.ensureDeferred
+async def test_meter_items_have_the_pinned_shape(rig):
+    a = await rig.call("GET", "meters?link=bus&cdt=1&limit=1", as_="viewer")
+    item = a.json["items"][0]
+    assert item == {"id": "bus/1/1/1", "link": "bus", "cdt": 1, "module": 1, "channel": 1, "household": "H1-1",
+                    "kind": "water", "serial": "00000001001001", "value": 1000 + 5 * 10, "count": 5,
+                    "base_unit": "L", "quality": "good", "read_at": "2026-05-28T20:26:40+00:00",
+                    "quality_since": item["quality_since"], "alarms": ["tamper"], "valve": "open"}
+    assert isinstance(item["value"], int) and a.json["next"] is not None
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("link=bus", 18), ("cdt=2", 6), ("kind=gas", 6), ("household=H1-2", 3), ("household=H1-*", 6),
+    ("quality=good", 12), ("quality=stale", 6), ("alarm=true", 2), ("alarm=false", 16), ("alarm=tamper", 1),
+    ("alarm=open", 1), ("alarm=short", 0), ("cdt=1&kind=water", 2), ("link=nope", 0),
+])
+@pytest_twisted.ensureDeferred
+async def test_filters_combine_and_paging_visits_every_match_once(rig, query, expected):
+    whole, _ = await all_pages(rig, query, 5000)
+    paged, pages = await all_pages(rig, query, 4)
+    assert len(whole) == expected and paged == whole and len(set(whole)) == expected
+    assert pages >= max(1, -(-expected // 4))
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_meter_by_segments_or_encoded_id_with_its_last_command(rig):
+    a = await rig.call("GET", "meters/bus/1/2/3", as_="viewer")
+    b = await rig.call("GET", "meters/bus%2F1%2F2%2F3", as_="viewer")
+    assert a.status == b.status == 200 and a.json == b.json and a.json["valve"] == "closed"
+    assert a.json["alarms"] == ["open"] and a.json["last_command"] is None
+    c = await rig.call("POST", "commands", {"kind": "read_now", "target": "bus/1/2/3"}, as_="operator")
+    assert (await rig.call("GET", "meters/bus/1/2/3", as_="viewer")).json["last_command"]["id"] == c.json["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cdts_links_sites_summary_diagnostics(rig):
+    cdts = (await rig.call("GET", "cdts?link=bus", as_="viewer")).json
+    assert [c["id"] for c in cdts["items"]] == ["bus/1", "bus/2", "bus/3"] and cdts["items"][0]["meters"] == 6
+    one = (await rig.call("GET", "cdts/bus/2", as_="viewer")).json
+    assert one["address"] == 2 and one["online"] is None
+    links = (await rig.call("GET", "links", as_="viewer")).json["items"]
+    assert links[0]["name"] == "bus" and links[0]["state"] == "connected" and links[0]["cdts"] == 3
+    assert links[0]["meters"] == 18 and links[0]["round"] is None and links[0]["sessions"] == []
+    sites = (await rig.call("GET", "sites", as_="viewer")).json
+    assert sites == {"items": [{"name": "test site", "address": "nowhere", "links": ["bus"]}]}
+    s = (await rig.call("GET", "summary", as_="viewer")).json
+    assert s["meters"] == {"total": 18, "by_quality": {"good": 12, "stale": 6}, "with_alarms": 2}
+    assert s["alarms"]["total"] == 2 and s["links"] == {"total": 1, "by_state": {"connected": 1}}
+    d = (await rig.call("GET", "diagnostics", as_="viewer")).json
+    assert [c["name"] for c in d["consumers"]] == ["api events"] and d["historian"] is None
+    assert d["api"]["sessions"] == 1 and d["seq"] == rig.bus.seq
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valve_closed_through_the_api_reports_its_outcome(rig):
+    a = await rig.call("POST", "commands", {"kind": "valve", "meter": "bus/1/1/1", "open": False,
+                                            "reason": "unpaid bill"}, as_="operator")
+    assert a.status == 202
+    cid = a.json["id"]
+    assert a.json["url"] == f"/api/v1/commands/{cid}" and a.json["state"] in ("pending", "sent")
+    rig.reply_valve()
+    rig.clock.advance(3)  # the dispatcher reads the valve back
+    rig.reply_read(Valve.CLOSED, count=5)
+    got = (await rig.call("GET", f"commands/{cid}", as_="viewer")).json
+    assert got["state"] == "succeeded" and got["kind"] == "valve" and got["action"] == "close"
+    assert got["who"] == "operator" and got["source"] == "api" and got["peer"] == "127.0.0.1"
+    assert got["reason"] == "unpaid bill" and got["finished_at"] is not None
+    meter = (await rig.call("GET", "meters/bus/1/1/1", as_="viewer")).json
+    assert meter["valve"] == "closed" and meter["last_command"]["state"] == "succeeded"
+    listed = (await rig.call("GET", "commands?state=succeeded", as_="viewer")).json["items"]
+    assert [c["id"] for c in listed] == [cid]
+    audit = (await rig.call("GET", "audit?kind=valve", as_="engineer")).json["items"]
+    assert audit[0]["id"] == cid and audit[0]["peer"] == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_the_path_refuses_at_once_is_202_refused_with_the_reason():
+    rig = ApiRig(protected=("H1-1",))
+    rig.start()
+    try:
+        a = await rig.call("POST", "commands", {"kind": "valve", "meter": "bus/1/1/1", "open": False},
+                           as_="operator")
+        assert a.status == 202 and a.json["state"] == "refused" and "protected" in a.json["detail"]
+    finally:
+        await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_alarm_acknowledge_shelve_unshelve(rig):
+    alarms = (await rig.call("GET", "alarms?link=bus", as_="viewer")).json["items"]
+    assert {a["id"] for a in alarms} == {TAMPER, "meter:bus/1/2/3:open"}
+    a = await rig.call("POST", "alarms/acknowledge", {"alarm": TAMPER, "note": "on site"}, as_="operator")
+    assert a.status == 200 and a.json["alarm"]["state"] == "active-acked" and a.json["alarm"]["acked_by"] == "operator"
+    assert a.json["alarm"]["ack_note"] == "on site"
+    assert a.json["command"]["kind"] == "alarm_ack" and a.json["command"]["state"] == "succeeded"
+    s = await rig.call("POST", "alarms/shelve", {"alarm": TAMPER, "reason": "sensor swap", "duration_s": 120},
+                       as_="operator")
+    assert s.status == 200 and s.json["alarm"]["shelved_reason"] == "sensor swap"
+    assert s.json["alarm"]["shelved_until"] == "2026-05-28T20:28:40+00:00"
+    shelved = (await rig.call("GET", "alarms?state=shelved", as_="viewer")).json["items"]
+    assert [x["id"] for x in shelved] == [TAMPER]
+    u = await rig.call("POST", "alarms/unshelve", {"alarm": TAMPER}, as_="operator")
+    assert u.status == 200 and u.json["alarm"]["shelved_by"] is None
+    again = await rig.call("POST", "alarms/unshelve", {"alarm": TAMPER}, as_="operator")
+    assert again.status == 409 and again.json["error"]["field"] == "alarm"
+    one = (await rig.call("GET", f"alarms/one?id={TAMPER}", as_="viewer")).json
+    assert one["id"] == TAMPER and one["state"] == "active-unacked"  # an active alarm needs a new acknowledgement
+
+
+BAD = [
+    ("GET", "meters?limit=0", None, 400, "limit"),
+    ("GET", "meters?limit=5001", None, 400, "limit"),
+    ("GET", "meters?limit=abc", None, 400, "limit"),
+    ("GET", "meters?kind=steam", None, 400, "kind"),
+    ("GET", "meters?colour=red", None, 400, "colour"),
+    ("GET", "meters?cdt=1&cdt=2", None, 400, "cdt"),
+    ("GET", "meters?cursor=!!!", None, 400, "cursor"),
+    ("GET", "meters?cursor=YToz", None, 400, "cursor"),  # another list's cursor
+    ("GET", "meters/bus/1/1/4", None, 400, "channel"),
+    ("GET", "meters/bus/9/1/1", None, 404, "id"),
+    ("GET", "meters/bus/1/x/1", None, 400, "module"),
+    ("GET", "cdts/bus/99", None, 404, "address"),
+    ("GET", "links/nope", None, 404, "name"),
+    ("GET", "commands/nope", None, 404, "id"),
+    ("GET", "alarms/one", None, 400, "id"),
+    ("GET", "alarms/one?id=nope", None, 404, "id"),
+    ("GET", "alarms?state=angry", None, 400, "state"),
+    ("GET", "nowhere", None, 404, "path"),
+    ("DELETE", "meters", None, 405, None),
+    ("POST", "commands", {"kind": "valve", "meter": "bus/1/1/1"}, 400, "open"),
+    ("POST", "commands", {"kind": "valve", "meter": "bus/1/1", "open": True}, 400, "meter"),
+    ("POST", "commands", {"kind": "valve", "meter": "bus/7/1/1", "open": True}, 404, "meter"),
+    ("POST", "commands", {"kind": "valve", "meter": "bus/1/1/1", "open": "no"}, 400, "open"),
+    ("POST", "commands", {"kind": "explode"}, 400, "kind"),
+    ("POST", "commands", {"meter": "bus/1/1/1"}, 400, "kind"),
+    ("POST", "commands", {"kind": "valve", "meter": "bus/1/1/1", "open": True, "reason": "x" * 401}, 400, "reason"),
+    ("POST", "commands", {"kind": "read_now", "target": "bus/x"}, 400, "target"),
+    ("POST", "commands", {"kind": "read_now", "target": "bus/9"}, 404, "target"),
+    ("POST", "commands", {"kind": "time_sync", "link": "bus", "cdt": 0}, 400, "cdt"),
+    ("POST", "alarms/shelve", {"alarm": TAMPER, "reason": "", "duration_s": 5}, 400, "reason"),
+    ("POST", "alarms/shelve", {"alarm": TAMPER, "reason": "r", "duration_s": 10**9}, 400, "duration_s"),
+    ("POST", "alarms/acknowledge", {"alarm": "nope"}, 404, "alarm"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, code, field", BAD, ids=[f"{m} {p} {b}"[:80] for m, p, b, _, _ in BAD])
+@pytest_twisted.ensureDeferred
+async def test_bad_input_gets_a_4xx_naming_the_field(rig, method, path, body, code, field):
+    a = await rig.call(method, path, body, as_="engineer")
+    assert a.status == code, a.raw
+    err = a.json["error"]
+    assert err["field"] == field and err["message"] and err["code"]
+    if field:
+        assert field in err["message"] or code == 404
+
+
+@pytest.mark.parametrize("raw, why", [(b"{", "not JSON"), (b"", "needs a JSON body"), (b"[" * 60_000, "not JSON"),
+                                      (b'{"kind": "valve", "meter": "bus/1/1/1", "open": true, "x": NaN}', "x"),
+                                      (b"\xff\xfe", "not JSON"), (b"1" * 5000, "not JSON")])
+@pytest_twisted.ensureDeferred
+async def test_bodies_that_are_not_json_objects_are_400(rig, raw, why):
+    a = await rig.call("POST", "commands", raw=raw, as_="operator")
+    assert a.status == 400 and why in a.json["error"]["message"], a.raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_is_413(rig):
+    a = await rig.call("POST", "commands", raw=b'{"kind": "' + b"x" * 70_000 + b'"}', as_="operator")
+    assert a.status == 413 and a.json["error"]["code"] == "too_large"
+
+
+@pytest_twisted.ensureDeferred
+async def test_405_names_the_allowed_methods(rig):
+    a = await rig.call("PUT", "commands", as_="viewer")
+    assert a.status == 405 and a.header("Allow") == "GET, POST"
