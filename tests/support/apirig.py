@@ -187,6 +187,17 @@ class ApiRig:
         return self.tokens[name]
 
 
+async def eventually(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait (real time, polling every 10 ms) until ``predicate()`` holds; fail after ``timeout``."""
+    from twisted.internet import task
+
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
 class _Collect(protocol.Protocol):
     def __init__(self, done: defer.Deferred) -> None:
         self.done = done
