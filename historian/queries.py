@@ -16,6 +16,10 @@ overlapping the period:
   tenth of the counter into its bottom tenth is a rollover (``+ ROLLOVER``), any other step
   down is reverse flow (kept negative, counted in ``reversals``, flagged by
   :func:`suspicious`).
+
+Where raw readings were purged (``[historian] keep_raw_days``), the part of a period before
+the purge horizon is summed from the daily aggregates, which hold the same steps by the day
+of their later value (``historian/aggregate_queries.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from st2000r.historian.schema import as_utc, installations, meters, readings
 
-__all__ = ["ROLLOVER", "Segment", "Usage", "usage", "Suspicion", "suspicious", "export_readings",
+__all__ = ["ROLLOVER", "chain", "steps", "purge_horizon", "Segment", "Usage", "usage", "Suspicion", "suspicious", "export_readings",
            "installations_stmt", "value_before_stmt", "values_inside_stmt", "suspicious_stmt", "export_page_stmt"]
 
 #: a register of 6 integer and 2 decimal digits of m³ or kWh wraps after 999999.99, i.e. at
@@ -66,6 +70,21 @@ class Usage:
     end: datetime
     by_kind: dict[str, int]
     segments: tuple[Segment, ...]
+
+
+def chain(before: int | None, start_value: int, inside: list[int], final: int | None) -> list[int]:
+    """The values one installation's consumption over a span is summed over: the value
+    before the span (its ``start_value`` when there is none), the readings inside, and its
+    ``final`` value when it was removed inside.  ``historian/aggregates.py`` uses the same."""
+    values = [before if before is not None else start_value, *inside]
+    if final is not None:
+        values.append(final)
+    return values
+
+
+def steps(values: list[int]) -> tuple[int, int, int]:
+    """``(consumption, rollovers, reversals)`` of consecutive ``values`` (module docstring)."""
+    return _steps(values)
 
 
 def _steps(values: list[int]) -> tuple[int, int, int]:
@@ -147,21 +166,43 @@ def usage(conn: Connection, household: str, start: datetime, end: datetime) -> U
     rows = conn.execute(installations_stmt(household, start, end)).all()
     segments = []
     by_kind: dict[str, int] = {}
+    horizon = purge_horizon(conn) if rows else None
     for row in rows:
         installed, removed = as_utc(row.installed_at), as_utc(row.removed_at)
         seg_start = max(start, installed)
         seg_end = min(end, removed) if removed is not None else end
+        if horizon is not None and seg_start < horizon[0]:  # raw readings purged: the aggregates
+            from st2000r.historian.aggregate_queries import purged_segment
+
+            segment = purged_segment(conn, row, seg_start, seg_end, end, *horizon)
+            segments.append(segment)
+            by_kind[row.kind] = by_kind.get(row.kind, 0) + segment.consumption
+            continue
         before = conn.execute(value_before_stmt(row.meter, installed, removed, seg_start)).scalar()
-        first = before if before is not None else row.start_value
         inside = [v for (v,) in conn.execute(values_inside_stmt(row.meter, installed, removed, seg_start, seg_end))]
-        values = [first, *inside]
-        if removed is not None and removed <= end and row.final_value is not None:
-            values.append(row.final_value)
+        final = row.final_value if removed is not None and removed <= end else None
+        values = chain(before, row.start_value, inside, final)
         total, rollovers, reversals = _steps(values)
         segments.append(Segment(row.meter_id, row.serial, row.kind, row.base_unit, seg_start, seg_end, values[0],
                                 values[-1], total, rollovers, reversals))
         by_kind[row.kind] = by_kind.get(row.kind, 0) + total
     return Usage(household, start, end, by_kind, tuple(segments))
+
+
+def purge_horizon(conn: Connection) -> tuple[datetime, str] | None:
+    """``(purged_through, time zone)`` when raw readings were purged (then usage before
+    that instant comes from the daily aggregates), else None."""
+    from sqlalchemy import inspect
+
+    from st2000r.historian.schema import aggregate_state
+
+    if not inspect(conn).has_table(aggregate_state.name):  # a database not yet upgraded
+        return None
+    row = conn.execute(select(aggregate_state.c.purged_through, aggregate_state.c.timezone)
+                       .order_by(aggregate_state.c.id).limit(1)).first()
+    if row is None or row.purged_through is None:
+        return None
+    return as_utc(row.purged_through), row.timezone
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,16 @@ a billing system reads it directly):
   spool after a crash insert nothing twice; an alarm or command event is (run, seq);
 - **no foreign key from the time series to anything but ``meters``**: events of a link
   or command are kept as text so a topology change never rejects history;
+- **aggregates** (``daily_aggregates``, ``monthly_aggregates``: one row per meter and
+  local day or month of ``aggregate_state.timezone``) are kept forever, raw readings only
+  ``keep_raw_days``; a day is ``(midnight, next midnight]`` so the days of a period add up
+  to its usage (``historian/aggregates.py`` says why); ``aggregate_state`` is their one
+  row of bookkeeping (the readings key aggregated up to, the purge horizon);
 - **views** (``v_readings``, ``v_latest_readings``, ``v_alarm_history``,
-  ``v_command_history``) are the documented interface for billing systems
-  (``docs/historian.md``); they are built from :func:`view_selects` compiled for the
-  database at hand, so the three databases get the same columns.
+  ``v_command_history``, ``v_daily_consumption``, ``v_monthly_consumption``) are the
+  documented interface for billing systems (``docs/historian.md``); they are built from
+  :func:`view_selects` compiled for the database at hand, so the three databases get the
+  same columns.
 
 Alembic revisions (``historian/migrations``) create exactly this; a test compares them.
 """
@@ -33,6 +39,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -44,10 +51,15 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects import mssql
 
 __all__ = ["metadata", "sites", "links", "cdts", "households", "meters", "installations", "readings",
-           "alarm_events", "command_events", "health_samples", "VIEWS", "view_selects", "as_utc", "ID"]
+           "alarm_events", "command_events", "health_samples", "daily_aggregates", "monthly_aggregates",
+           "aggregate_state", "QUALITIES", "VIEWS", "view_selects", "as_utc", "ID"]
 
+#: a local date (DATE; spelled out for SQL Server, whose dialect compiles a plain Date as
+#: DATETIME until it has seen a server)
+DAY = Date().with_variant(mssql.DATE(), "mssql")
 #: surrogate key type: BIGINT everywhere, INTEGER on SQLite (its autoincrementing rowid alias)
 ID = BigInteger().with_variant(Integer, "sqlite")
 #: a quantity in base units (L, Wh)
@@ -209,6 +221,49 @@ health_samples = Table(
     Index(None, "link", "at"),
 )
 
+#: the qualities counted per day and month (``n_<quality>``); any other is ``n_other``
+QUALITIES = ("good", "stale", "comm_fail", "estimated", "substituted")
+
+
+def _aggregate(name: str, period: str) -> Table:
+    """A table of per-meter aggregates over ``period`` (``day``: the local date; ``month``:
+    the local date of its first day).  ``first_*``/``last_*``: the period's first and last
+    reading (null only in a row that records just a meter's removal); ``consumption``: base
+    units, the usage rule of ``historian/queries.py`` over the period; ``n_*``: readings."""
+    return Table(
+        name, metadata,
+        Column("id", ID, primary_key=True, autoincrement=True),
+        Column("meter", ID, ForeignKey("meters.id"), nullable=False),
+        Column(period, DAY, nullable=False),
+        Column("first_at", UTCTIME),
+        Column("first_value", QTY),
+        Column("last_at", UTCTIME),
+        Column("last_value", QTY),
+        Column("consumption", QTY, nullable=False),
+        Column("rollovers", Integer, nullable=False),
+        Column("reversals", Integer, nullable=False),
+        Column("n_readings", Integer, nullable=False),
+        *[Column(f"n_{q}", Integer, nullable=False) for q in QUALITIES],
+        Column("n_other", Integer, nullable=False),
+        UniqueConstraint("meter", period),
+        Index(None, period),
+    )
+
+
+daily_aggregates = _aggregate("daily_aggregates", "day")
+monthly_aggregates = _aggregate("monthly_aggregates", "month")
+
+aggregate_state = Table(
+    "aggregate_state", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),  # one row, id 1
+    Column("watermark", QTY, nullable=False),  # readings.id up to which the aggregates hold every reading
+    Column("installation_mark", QTY, nullable=False),  # meter_installations.id seen (replacements)
+    Column("timezone", Unicode(64), nullable=False),  # the IANA zone of the days and months
+    Column("purged_through", UTCTIME),  # raw readings at or before this were purged (a local midnight)
+    Column("aggregated_at", UTCTIME),
+    Column("purged_at", UTCTIME),
+)
+
 
 def view_selects() -> dict[str, Any]:
     """The documented views as Core selects: name -> select (compiled per dialect when the
@@ -233,10 +288,24 @@ def view_selects() -> dict[str, Any]:
                         c.c.reason, c.c.requested_at, c.c.state, c.c.detail, c.c.sent_at, c.c.finished_at,
                         c.c.late)
     return {"v_readings": v_readings, "v_latest_readings": v_latest, "v_alarm_history": v_alarms,
-            "v_command_history": v_commands}
+            "v_command_history": v_commands, **aggregate_view_selects(daily_aggregates, monthly_aggregates, meters)}
 
 
-VIEWS: tuple[str, ...] = ("v_readings", "v_latest_readings", "v_alarm_history", "v_command_history")
+def aggregate_view_selects(daily: Any, monthly: Any, m: Any) -> dict[str, Any]:
+    """``v_daily_consumption`` and ``v_monthly_consumption`` over the given tables (the
+    model's, or a migration's frozen copies of them)."""
+    out = {}
+    for name, t, period in (("v_daily_consumption", daily, "day"), ("v_monthly_consumption", monthly, "month")):
+        out[name] = select(
+            m.c.meter_id, m.c.household, m.c.kind, t.c[period], t.c.first_at, t.c.first_value, t.c.last_at,
+            t.c.last_value, t.c.consumption, m.c.base_unit, t.c.rollovers, t.c.reversals, t.c.n_readings,
+            *[t.c[f"n_{q}"] for q in QUALITIES], t.c.n_other,
+        ).select_from(t.join(m, t.c.meter == m.c.id))
+    return out
+
+
+VIEWS: tuple[str, ...] = ("v_readings", "v_latest_readings", "v_alarm_history", "v_command_history",
+                          "v_daily_consumption", "v_monthly_consumption")
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -38,7 +38,8 @@ def test_ddl_compiles_for_sql_server(name):
 
 def test_views_compile_for_sql_server():
     ddl = view_ddl(DIALECT)
-    assert [s.split()[2] for s in ddl] == ["v_readings", "v_latest_readings", "v_alarm_history", "v_command_history"]
+    assert [s.split()[2] for s in ddl] == ["v_readings", "v_latest_readings", "v_alarm_history", "v_command_history",
+                                           "v_daily_consumption", "v_monthly_consumption"]
     latest = ddl[1]
     assert "row_number() OVER (PARTITION BY readings.meter ORDER BY readings.read_at DESC, readings.id DESC)" in latest
     assert "WHERE ranked.rn = 1" in latest

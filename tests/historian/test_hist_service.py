@@ -76,9 +76,10 @@ def test_run_refuses_an_older_schema_and_names_the_command(db_url, tmp_path):
     assert f"run 'st2000r db upgrade {config}'" in proc.stderr
     up = _st2000r("db", "upgrade", str(config))
     assert up.returncode == 0, up.stderr
-    assert "schema none -> 0001" in up.stdout
+    head = db.head_revision()
+    assert f"schema none -> {head}" in up.stdout
     status = _st2000r("db", "status", str(config))
-    assert "schema 0001 (this version: 0001)" in status.stdout
+    assert f"schema {head} (this version: {head})" in status.stdout
 
 
 def test_run_starts_when_the_database_does_not_answer(tmp_path):

@@ -20,14 +20,19 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+#: what version 1 had: later tables and views come from later revisions
+TABLES = ("sites", "links", "cdts", "households", "meters", "meter_installations", "readings", "alarm_events",
+          "command_events", "health_samples")
+VIEWS = ("v_readings", "v_latest_readings", "v_alarm_history", "v_command_history")
+
 
 def upgrade() -> None:
     bind = op.get_bind()
-    metadata.create_all(bind)
-    create_views(bind)
+    metadata.create_all(bind, tables=[metadata.tables[name] for name in TABLES])
+    create_views(bind, VIEWS)
 
 
 def downgrade() -> None:
     bind = op.get_bind()
-    drop_views(bind)
-    metadata.drop_all(bind)
+    drop_views(bind, VIEWS)
+    metadata.drop_all(bind, tables=[metadata.tables[name] for name in TABLES])
