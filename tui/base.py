@@ -54,9 +54,11 @@ class Translatable:
     def cat(self) -> Catalogue:
         return self.console.cat
 
+    _ready = False  # set once the screen's widgets exist (on mount)
+
     def retranslate(self) -> None:
         translate_bindings(self, self.cat)  # type: ignore[arg-type]
-        if self.is_mounted:  # type: ignore[attr-defined]
+        if self._ready:
             self.relabel()
             self.refresh_bindings()  # type: ignore[attr-defined]
 
@@ -72,6 +74,7 @@ class Translatable:
 
 class ConsoleScreen(Translatable, Screen):
     def on_mount(self) -> None:
+        self._ready = True
         self.retranslate()
         self.update_status()
 
@@ -86,4 +89,5 @@ class ConsoleScreen(Translatable, Screen):
 
 class ConsoleModal(Translatable, ModalScreen):
     def on_mount(self) -> None:
+        self._ready = True
         self.retranslate()

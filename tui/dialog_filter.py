@@ -42,7 +42,6 @@ class FilterDialog(ConsoleModal):
                 yield Button(id="f-cancel")
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one("#f-link", Input).focus()
 
     def relabel(self) -> None:

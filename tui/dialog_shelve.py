@@ -42,7 +42,6 @@ class ShelveDialog(ConsoleModal):
                 yield Button(id="shelve-cancel")
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one("#shelve-reason", Input).focus()
 
     def relabel(self) -> None:

@@ -44,7 +44,6 @@ class ValveDialog(ConsoleModal):
                 yield Button(id="valve-cancel")
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one("#valve-reason", Input).focus()
 
     def relabel(self) -> None:

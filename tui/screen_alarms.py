@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Label
 
 from st2000r.tui import format as fmt
+from st2000r.tui import tables
 from st2000r.tui.base import ConsoleScreen, StatusLine
 from st2000r.tui.model import Alarm
 
@@ -41,7 +42,6 @@ class AlarmsScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one(DataTable).focus()
         self.reload()
 
@@ -64,11 +64,8 @@ class AlarmsScreen(ConsoleScreen):
         self.query_one("#alarms-title", Label).update(cat.t("alarms.title"))
         table = self.query_one(DataTable)
         current = self.selected()
-        table.clear(columns=True)
-        for key in COLUMNS:
-            table.add_column(cat.t(key), key=key)
-        for alarm in sorted(self.alarms.values(), key=lambda a: (a.raised_at or "", a.id), reverse=True):
-            table.add_row(*fmt.alarm_cells(cat, alarm), key=alarm.id)
+        ordered = sorted(self.alarms.values(), key=lambda a: (a.raised_at or "", a.id), reverse=True)
+        tables.fill(table, [cat.t(k) for k in COLUMNS], ((fmt.alarm_cells(cat, a), a.id) for a in ordered))
         if current is not None and current.id in self.alarms:
             table.move_cursor(row=table.get_row_index(current.id))
         self.query_one("#alarms-info", Label).update(self.message or ("" if self.alarms else cat.t("alarms.none")))

@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Label, ProgressBar
 
 from st2000r.tui import format as fmt
+from st2000r.tui import tables
 from st2000r.tui.base import ConsoleScreen, StatusLine
 from st2000r.tui.model import LinkInfo, Summary
 from st2000r.tui.screen_links import round_text
@@ -54,7 +55,6 @@ class DashboardScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.reload()
         self.set_interval(POLL_SECONDS, self._tick)
 
@@ -107,12 +107,9 @@ class DashboardScreen(ConsoleScreen):
             self.query_one("#dash-spool", Label).update(spool)
         self.query_one("#dash-links-title", Label).update(cat.t("dash.links"))
         table = self.query_one(DataTable)
-        table.clear(columns=True)
-        for key in ("dash.link", "dash.state", "dash.cdts", "dash.round"):
-            table.add_column(cat.t(key))
-        for name, link in self.links.items():
-            table.add_row(name, fmt.link_state(cat, self.link_states.get(name)), "—" if link.cdts is None else
-                          str(link.cdts), round_text(link.round_done, link.round_total), key=name)
+        rows = (((name, fmt.link_state(cat, self.link_states.get(name)), "—" if link.cdts is None else str(link.cdts),
+                  round_text(link.round_done, link.round_total)), name) for name, link in self.links.items())
+        tables.fill(table, [cat.t(k) for k in ("dash.link", "dash.state", "dash.cdts", "dash.round")], rows)
         self.query_one("#dash-message", Label).update(self.message)
 
     def on_api_events(self, events: list[dict[str, Any]]) -> None:
@@ -132,5 +129,4 @@ class DashboardScreen(ConsoleScreen):
             self.relabel()
 
     def on_screen_resume(self) -> None:
-        super().on_screen_resume()
         self.reload()

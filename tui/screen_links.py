@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Label
 
 from st2000r.tui import format as fmt
+from st2000r.tui import tables
 from st2000r.tui.base import ConsoleScreen, StatusLine
 from st2000r.tui.model import LinkInfo
 
@@ -37,7 +38,6 @@ class LinksScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.reload()
 
     def reload(self) -> None:
@@ -56,17 +56,14 @@ class LinksScreen(ConsoleScreen):
         cat = self.cat
         self.query_one("#links-title", Label).update(cat.t("links.title"))
         table = self.query_one(DataTable)
-        table.clear(columns=True)
-        for key in COLUMNS:
-            table.add_column(cat.t(key))
 
         def n(v: int | None) -> str:
             return "—" if v is None else str(v)
 
-        for ln in self.links:
-            table.add_row(ln.name, ln.kind or "—", fmt.link_state(cat, self.states.get(ln.name)), n(ln.cdts),
-                          n(ln.meters), round_text(ln.round_done, ln.round_total), n(ln.transactions),
-                          n(ln.timeouts), n(ln.sessions))
+        rows = (((ln.name, ln.kind or "—", fmt.link_state(cat, self.states.get(ln.name)), n(ln.cdts), n(ln.meters),
+                  round_text(ln.round_done, ln.round_total), n(ln.transactions), n(ln.timeouts), n(ln.sessions)),
+                 ln.name) for ln in self.links)
+        tables.fill(table, [cat.t(k) for k in COLUMNS], rows)
         self.query_one("#links-info", Label).update(self.message or ("" if self.links else cat.t("links.none")))
 
     def on_api_events(self, events: list[dict[str, Any]]) -> None:

@@ -29,7 +29,6 @@ class LoginScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one("#name", Input).focus()
 
     def relabel(self) -> None:

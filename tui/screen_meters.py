@@ -41,12 +41,12 @@ class MetersScreen(ConsoleScreen):
         return self.query_one(MeterGrid)
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.grid.focus()
         self.reload()
 
     def on_resize(self) -> None:
-        self.relabel()
+        if self._ready:
+            self.relabel()
 
     def relabel(self) -> None:
         width = self.size.width or 80

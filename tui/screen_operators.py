@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Label
 
+from st2000r.tui import tables
 from st2000r.tui.base import ConsoleScreen, StatusLine
 from st2000r.tui.client import Forbidden
 from st2000r.tui.model import Operator
@@ -25,7 +26,6 @@ class OperatorsScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.reload()
 
     def reload(self) -> None:
@@ -45,9 +45,6 @@ class OperatorsScreen(ConsoleScreen):
         cat = self.cat
         self.query_one("#ops-title", Label).update(cat.t("ops.title"))
         table = self.query_one(DataTable)
-        table.clear(columns=True)
-        table.add_column(cat.t("ops.col.name"))
-        table.add_column(cat.t("ops.col.role"))
-        for op in self.operators:
-            table.add_row(op.name, op.role)
+        tables.fill(table, [cat.t("ops.col.name"), cat.t("ops.col.role")],
+                    (((op.name, op.role), op.name) for op in self.operators))
         self.query_one("#ops-info", Label).update(cat.t("ops.forbidden") if self.forbidden else self.message)

@@ -33,7 +33,7 @@ class StreamHandlers:
 
 def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
     """Seconds to wait before reconnect ``attempt`` (0-based): 0.5, 1, 2, 4, 5, 5…"""
-    return min(cap, first * (2 ** attempt))
+    return min(cap, first * (2 ** min(attempt, 16)))  # bounded exponent: no overflow after hours down
 
 
 class EventFollower:
