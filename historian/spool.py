@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Spool", "SpoolRecord", "SpoolFull", "HEADER"]
+__all__ = ["Spool", "SpoolRecord", "SpoolFull", "HEADER", "read_pending"]
 
 HEADER = struct.Struct(">II")
 SEGMENT_BYTES = 16 * 1024 * 1024  # start a new segment beyond this
@@ -143,28 +143,10 @@ class Spool:
         path = self._path(n)
         with open(path, "rb") as f:
             data = f.read()
-        pos = start
-        while pos < len(data):
-            bad = None
-            if pos + HEADER.size > len(data):
-                bad = "a torn record header"
-            else:
-                length, crc = HEADER.unpack_from(data, pos)
-                body = data[pos + HEADER.size: pos + HEADER.size + length]
-                if length > MAX_RECORD or len(body) < length:
-                    bad = "a torn record"
-                elif zlib.crc32(body) != crc:
-                    bad = "a record with a wrong checksum"
-                else:
-                    try:
-                        payload = json.loads(body)
-                    except ValueError:
-                        bad = "a record that is not JSON"
-                    else:
-                        end = pos + HEADER.size + length
-                        yield SpoolRecord(n, pos, end, int(payload.get("n", 0)), payload)
-                        pos = end
-                        continue
+        found: list[tuple[int, str]] = []
+        yield from _records(data, n, start, found)
+        if found:
+            pos, bad = found[0]
             tail = data[pos:]
             if last and bad in ("a torn record header", "a torn record"):
                 self.problems.append(f"{path}: {bad} at byte {pos} (the process stopped inside an append); cut off")
@@ -180,7 +162,6 @@ class Spool:
                 f.truncate(pos)
                 f.flush()
                 os.fsync(f.fileno())
-            return
 
     # ---------------------------------------------------------------- use
 
@@ -241,3 +222,54 @@ class Spool:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _records(data: bytes, n: int, pos: int, bad: list[tuple[int, str]]) -> Iterator[SpoolRecord]:
+    """The good records of segment ``n``'s ``data`` from byte ``pos``; at the first record
+    that is not, ``(offset, what is wrong)`` goes to ``bad`` and reading stops."""
+    while pos < len(data):
+        if pos + HEADER.size > len(data):
+            bad.append((pos, "a torn record header"))
+            return
+        length, crc = HEADER.unpack_from(data, pos)
+        body = data[pos + HEADER.size: pos + HEADER.size + length]
+        if length > MAX_RECORD or len(body) < length:
+            bad.append((pos, "a torn record"))
+            return
+        if zlib.crc32(body) != crc:
+            bad.append((pos, "a record with a wrong checksum"))
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            bad.append((pos, "a record that is not JSON"))
+            return
+        end = pos + HEADER.size + length
+        yield SpoolRecord(n, pos, end, int(payload.get("n", 0)), payload)
+        pos = end
+
+
+def read_pending(folder: str | os.PathLike[str]) -> list[SpoolRecord]:
+    """The unacknowledged records of the spool in ``folder``, oldest first, read without
+    changing anything (a torn or bad record ends its segment's part, as opening would cut
+    it off or set it aside) -- for inspection, and safe while the owner appends (records it
+    acknowledges meanwhile may still be listed)."""
+    folder = os.fspath(folder)
+    try:
+        with open(os.path.join(folder, "ack"), encoding="ascii") as f:
+            seg, off = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        seg, off = 0, 0
+    out: list[SpoolRecord] = []
+    names = sorted(int(name[4:-4]) for name in os.listdir(folder)
+                   if name.startswith("seg-") and name.endswith(".log") and name[4:-4].isdigit())
+    for n in names:
+        if n < seg:
+            continue
+        try:
+            with open(os.path.join(folder, f"seg-{n:09d}.log"), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:  # acknowledged and deleted meanwhile
+            continue
+        out.extend(_records(data, n, off if n == seg else 0, []))
+    return out

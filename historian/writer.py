@@ -272,9 +272,10 @@ class Historian(Service):
 
     # ---------------------------------------------------------------- writer thread
 
-    def _thd_write(self, batch: dict[str, Any] | None, try_db: bool) -> tuple[str, str | None, int, int]:
-        """Spool ``batch`` (and any held ones), then move spooled batches into the database.
-        Returns ``(state, problem, rows committed, rows quarantined)``."""
+    def _thd_write(self, batch: dict[str, Any] | None, try_db: bool) -> tuple[str, str | None, int, int] | None:
+        """Spool ``batch`` (and any held ones), then (``try_db``) move spooled batches into the
+        database.  Returns ``(state, problem, rows committed, rows quarantined)``, or None when
+        the database was not tried (its state and back-off stay as they are)."""
         assert self.spool is not None
         if batch is not None:
             self._held.append(batch)
@@ -285,7 +286,7 @@ class Historian(Service):
                 break
             self._held.pop(0)
         if not try_db:
-            return self._state, self._problem, 0, 0
+            return None
         return self._thd_drain()
 
     def _thd_drain(self) -> tuple[str, str | None, int, int]:
@@ -368,7 +369,11 @@ class Historian(Service):
 
     # ---------------------------------------------------------------- results (reactor thread)
 
-    def _written(self, result: tuple[str, str | None, int, int]) -> None:
+    def _written(self, result: tuple[str, str | None, int, int] | None) -> None:
+        if result is None:  # only spooled: a retry is not due yet, and this was none
+            self._check_spool()
+            self._publish_status()
+            return
         state, problem, committed, quarantined = result
         now = self.clock.seconds()
         self.written += committed

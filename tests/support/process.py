@@ -53,6 +53,30 @@ class Lines:
                 if (match := rx.search(line)) is not None:
                     return match
 
+    def count(self, pattern: str) -> int:
+        """How many lines read so far match ``pattern``."""
+        rx = re.compile(pattern)
+        return sum(1 for line in self.lines if rx.search(line))
+
+    def until_count(self, pattern: str, n: int, timeout: float) -> None:
+        """Read until ``n`` lines in all match ``pattern`` (within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self.count(pattern) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, (f"{self.count(pattern)} of {n} lines matching {pattern!r} within {timeout} s; got:\n"
+                              + "\n".join(self.lines[-30:]))
+            self._read(left)
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.proc.stdout.fileno()], [], [], timeout)
+        if not ready:
+            return
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        assert chunk, f"process ended (rc {self.proc.wait()}):\n" + "\n".join(self.lines[-30:])
+        self.buf += chunk
+        *done, self.buf = self.buf.split(b"\n")
+        self.lines += [raw.decode("utf-8", "replace") for raw in done]
+
     def rest(self, timeout: float) -> str:
         """Everything the process still writes until it exits (within ``timeout``)."""
         out, _ = self.proc.communicate(timeout=timeout)
