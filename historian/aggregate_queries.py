@@ -88,8 +88,8 @@ def _before(conn: Connection, meter: int, installed: datetime, removed: datetime
 def purged_segment(conn: Connection, row: Any, seg_start: datetime, seg_end: datetime, end: datetime,
                    horizon: datetime, zone_name: str) -> Segment:
     """The :class:`~st2000r.historian.queries.Segment` of installation ``row`` (a row of
-    ``queries.installations_stmt``) over ``[seg_start, seg_end]`` when ``seg_start`` lies
-    before the purge ``horizon`` (module docstring); ``end``: the period's end."""
+    ``queries.installations_stmt``) over ``[seg_start, seg_end]`` once raw readings up to
+    ``horizon`` were purged (module docstring); ``end``: the period's end."""
     zone = Zone(zone_name)
     installed, removed = as_utc(row.installed_at), as_utc(row.removed_at)
     first, last = _days_ending_in(zone, seg_start, min(seg_end, horizon))

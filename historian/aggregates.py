@@ -222,11 +222,14 @@ def upsert(conn: Connection, table: Any, keys: tuple[str, ...], rows: list[dict[
 # ---------------------------------------------------------------- state
 
 
-def read_state(conn: Connection, zone: str) -> State:
-    """The bookkeeping row (made on the first call).  Raises :class:`ZoneMismatch` when the
-    aggregates were built in another zone."""
+def read_state(conn: Connection, zone: str, *, create: bool = True) -> State:
+    """The bookkeeping row (made on the first call; with ``create`` False a fresh state is
+    returned instead).  Raises :class:`ZoneMismatch` when the aggregates were built in
+    another zone."""
     s = aggregate_state
     row = conn.execute(select(s).order_by(s.c.id).limit(1)).first()
+    if row is None and not create:
+        return State(0, 0, 0, zone, None)
     if row is None:
         conn.execute(s.insert().values(watermark=0, installation_mark=0, timezone=zone))
         row = conn.execute(select(s).order_by(s.c.id).limit(1)).one()

@@ -5,7 +5,10 @@
 - ``st2000r db status CONFIG``: the schema revision, the spool depth and the quarantine;
 - ``st2000r db quarantine CONFIG [--export FILE.csv] [--retry]``: list the rows the
   database rejected, export them, or put them back into the spool (they are written at the
-  next start, or refused again with their reason).
+  next start, or refused again with their reason);
+- ``st2000r db purge CONFIG [--dry-run]``: bring the daily and monthly aggregates up to
+  date, then delete the raw readings older than ``[historian] keep_raw_days`` (only those
+  aggregated, in bounded chunks); ``--dry-run`` counts them and changes nothing.
 
 Exit status: 0 success; 2 bad arguments, configuration or URL; 1 the database cannot be
 reached or refused the upgrade (one line naming the database without its password).
@@ -48,6 +51,9 @@ def _parser() -> Any:
     qu.add_argument("config", metavar="CONFIG")
     qu.add_argument("--export", metavar="FILE.csv", default=None)
     qu.add_argument("--retry", action="store_true", help="put the rows back into the spool")
+    pu = sub.add_parser("purge", help="aggregate, then delete raw readings older than keep_raw_days")
+    pu.add_argument("config", metavar="CONFIG")
+    pu.add_argument("--dry-run", action="store_true", help="count what would be deleted, change nothing")
     return parser
 
 
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {where}: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.action == "purge":
+            from st2000r.historian.retention_cli import purge_command
+
+            return purge_command(engine, topology, args, PROG, where)
         if args.action == "upgrade":
             before = None
             with engine.connect() as conn:

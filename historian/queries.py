@@ -171,7 +171,7 @@ def usage(conn: Connection, household: str, start: datetime, end: datetime) -> U
         installed, removed = as_utc(row.installed_at), as_utc(row.removed_at)
         seg_start = max(start, installed)
         seg_end = min(end, removed) if removed is not None else end
-        if horizon is not None and seg_start < horizon[0]:  # raw readings purged: the aggregates
+        if horizon is not None:  # raw readings were purged: the value before may be gone too
             from st2000r.historian.aggregate_queries import purged_segment
 
             segment = purged_segment(conn, row, seg_start, seg_end, end, *horizon)

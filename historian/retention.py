@@ -8,8 +8,9 @@ Blocking (the upkeep service's thread, or ``st2000r db purge``).  Why each rule:
   kept; older days go whole (a day is ``(midnight, next midnight]``, so a reading taken at
   the cutoff itself belongs to the last purged day);
 - **only aggregated readings**: a reading is deleted only when its key is below the
-  aggregates' watermark (its day's row holds it); readings not yet aggregated wait for the
-  next purge.  Strictly below: the reading at the watermark stays, so SQLite never reuses a
+  aggregates' watermark (its day's row holds it), and the cutoff stops before the day of
+  the earliest reading not yet aggregated: its day, and the days after, wait for the next
+  purge.  Strictly below: the reading at the watermark stays, so SQLite never reuses a
   key the aggregates have passed (``historian/aggregates.py``);
 - **the purge horizon moves first**: ``aggregate_state.purged_through`` is advanced in its
   own transaction before a row is deleted, so from then on the aggregator merges a late
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from st2000r.historian.aggregates import Zone, read_state
 from st2000r.historian.schema import aggregate_state, as_utc, readings
@@ -71,32 +72,42 @@ def purge_delete_stmt(first: int, last: int, cutoff: datetime, watermark: int) -
     return delete(r).where(r.c.id >= first, r.c.id <= last, r.c.read_at <= cutoff, r.c.id < watermark)
 
 
-def _counts(engine: Engine, cutoff: datetime, zone: str) -> tuple[int, int, int]:
-    """``(watermark, due and aggregated, due and waiting)``."""
+def _limit(conn: Connection, zone: Zone, cutoff: datetime, watermark: int) -> datetime:
+    """``cutoff``, or earlier: the midnight starting the day of the earliest reading not yet
+    aggregated, so the horizon never passes a day whose aggregate is not up to date."""
     r = readings
-    with engine.begin() as conn:
-        state = read_state(conn, zone)
-        due = conn.execute(select(func.count()).select_from(r).where(r.c.read_at <= cutoff,
-                                                                      r.c.id < state.watermark)).scalar_one()
-        waiting = conn.execute(select(func.count()).select_from(r).where(r.c.read_at <= cutoff,
-                                                                          r.c.id >= state.watermark)).scalar_one()
-    return state.watermark, due, waiting
+    earliest = conn.execute(select(func.min(r.c.read_at)).where(r.c.id > watermark)).scalar()
+    if earliest is None:
+        return cutoff
+    return min(cutoff, zone.midnight(zone.day_of(as_utc(earliest))))
+
+
+def _due(conn: Connection, cutoff: datetime, watermark: int | None = None) -> int:
+    r = readings
+    where = [r.c.read_at <= cutoff] + ([r.c.id < watermark] if watermark is not None else [])
+    return conn.execute(select(func.count()).select_from(r).where(*where)).scalar_one()
 
 
 def purge(engine: Engine, zone: str, keep_days: int, now: datetime, *, chunk: int = PURGE_CHUNK,
           dry_run: bool = False, max_chunks: int | None = None) -> PurgeReport:
     """Delete the raw readings ``keep_days`` (> 0) allow (module docstring); with
-    ``dry_run`` count them and change nothing.  Raises ``aggregates.ZoneMismatch``."""
+    ``dry_run`` count them and change nothing.  The report's ``cutoff`` is the one used:
+    earlier than ``keep_days`` says while older readings wait for aggregation.  Raises
+    ``aggregates.ZoneMismatch``."""
     if keep_days <= 0:
         raise ValueError("keep_days must be positive (0 keeps raw readings forever)")
-    cutoff = cutoff_for(Zone(zone), keep_days, now)
+    wanted = cutoff_for(Zone(zone), keep_days, now)
     if dry_run:
-        _, due, waiting = _counts(engine, cutoff, zone)
-        return PurgeReport(cutoff, due, 0, waiting, True)
+        with engine.connect() as conn:
+            state = read_state(conn, zone, create=False)
+            cutoff = _limit(conn, Zone(zone), wanted, state.watermark)
+            due = _due(conn, cutoff, state.watermark)
+            return PurgeReport(cutoff, due, 0, _due(conn, wanted) - due, True)
     s = aggregate_state
     with engine.begin() as conn:
         state = read_state(conn, zone)
         watermark = state.watermark
+        cutoff = _limit(conn, Zone(zone), wanted, watermark)
         if state.purged_through is None or state.purged_through < cutoff:
             conn.execute(update(s).where(s.c.id == state.id).values(purged_through=cutoff, purged_at=now))
     deleted = chunks = 0
@@ -111,7 +122,6 @@ def purge(engine: Engine, zone: str, keep_days: int, now: datetime, *, chunk: in
                 break
             deleted += conn.execute(purge_delete_stmt(ids[0], ids[-1], cutoff, watermark)).rowcount
             chunks += 1
-    r = readings
-    with engine.connect() as conn:  # what is still due: not aggregated yet (or left by max_chunks)
-        waiting = conn.execute(select(func.count()).select_from(r).where(r.c.read_at <= cutoff)).scalar_one()
+    with engine.connect() as conn:  # still due: not aggregated yet (or left by max_chunks)
+        waiting = _due(conn, wanted)
     return PurgeReport(as_utc(cutoff), deleted, chunks, waiting, False, more)
