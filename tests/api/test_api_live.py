@@ -41,6 +41,31 @@ def test_a_meter_read_now_equals_the_ground_truth(live):
     assert before <= meter["value"] <= after, (before, meter["value"], after)
 
 
+def test_history_comes_from_the_historian(live):
+    def rows():
+        status, body = live.request("GET", f"meters/{METER}/history", as_="viewer")
+        assert status == 200, body
+        return body if body["items"] else None
+
+    history = live.until(rows, 30, "a reading in the historian")  # written within its batch delay
+    assert history["meter"] == METER and history["base_unit"] == "L"
+    item = history["items"][-1]
+    assert isinstance(item["value"], int) and item["quality"] == "good" and item["source"] in ("plan", "read_now",
+                                                                                             "read_back")
+    status, meter = live.request("GET", f"meters/{METER}", as_="viewer")
+    assert item["value"] <= meter["value"]
+    status, page = live.request("GET", f"meters/{METER}/history?limit=1", as_="viewer")
+    if len(history["items"]) > 1:
+        assert page["next"] is not None
+        status, second = live.request("GET", f"meters/{METER}/history?limit=1&cursor={page['next']}", as_="viewer")
+        assert second["items"][0] == history["items"][1]
+    status, empty = live.request("GET", f"meters/{METER}/history?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z",
+                                 as_="viewer")
+    assert status == 200 and empty["items"] == [] and empty["next"] is None
+    status, bad = live.request("GET", f"meters/{METER}/history?from=2020-01-01", as_="viewer")
+    assert status == 400 and bad["error"]["field"] == "from"
+
+
 def test_a_valve_closed_through_the_api_is_closed_in_the_field(live):
     status, accepted = live.request("POST", "commands", {"kind": "valve", "meter": METER, "open": False,
                                                          "reason": "unpaid bill"}, as_="operator")
