@@ -8,7 +8,8 @@ Two ways to listen, because consumers differ:
 - :meth:`EventBus.attach` — **queued**, for consumers that do I/O (the historian, the
   register image, the state store, API streams): ``publish`` only appends to the
   consumer's own bounded queue; the queue is drained later, off the publish path, one
-  event at a time.  A consumer may return a Deferred: the next event waits until it fires,
+  event at a time, at most ``batch`` events per reactor turn (so a burst never holds the
+  reactor for long).  A consumer may return a Deferred: the next event waits until it fires,
   so a slow consumer slows only itself, never the reactor, the poller or anyone else.
 
 Queue policy when a queued consumer falls behind (``limit`` events waiting):
@@ -87,9 +88,13 @@ class QueuedConsumer:
     dictionary work per event."""
 
     def __init__(self, bus: EventBus, consumer: Callable[[Any], Any], types: tuple[type, ...] | None,
-                 clock: IReactorTime, limit: int, overflow: Callable[[Any], Any] | None, name: str) -> None:
+                 clock: IReactorTime, limit: int, overflow: Callable[[Any], Any] | None, name: str,
+                 batch: int | None = None) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        self.batch = DRAIN_BATCH if batch is None else batch
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         self._bus = bus
         self._consumer = consumer
         self.types = types
@@ -201,10 +206,10 @@ class QueuedConsumer:
         self._call = self._clock.callLater(0, self._drain)
 
     def _drain(self) -> None:
-        """Deliver up to ``DRAIN_BATCH`` events, then yield the reactor (the rest next turn)."""
+        """Deliver up to ``batch`` events, then yield the reactor (the rest next turn)."""
         self._call = None
         queue, stats, consumer = self._queue, self.stats, self._consumer
-        for _ in range(DRAIN_BATCH):
+        for _ in range(self.batch):
             if self._busy or self.closed or not queue:
                 break
             cell = queue.popleft()
@@ -286,12 +291,14 @@ class EventBus:
         return unsubscribe
 
     def attach(self, consumer: Callable[[Any], Any], types: type | Iterable[type] | None = None, *,
-               limit: int = 10_000, overflow: Callable[[Any], Any] | None = None, name: str = ""
-               ) -> QueuedConsumer:
-        """A queued consumer of later events (see the module docstring); ``close()`` it to stop."""
+               limit: int = 10_000, overflow: Callable[[Any], Any] | None = None, name: str = "",
+               batch: int | None = None) -> QueuedConsumer:
+        """A queued consumer of later events (see the module docstring); ``close()`` it to stop.
+        ``batch``: events delivered per reactor turn at most (default ``DRAIN_BATCH``): a
+        consumer that takes a microsecond or two per event may take more per turn."""
         if self.clock is None:
             raise ValueError("EventBus.attach needs the bus to have a clock")
-        queued = QueuedConsumer(self, consumer, _type_filter(types), self.clock, limit, overflow, name)
+        queued = QueuedConsumer(self, consumer, _type_filter(types), self.clock, limit, overflow, name, batch)
         self._consumers.append(queued)
         self._offers = tuple(c.offer for c in self._consumers)
         return queued
