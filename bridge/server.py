@@ -11,22 +11,26 @@ function's limit); pymodbus's response classes (``ReadInputRegistersResponse``,
 server: the connection rules below, the length of a PDU (pymodbus's decoders ignore trailing
 bytes), the register image lookups and the write policy.
 
-Two departures, both measured.  (1) Not pymodbus's server: with its task per request and
-its datastore hook it answered 125-register reads at 0.7-0.9 × a stock pymodbus server;
-the lean asyncio protocol below answers in the transport's ``data_received``, one call per
-request, no task.  (2) Not pymodbus's encoder for the hot answer: ``ReadInputRegistersResponse.encode``
-appends register by register (~15 µs for 125 registers, more than the rest of a request's
-handling); :class:`_InputRegistersAnswer` is that class with one ``struct`` call for the
-same bytes (tests/bridge/test_bridge_pdus.py holds the two to the same bytes, and the
-bridge's answers to a stock pymodbus server's).  bench/bench_bridge.py (--variants),
-125-register reads at 100 clients on a busy machine: with pymodbus's encoder 1.1-2.0 ×
-stock (median 1.5), short of the 2× asked; with the ``struct`` call 1.4-3.5 × (median 2.5;
-docs/performance.md).
-``FAST_READS = False`` restores pymodbus's encoder.  pymodbus PDU objects are built for
-every request and answer; pymodbus's ``DecodePDU.decode`` itself is not called
-because it logs a warning through the standard library's logging for every PDU it cannot
-decode (a flooding client would flood the supervisor's stderr); the bridge calls the same
-request classes' ``decode`` and answers 03 instead.
+Three departures, all measured (bench/bench_bridge.py, docs/performance.md).  (1) Not
+pymodbus's server: with its task per request and its datastore hook it answered
+125-register reads at 0.7-0.9 × a stock pymodbus server; the lean asyncio protocol below
+answers in the transport's ``data_received``, one call per request, no task, one
+``write`` per batch of requests received together (asyncio sets TCP_NODELAY on every TCP
+transport).  (2) The hot request, a whole MBAP frame reading input registers (function 04,
+PDU length 5), is answered by :meth:`Responder.read_frame` without any object: one
+``struct`` unpack of the frame, the validity check on a byte map, and the answer is a
+packed header plus a slice of the image's pre-encoded registers (~2 µs of Python per
+request, where pymodbus's framer, request class, response class and register-by-register
+encoder take ~27 µs); with them the bridge was 1.1-2.0 × stock at 100 clients.
+tests/bridge/test_bridge_pdus.py holds ``read_frame`` to pymodbus's bytes for every valid
+read and the bridge's answers to a stock pymodbus server's.  Every other frame, and every
+read that is not valid (its exception), takes the general path below.  (3) On that path
+the answer to a read of input registers is :class:`_InputRegistersAnswer`, pymodbus's class
+with the image's bytes instead of its encoder.  ``FAST_READS = False`` restores pymodbus's
+classes and encoder for register reads on every path.  pymodbus's ``DecodePDU.decode``
+itself is not called because it logs a warning through the standard library's logging for
+every PDU it cannot decode (a flooding client would flood the supervisor's stderr); the
+bridge calls the same request classes' ``decode`` and answers 03 instead.
 
 Requests (``Responder.respond``, a PDU in, a PDU out; rules as the Modbus application
 protocol specification v1.1b3):
