@@ -46,6 +46,7 @@ setup(
         "textual==8.2.*",  # the console's snapshot tests depend on its rendering
         "httpx==0.28.*",  # the console's HTTP client
         "textual-plotext==1.0.*",  # the console's consumption chart
+        "pyOpenSSL>=24.0",  # HTTPS of the API ([api] tls), through twisted's TLS
         "argon2-cffi>=23.1",  # operators' password hashes (the HTTP API's login, st2000r operators hash)
     ],
     extras_require={

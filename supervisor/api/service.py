@@ -69,11 +69,7 @@ class ApiService(Service):
         self.stream.start()
         host, port = self.settings.listen
         if self.settings.tls is not None:
-            from twisted.internet import ssl
-
-            cert, key = (self._path(p) for p in self.settings.tls)
-            context = ssl.DefaultOpenSSLContextFactory(key, cert)
-            self._listener = self.reactor.listenSSL(port, self.factory, context, interface=host)
+            self._listener = self.reactor.listenSSL(port, self.factory, self._tls_options(), interface=host)
         else:
             self._listener = self.reactor.listenTCP(port, self.factory, interface=host)
         self.port = self._listener.getHost().port
@@ -93,6 +89,27 @@ class ApiService(Service):
             if transport is not None:
                 transport.loseConnection()
         return d
+
+    def _tls_options(self) -> Any:
+        """TLS 1.2 or newer with ``[api] tls``: the certificate file's first certificate is the
+        server's, the ones after it its chain.  Raises ``RuntimeError`` naming the file."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from twisted.internet import ssl
+
+        cert_path, key_path = (self._path(p) for p in self.settings.tls)
+        try:
+            with open(cert_path, "rb") as f:
+                blocks = f.read().split(b"-----END CERTIFICATE-----")[:-1]
+            with open(key_path, "rb") as f:
+                key = load_pem_private_key(f.read(), None)
+            certs = [x509.load_pem_x509_certificate(b + b"-----END CERTIFICATE-----\n") for b in blocks]
+            if not certs:
+                raise ValueError("no PEM certificate in it")
+            return ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
+                                          raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        except Exception as exc:  # OpenSSL raises its own errors for a bad file
+            raise RuntimeError(f"[api] tls: cannot use certificate {cert_path} / key {key_path}: {exc}") from None
 
     def _path(self, path: str) -> str:
         source = self.topology.source
