@@ -24,7 +24,8 @@
   the HTTP API, a consumer of the bus and a client of the dispatcher;
 - the :class:`~st2000r.historian.writer.Historian` (``.historian``; ``[historian]``, by default
   ``STATE_DIR/historian.sqlite``): started after the restore, stopped after every child with
-  a final flush (to its spool always, to the database when it answers);
+  a final flush (to its spool always, to the database when it answers); its upkeep
+  (``.historian_upkeep``: daily and monthly aggregates, retention) is a child on a timer;
 
 Children start in that order and stop in reverse (links and pollers before the point
 database); on stop, every link is first marked ``stopped`` (a deliberate stop raises no link
@@ -165,6 +166,13 @@ class SupervisorService(MultiService):
             from st2000r.historian.writer import for_topology
 
             self.historian = for_topology(topology, reactor, self.bus, alarms=self.alarms)
+        # its upkeep (daily/monthly aggregates, retention) is a child: a timer off the ingest path
+        self.historian_upkeep: Any = None
+        if self.historian is not None:
+            from st2000r.historian.upkeep import for_topology as upkeep_for
+
+            self.historian_upkeep = upkeep_for(topology, reactor, self.historian.url)
+            self.historian_upkeep.setServiceParent(self)
         # ---- end historian
         # ---- HTTP API (supervisor/api/): built when the topology has [api]; a child after the
         # dispatcher, so it starts when everything it reads exists and stops before the point database
