@@ -87,6 +87,8 @@ __all__ = [
 PROG = "st2000r demo"
 DEFAULT_TCP_PORT = 4001
 DEFAULT_MODBUS_PORT = 1502
+DEFAULT_API_PORT = 0  # the HTTP API: any free port unless --api names one
+DEMO_OPERATOR = "demo"  # the demo's operator (role admin); its password is made at each start
 DEFAULT_CONTROL_PORT = 7188  # the simulator's own default (st2000r simulate --control)
 #: --simulator-only: the CLI dispatcher's command for the simulator's own demo (run by exec, never imported)
 SIMULATOR_DEMO_COMMAND = "simulate-demo"
@@ -124,6 +126,8 @@ def build_parser() -> ArgumentParser:
                    help=f"simulator TCP listener for the bus (0: any free port; default {DEFAULT_TCP_PORT})")
     p.add_argument("--modbus", type=port, default=DEFAULT_MODBUS_PORT, metavar="PORT",
                    help=f"Modbus TCP port of the bridge on 127.0.0.1 (0: any free port; default {DEFAULT_MODBUS_PORT})")
+    p.add_argument("--api", type=port, default=DEFAULT_API_PORT, metavar="PORT",
+                   help="HTTP API port on 127.0.0.1 (default 0: any free port)")
     p.add_argument("--control", type=port, default=DEFAULT_CONTROL_PORT, metavar="PORT",
                    help=f"simulator control interface port (0: any free port; default {DEFAULT_CONTROL_PORT})")
     p.add_argument("--progress", type=seconds, default=5.0, metavar="SECONDS",
@@ -224,7 +228,10 @@ def _run(args: Any, workdir: str) -> int:
         textFileLogObserver,
     )
 
-    from st2000r.config.model import ModbusSettings, ReadingPlan, SerialEndpoint
+    import secrets
+
+    from st2000r.config.model import ApiSettings, ModbusSettings, Operator, ReadingPlan, SerialEndpoint
+    from st2000r.supervisor.api.sessions import hash_password
     from st2000r.supervisor.service import SupervisorService
 
     level = LogLevel.info if args.verbose else LogLevel.critical
@@ -232,6 +239,7 @@ def _run(args: Any, workdir: str) -> int:
                                                            [LogLevelFilterPredicate(level)])],
                                      redirectStandardIO=False)
 
+    demo_password = secrets.token_urlsafe(9)  # a new one each start: the API listens only on 127.0.0.1 anyway
     # plans the demo starts itself: their daily time is 12 h away, never reached in a demo
     far = (datetime.now() + timedelta(hours=12)).time().replace(second=0, microsecond=0)
     sup_link = replace(link, endpoint=SerialEndpoint(os.path.join(pty_dir, link.name)))
@@ -241,6 +249,8 @@ def _run(args: Any, workdir: str) -> int:
         settings=replace(topology.settings, gprs_listen=None, state_dir=state_dir),
         modbus=ModbusSettings(tcp=("127.0.0.1", args.modbus)),  # read-only Modbus TCP for SCADA/HMI and mbpoll
         historian=replace(topology.historian, url=_historian_url(args.historian)),  # kept after the demo
+        api=ApiSettings(listen=("127.0.0.1", args.api)),  # for the console and curl
+        operators=(*topology.operators, Operator(DEMO_OPERATOR, "admin", hash_password(demo_password))),
     )
     bound = wire_bound_s(sup_link)[0]
     summary = topology.summary()
@@ -320,6 +330,13 @@ def _run(args: Any, workdir: str) -> int:
             _say("  the whole map: st2000r registers export CONFIG --format csv (docs/modbus-map.md)")
         except Exception as exc:
             _say(f"Modbus TCP is not served: {why_failed(exc)}")
+        if service.api is not None and service.api.port is not None:  # the console, over the HTTP API
+            api_url = service.api.url
+            _say(f"HTTP API on {api_url}/api/v1 (docs/api.md); operator '{DEMO_OPERATOR}' (admin), password "
+                 f"'{demo_password}'. The operators' console:")
+            _say(f"  .venv/bin/st2000r console --url {api_url}")
+            _say(f"  curl -s {api_url}/api/v1/login -H 'Content-Type: application/json' "
+                 f"-d '{{\"name\": \"{DEMO_OPERATOR}\", \"password\": \"{demo_password}\"}}'")
 
     def ended(exit_: Any) -> Any:
         if not state["stopping"] and state["ready"]:
