@@ -27,11 +27,8 @@ SCREENS = ("dashboard", "meters", "alarms", "links", "operators")
 class ConsoleApp(App):
     CSS_PATH = "console.tcss"
     BINDINGS = [
-        Binding("f1", "show('dashboard')", "key.dashboard"),
-        Binding("f2", "show('meters')", "key.meters"),
-        Binding("f3", "show('alarms')", "key.alarms"),
-        Binding("f4", "show('links')", "key.links"),
-        Binding("f5", "show('operators')", "key.operators"),
+        *(Binding(f"f{n}", f"show('{name}')", f"key.{name}", group=Binding.Group("key.screens", compact=True))
+          for n, name in enumerate(SCREENS, 1)),
         Binding("f9", "language", "key.language"),
         Binding("ctrl+q", "quit", "key.quit", priority=True),
     ]
@@ -142,7 +139,9 @@ class ConsoleApp(App):
         if self.session is None:
             return self.url
         state = {True: "conn.live", False: "conn.offline", None: "meters.loading"}[self.connected]
-        who = self.cat.t("dash.user", name=self.session.name, role=self.session.role or "?")
+        from st2000r.tui.format import role
+
+        who = self.cat.t("dash.user", name=self.session.name, role=role(self.cat, self.session.role))
         return f"{who} · {self.url} · {self.cat.t(state)}"
 
     def api_failed(self, exc: Exception) -> str:

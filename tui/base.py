@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from textual.binding import BindingsMap
 from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
 
 from st2000r.tui.i18n import CATALOGUES, Catalogue
 
@@ -32,15 +32,40 @@ def translate_bindings(node: DOMNode, cat: Catalogue) -> None:
     merged = type(node)._merged_bindings
     if merged is None:
         return
-    keys = {
-        key: [replace(b, description=strings[b.description]) if b.description in strings else b for b in bindings]
-        for key, bindings in merged.key_to_bindings.items()
-    }
+
+    def translated(b):
+        if b.description in strings:
+            b = replace(b, description=strings[b.description])
+        if b.group is not None and b.group.description in strings:
+            b = replace(b, group=replace(b.group, description=strings[b.group.description]))
+        return b
+
+    keys = {key: [translated(b) for b in bindings] for key, bindings in merged.key_to_bindings.items()}
     node._bindings = BindingsMap.from_keys(keys)
 
 
 class StatusLine(Static):
     """Connection state and who is logged in; one line above the key help."""
+
+
+class NavBar(Static):
+    """The screens and their keys (F1…F5), the one on view marked: the key help groups
+    F1–F5 as one entry to fit 80 columns, so their names are shown here."""
+
+
+def nav_text(cat: Catalogue, current: str | None) -> str:
+    from st2000r.tui.app import SCREENS
+
+    parts = []
+    for n, name in enumerate(SCREENS, 1):
+        label = f"F{n} {cat.t('key.' + name)}"
+        parts.append(f"[reverse] {label} [/reverse]" if name == current else f" {label} ")
+    return "".join(parts)
+
+
+def KeyHelp() -> Footer:  # noqa: N802 - reads as a widget in compose()
+    """The visible key help: Textual's footer, compact so more keys fit in 80 columns."""
+    return Footer(compact=True)
 
 
 class Translatable:
@@ -60,6 +85,8 @@ class Translatable:
         translate_bindings(self, self.cat)  # type: ignore[arg-type]
         if self._ready:
             self.relabel()
+            if hasattr(self, "update_status"):
+                self.update_status()
             self.refresh_bindings()  # type: ignore[attr-defined]
 
     def relabel(self) -> None:
@@ -82,9 +109,13 @@ class ConsoleScreen(Translatable, Screen):
         self.retranslate()
         self.update_status()
 
+    NAV: str | None = None  # which screen of the navigation bar this is
+
     def update_status(self) -> None:
         for line in self.query(StatusLine):
             line.update(self.console.status_text())
+        for bar in self.query(NavBar):
+            bar.update(nav_text(self.cat, self.NAV))
 
 
 class ConsoleModal(Translatable, ModalScreen):

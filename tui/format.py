@@ -45,6 +45,18 @@ def alarm_state(cat: Catalogue, value: str) -> str:
     return _name(cat, "alarm.state", value, "none")
 
 
+def role(cat: Catalogue, value: str | None) -> str:
+    return _name(cat, "role", value, "none")
+
+
+def severity(cat: Catalogue, value: str | None) -> str:
+    return _name(cat, "severity", value, "none")
+
+
+def historian_state(cat: Catalogue, value: str | None) -> str:
+    return _name(cat, "hist", value, "none")
+
+
 def alarms(cat: Catalogue, values: tuple[str, ...]) -> str:
     return ", ".join(_name(cat, "alarm", a, "none") for a in values) if values else cat.t("none")
 
@@ -73,20 +85,22 @@ def cell(text: str, width: int, *, right: bool = False) -> str:
 
 
 # (catalogue key, width, right-aligned); the last column takes what is left
+# at 80 columns the alarms column keeps 15 cells
 METER_COLUMNS = (
-    ("meters.col.id", 15, False),
-    ("meters.col.household", 10, False),
-    ("meters.col.kind", 6, False),
+    ("meters.col.id", 16, False),
+    ("meters.col.household", 9, False),
+    ("meters.col.kind", 5, False),
     ("meters.col.value", 14, True),
     ("meters.col.quality", 9, False),
-    ("meters.col.valve", 7, False),
+    ("meters.col.valve", 6, False),
     ("meters.col.alarms", 12, False),
 )
 
 
 def meter_cells(cat: Catalogue, m: Meter) -> tuple[str, ...]:
-    return (m.id, m.household or "—", kind(cat, m.kind), reading(m.value, m.base_unit), quality(cat, m.quality),
-            valve(cat, m.valve), alarms(cat, m.alarms) if m.alarms else "")
+    return (m.id, m.household or "—", _name(cat, "kshort", m.kind, "none"), reading(m.value, m.base_unit),
+            quality(cat, m.quality), "—" if m.valve == "none" else valve(cat, m.valve),
+            alarms(cat, m.alarms) if m.alarms else "")
 
 
 def table_line(cells: tuple[str, ...], columns, width: int) -> str:
@@ -112,5 +126,5 @@ def meter_line(cat: Catalogue, m: Meter, width: int) -> str:
 
 
 def alarm_cells(cat: Catalogue, a: Alarm) -> tuple[str, ...]:
-    return (a.source, _name(cat, "alarm", a.kind, "none"), a.severity or "—", alarm_state(cat, a.state),
+    return (a.source, _name(cat, "alarm", a.kind, "none"), severity(cat, a.severity), alarm_state(cat, a.state),
             when(a.raised_at), a.acked_by or "")

@@ -10,11 +10,11 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Label
 
 from st2000r.tui import format as fmt
 from st2000r.tui import tables
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.model import Alarm
 
 COLUMNS = ("alarms.col.source", "alarms.col.kind", "alarms.col.severity", "alarms.col.state", "alarms.col.raised",
@@ -34,12 +34,15 @@ class AlarmsScreen(ConsoleScreen):
         self.alarms: dict[str, Alarm] = {}
         self.message = ""
 
+    NAV = "alarms"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="alarms-title", classes="title")
         yield DataTable(id="alarms-table", cursor_type="row", zebra_stripes=True)
         yield Label(id="alarms-info")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()

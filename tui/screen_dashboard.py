@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Footer, Label, ProgressBar
+from textual.widgets import DataTable, Label, ProgressBar
 
 from st2000r.tui import format as fmt
 from st2000r.tui import tables
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.model import LinkInfo, Summary
 from st2000r.tui.screen_links import round_text
 
@@ -41,7 +41,10 @@ class DashboardScreen(ConsoleScreen):
         self.message = ""
         self._last_load = float("-inf")
 
+    NAV = "dashboard"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="dash-title", classes="title")
         yield Label(id="dash-meters")
         yield Label(id="dash-round")
@@ -52,7 +55,7 @@ class DashboardScreen(ConsoleScreen):
         yield DataTable(id="dash-links", cursor_type="row")
         yield Label(id="dash-message", classes="error")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.reload()
@@ -103,7 +106,8 @@ class DashboardScreen(ConsoleScreen):
                 spool = cat.t("dash.spool_none")
             else:
                 age = cat.t("none") if s.spool_age_s is None else f"{s.spool_age_s:.0f} s"
-                spool = cat.t("dash.spool", state=s.historian_state, depth=s.spool_rows or 0, age=age)
+                spool = cat.t("dash.spool", state=fmt.historian_state(cat, s.historian_state), depth=s.spool_rows or 0,
+                              age=age)
             self.query_one("#dash-spool", Label).update(spool)
         self.query_one("#dash-links-title", Label).update(cat.t("dash.links"))
         table = self.query_one(DataTable)

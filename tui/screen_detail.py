@@ -6,11 +6,11 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Label, Static
 from textual_plotext import PlotextPlot
 
 from st2000r.tui import format as fmt
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.model import HistoryPoint, Meter
 
 
@@ -29,13 +29,16 @@ class DetailScreen(ConsoleScreen):
         self.history: tuple[HistoryPoint, ...] | None = None
         self.note: str | None = None
 
+    NAV = "meters"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="detail-title", classes="title")
         yield Static(id="detail-info")
         yield Label(id="chart-title")
         yield PlotextPlot(id="chart")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.reload()

@@ -6,11 +6,11 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Label
 
 from st2000r.tui import format as fmt
 from st2000r.tui import tables
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.model import LinkInfo
 
 COLUMNS = ("links.col.link", "links.col.kind", "links.col.state", "links.col.cdts", "links.col.meters",
@@ -30,12 +30,15 @@ class LinksScreen(ConsoleScreen):
         self.states: dict[str, str] = {}
         self.message = ""
 
+    NAV = "links"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="links-title", classes="title")
         yield DataTable(id="links-table", cursor_type="row")
         yield Label(id="links-info")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.reload()

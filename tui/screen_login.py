@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Button, Footer, Input, Label
+from textual.widgets import Button, Input, Label
 
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, StatusLine
 from st2000r.tui.client import ApiError, Unreachable
 from st2000r.tui.model import BadAnswer
 
@@ -26,7 +26,7 @@ class LoginScreen(ConsoleScreen):
             yield Button(id="login-button", variant="primary")
             yield Label(self.message or "", id="login-error")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.query_one("#name", Input).focus()

@@ -6,10 +6,10 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Label
+from textual.widgets import Label
 
 from st2000r.tui import format as fmt
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.dialog_filter import FilterDialog
 from st2000r.tui.meter_grid import MeterGrid
 from st2000r.tui.meter_rows import MeterRows
@@ -29,12 +29,15 @@ class MetersScreen(ConsoleScreen):
         self.rows = MeterRows(page_size)
         self.error: str | None = None
 
+    NAV = "meters"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="meters-header", classes="table-header")
         yield MeterGrid(self.rows, self.app.cat, id="meter-grid")  # type: ignore[attr-defined]
         yield Label(id="meters-info")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     @property
     def grid(self) -> MeterGrid:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Label
 
 from st2000r.tui import tables
-from st2000r.tui.base import ConsoleScreen, StatusLine
+from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.client import Forbidden
 from st2000r.tui.model import Operator
 
@@ -18,12 +18,15 @@ class OperatorsScreen(ConsoleScreen):
         self.forbidden = False
         self.message = ""
 
+    NAV = "operators"
+
     def compose(self) -> ComposeResult:
+        yield NavBar()
         yield Label(id="ops-title", classes="title")
         yield DataTable(id="ops-table", cursor_type="row")
         yield Label(id="ops-info")
         yield StatusLine()
-        yield Footer()
+        yield KeyHelp()
 
     def on_mount(self) -> None:
         self.reload()
