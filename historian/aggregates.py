@@ -20,7 +20,8 @@ Blocking (the upkeep service's thread, or ``st2000r db purge``).  Why each rule:
   from the day's raw readings -- a late reading (a spool replayed hours later) corrects
   the day it belongs to, whenever it arrives.  When a day's last reading changes, the
   meter's next aggregated day is recomputed too (its first step starts there).
-  Installations newer than ``installation_mark`` touch the day of the replacement.
+  Installations newer than ``installation_mark`` touch the day of the replacement and any
+  aggregated day of the meter after it.
   Months change by the difference between each day's new and old row;
 - **one transaction per chunk** (``CHUNK`` readings): the rows, the months and the
   watermark commit together, so a crash repeats a chunk or nothing, and running again
@@ -62,7 +63,7 @@ from st2000r.historian.schema import (
 
 __all__ = ["CHUNK", "Zone", "State", "AggregateReport", "ZoneMismatch", "Conflict", "read_state", "aggregate",
            "aggregate_chunk", "upsert", "upsert_stmt", "merge_upsert_sql", "new_readings_stmt",
-           "day_readings_stmt", "day_installations_stmt", "earlier_day_stmt", "COUNTS"]
+           "day_readings_stmt", "day_installations_stmt", "earlier_day_stmt", "later_days_stmt", "COUNTS"]
 
 #: readings per transaction
 CHUNK = 10_000
@@ -167,6 +168,12 @@ def earlier_day_stmt(meter: int, day: date) -> Any:
     return (select(d.c.day, d.c.last_at, d.c.last_value)
             .where(d.c.meter == meter, d.c.day < day, d.c.last_at.is_not(None))
             .order_by(d.c.day.desc()).limit(1))
+
+
+def later_days_stmt(meter: int, day: date) -> Any:
+    """The meter's aggregated days after ``day``."""
+    d = daily_aggregates
+    return select(d.c.day).where(d.c.meter == meter, d.c.day > day).order_by(d.c.day)
 
 
 def _rows_stmt(table: Any, period: str, meters: list[int], when: date) -> Any:
@@ -292,8 +299,11 @@ def aggregate_chunk(conn: Connection, zone: Zone, *, chunk: int = CHUNK) -> Aggr
         day = zone.day_of(as_utc(row.read_at))
         job.touch(row.meter, day)
         job.arrived[(row.meter, day)].append(row)
-    for row in inst:
-        job.touch(row.meter, zone.day_of(as_utc(row.installed_at)))
+    for row in inst:  # a replacement: its day, and any aggregated day after it (installed in the past)
+        first = zone.day_of(as_utc(row.installed_at))
+        job.touch(row.meter, first, forced=True)
+        for (day,) in conn.execute(later_days_stmt(row.meter, first)):
+            job.touch(row.meter, day, forced=True)
     job.run()
     watermark = new[-1].id if new else state.watermark
     _claim(conn, state, watermark=watermark, installation_mark=inst[-1].id if inst else state.installation_mark,
@@ -316,12 +326,17 @@ class _Job:
         self.old: dict[tuple[int, date], dict[str, Any] | None] = {}
         self.changed: dict[tuple[int, date], dict[str, Any]] = {}  # rows to write
         self.latest: dict[int, dict[date, dict[str, Any]]] = defaultdict(dict)  # this chunk's rows by meter
+        self.forced: set[tuple[int, date]] = set()
 
-    def touch(self, meter: int, day: date) -> None:
+    def touch(self, meter: int, day: date, *, forced: bool = False) -> None:
+        """Mark (meter, day) for this chunk; ``forced``: for another reason than readings
+        that arrived (a replacement, an earlier day's last reading that moved)."""
         if day not in self.touched:
             heapq.heappush(self.heap, day)
         self.touched[day].add(meter)
         self.meter_days[meter].add(day)
+        if forced:
+            self.forced.add((meter, day))
 
     def run(self) -> None:
         while self.heap:
@@ -339,41 +354,88 @@ class _Job:
     # -- a day whose raw readings are kept: recomputed from them
 
     def _recompute(self, meters: list[int], day: date, start: datetime, end: datetime) -> None:
-        by_meter: dict[int, list[Any]] = defaultdict(list)
-        for row in self.conn.execute(day_readings_stmt(meters, start, end)):
-            by_meter[row.meter].append(row)
         installs: dict[int, list[Any]] = defaultdict(list)
         for row in self.conn.execute(day_installations_stmt(meters, start, end)):
             installs[row.meter].append(row)
-        moved = []
+        moved, slow = [], []
         for meter in meters:
-            prev = self._before(meter, day)
-            new = _day_row(meter, day, start, end, by_meter.get(meter, []), installs.get(meter, []), prev)
+            new = self._extended(meter, day, start, end, installs.get(meter, []))
             if new is None:
-                continue
-            old = self.old.get((meter, day))
-            self.latest[meter][day] = new
-            if old != new:
-                self.changed[(meter, day)] = new
-            if old is None or (old["last_at"], old["last_value"]) != (new["last_at"], new["last_value"]):
-                moved.append(meter)
+                slow.append(meter)
+            else:
+                self._result(meter, day, new, moved)
+        by_meter: dict[int, list[Any]] = defaultdict(list)
+        if slow:
+            for row in self.conn.execute(day_readings_stmt(slow, start, end)):
+                by_meter[row.meter].append(row)
+        before = self._before(slow, day)
+        for meter in slow:
+            new = _day_row(meter, day, start, end, by_meter.get(meter, []), installs.get(meter, []),
+                           before.get(meter))
+            if new is not None:
+                self._result(meter, day, new, moved)
         for batch in _batches(moved):
             for row in self.conn.execute(_next_days_stmt(batch, day)):
                 if not any(day < d < row.day for d in self.meter_days[row.meter]):
-                    self.touch(row.meter, row.day)
+                    self.touch(row.meter, row.day, forced=True)
 
-    def _before(self, meter: int, day: date) -> tuple[datetime, int] | None:
-        """The meter's last reading before ``day`` as aggregated: ``(time, value)``."""
-        mine = [d for d, row in self.latest[meter].items() if d < day and row["last_at"] is not None]
-        best = max(mine) if mine else None
-        if best != day - timedelta(days=1):
-            found = self.conn.execute(earlier_day_stmt(meter, day)).first()
-            if found is not None and (best is None or found.day > best):
-                return as_utc(found.last_at), found.last_value
-        if best is None:
+    def _result(self, meter: int, day: date, new: dict[str, Any], moved: list[int]) -> None:
+        old = self.old.get((meter, day))
+        self.latest[meter][day] = new
+        if old != new:
+            self.changed[(meter, day)] = new
+        if old is None or (old["last_at"], old["last_value"]) != (new["last_at"], new["last_value"]):
+            moved.append(meter)
+
+    def _extended(self, meter: int, day: date, start: datetime, end: datetime,
+                  installs: list[Any]) -> dict[str, Any] | None:
+        """The common case without reading the day again: readings that arrived after the
+        stored row's last one, one installation over the whole day -- the row goes on by the
+        steps from its last value (the usage rule sums steps pair by pair).  None: recompute."""
+        old, arrived = self.old.get((meter, day)), self.arrived.get((meter, day))
+        if (meter, day) in self.forced or old is None or old["last_at"] is None or not arrived or len(installs) != 1:
             return None
-        row = self.latest[meter][best]
-        return row["last_at"], row["last_value"]
+        inst = installs[0]
+        if as_utc(inst.installed_at) > start or (inst.removed_at is not None and as_utc(inst.removed_at) <= end):
+            return None
+        new_rows = sorted(arrived, key=lambda r: (as_utc(r.read_at), r.id))
+        if as_utc(new_rows[0].read_at) <= old["last_at"]:
+            return None  # a late reading inside the day (or one the row already holds): recompute
+        row = dict(old)
+        total, rollovers, reversals = steps([old["last_value"], *[r.value for r in new_rows]])
+        row["consumption"] += total
+        row["rollovers"] += rollovers
+        row["reversals"] += reversals
+        for r in new_rows:
+            _count(row, r.quality)
+        row["last_at"], row["last_value"] = as_utc(new_rows[-1].read_at), new_rows[-1].value
+        return row
+
+    def _before(self, meters: list[int], day: date) -> dict[int, tuple[datetime, int]]:
+        """Each meter's last reading before ``day`` as aggregated: ``(time, value)`` (this
+        chunk's rows, else the day before in one query, else the latest earlier day)."""
+        out: dict[int, tuple[datetime, int]] = {}
+        best: dict[int, date] = {}
+        for meter in meters:
+            mine = [d for d, row in self.latest[meter].items() if d < day and row["last_at"] is not None]
+            if mine:
+                best[meter] = max(mine)
+                row = self.latest[meter][best[meter]]
+                out[meter] = row["last_at"], row["last_value"]
+        yesterday = day - timedelta(days=1)
+        ask = [m for m in meters if best.get(m) != yesterday]
+        d = daily_aggregates
+        for batch in _batches(ask):
+            for row in self.conn.execute(select(d.c.meter, d.c.last_at, d.c.last_value)
+                                         .where(d.c.meter.in_(batch), d.c.day == yesterday, d.c.last_at.is_not(None))):
+                best[row.meter], out[row.meter] = yesterday, (as_utc(row.last_at), row.last_value)
+        for meter in ask:
+            if best.get(meter) == yesterday:
+                continue
+            found = self.conn.execute(earlier_day_stmt(meter, day)).first()
+            if found is not None and (meter not in best or found.day > best[meter]):
+                out[meter] = as_utc(found.last_at), found.last_value
+        return out
 
     # -- a day whose raw readings were purged: the new readings merged in
 
