@@ -34,6 +34,7 @@ from st2000r.supervisor.events import (
     CdtChanged,
     CommandChanged,
     CommandKind,
+    HistorianChanged,
     LinkChanged,
     MeterChanged,
     MeterId,
@@ -108,7 +109,7 @@ class RegisterImage:
         self._rounds: dict[str, int] = dict.fromkeys(regmap.links, 0)
         self._apply = {MeterChanged: self._meter_changed, CdtChanged: self._cdt_changed,
                        LinkChanged: self._link_changed, CommandChanged: self._command_changed,
-                       RoundDone: self._round_done}
+                       RoundDone: self._round_done, HistorianChanged: self._historian_changed}
         for unit in regmap.units:
             self._header(unit)
 
@@ -136,6 +137,7 @@ class RegisterImage:
         self.set16(unit, _H["link_state"], L.LINK_STATE_CODES["disconnected"])
         self.set16(unit, _H["link_signal"], L.UNKNOWN16)
         self.set16(unit, _H["link_cdts"], len(lm.slots))
+        self.set16(unit, _H["historian_state"], L.UNKNOWN16)
         for source, (u, base, slot) in self.map.cdts.items():
             if u == unit:
                 for name in ("online", "mains", "battery_low", "battery_mv"):
@@ -264,6 +266,22 @@ class RegisterImage:
             unit, base = where
             self.set16(unit, base + _M["command_status"], L.COMMAND_CODES.get(state, 0))
 
+    def historian(self, state: str, spool_rows: int, spool_bytes: int, spool_max_bytes: int, oldest_age_s: float,
+                  write_rate: float, quarantined: int) -> None:
+        """The historian's status into every unit header (32-bit figures saturate at 4294967295)."""
+        used = min(1000, spool_bytes * 1000 // spool_max_bytes) if spool_max_bytes > 0 else 0
+        figures = ((16, "historian_state", L.HISTORIAN_STATE_CODES.get(state, L.UNKNOWN16)),
+                   (32, "historian_spool_rows", spool_rows), (32, "historian_oldest_age", int(oldest_age_s)),
+                   (32, "historian_write_rate", round(write_rate)), (16, "historian_spool_used", used),
+                   (32, "historian_quarantined", quarantined))
+        for unit in self.regs:
+            for bits, point, value in figures:
+                value = min(max(value, 0), L.UNKNOWN32)
+                if bits == 16:
+                    self.set16(unit, _H[point], value)
+                else:
+                    self.set32(unit, _H[point], value)
+
     def _link_units(self, name: str) -> list[int]:
         lm = self.map.links.get(name)
         return [u for u in lm.units() if u in self.regs] if lm is not None else []
@@ -301,13 +319,18 @@ class RegisterImage:
         if event.command.kind is CommandKind.VALVE:
             self.command(event.command.target, event.command.state.value)
 
+    def _historian_changed(self, event: HistorianChanged) -> None:
+        self.historian(event.state, event.spool_rows, event.spool_bytes, event.spool_max_bytes, event.oldest_age_s,
+                       event.write_rate, event.quarantined)
+
     def _round_done(self, event: RoundDone) -> None:
         if event.link in self._rounds:
             self._rounds[event.link] += 1
             self._link_set32(event.link, "link_rounds", self._rounds[event.link])
 
-    def fill(self, points: Any, commands: Any = None) -> None:
-        """Everything the point database (and the command history) holds now."""
+    def fill(self, points: Any, commands: Any = None, historian: Any = None) -> None:
+        """Everything the point database (and the command history, and the historian's
+        ``status()``) holds now."""
         for mp in points.meters():
             slot = self._slots.get(mp.id)
             if slot is not None:
@@ -322,6 +345,10 @@ class RegisterImage:
             for record in commands.history():
                 if record.kind is CommandKind.VALVE:
                     self.command(record.target, record.state.value)
+        if historian is not None:
+            s = historian.status()
+            self.historian(s.state, s.spool_rows, s.spool_bytes, s.spool_max_bytes, s.oldest_age_s, s.rate,
+                           s.quarantined)
 
     # ---------------------------------------------------------------- ages
 

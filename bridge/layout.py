@@ -9,7 +9,8 @@ Everything is derived from the physical address, so the layout needs no table:
   its registers are at offsets ``METER_POINTS`` from there (8 used, 2 spare), and its valve
   coil has the same address in the coil table;
 - the **CDT's own points** are at ``cdt base + 960`` (offsets ``CDT_POINTS``);
-- the **unit header** (map version and hash, the link's points) is at 0..99 of every unit.
+- the **unit header** (map version and hash, the link's points, the historian's status) is
+  at 0..99 of every unit.
 
 Input registers (function 4) carry every value; coils (functions 1, 5, 15) the valves.  A
 32-bit value takes two registers, most significant word first (``word_order`` "big"),
@@ -26,11 +27,12 @@ __all__ = [
     "MAP_VERSION", "UNITS_PER_LINK", "CDTS_PER_UNIT", "SLOTS_PER_LINK", "CDT_BLOCK", "CDT_HEADER", "HEADER_SIZE",
     "METER_STRIDE", "MODULE_STRIDE", "METER_POINTS", "CDT_POINTS", "HEADER_POINTS", "QUALITY_CODES",
     "COMMAND_CODES", "LINK_STATE_CODES", "VALVE_UNKNOWN", "UNKNOWN16", "UNKNOWN32", "NO_VALUE", "SATURATED",
-    "ALARM_COMM_FAIL", "cdt_base", "meter_base", "unit_of_slot",
+    "ALARM_COMM_FAIL", "HISTORIAN_STATE_CODES", "cdt_base", "meter_base", "unit_of_slot",
 ]
 
-#: layout version, register 0 of every unit; changes only if this module's rules change
-MAP_VERSION = 1
+#: layout version, register 0 of every unit; changes only if this module's rules change.
+#: 2: the historian's status at 30..39 of every unit header (every address of 1 unchanged)
+MAP_VERSION = 2
 CDTS_PER_UNIT = 64
 SLOTS_PER_LINK = CDTS_PER_UNIT * UNITS_PER_LINK
 CDT_BLOCK = 1000
@@ -73,6 +75,19 @@ HEADER_POINTS: dict[str, tuple[int, str, str, str, str]] = {
     "link_rounds": (18, "uint32", "", "poll rounds completed since start", "完成轮询轮数"),
     "link_cdts_online": (20, "uint16", "", "CDTs of the link answering now", "在线终端数"),
     "link_cdts": (21, "uint16", "", "CDTs configured on the link", "终端总数"),
+    "historian_state": (30, "uint16", "", "historian: 0 writing to its database, 1 starting, 2 database unreachable "
+                                          "(spooling), 3 database schema not current (spooling), 65535 no historian or "
+                                          "no status yet", "历史库状态"),
+    "historian_spool_rows": (31, "uint32", "", "readings in the historian's spool, not yet in the database",
+                             "待写入数据库的记录数"),
+    "historian_oldest_age": (33, "uint32", "s", "seconds since the oldest reading still in the spool was spooled "
+                                                "(0: none waiting)", "最早待写记录时长（秒）"),
+    "historian_write_rate": (35, "uint32", "rows/s", "rows committed to the database per second, about the last "
+                                                     "minute", "写入速率（行/秒）"),
+    "historian_spool_used": (37, "uint16", "", "spool fill in per mille of its bound (an alarm is raised at 800)",
+                             "缓存占用（千分比）"),
+    "historian_quarantined": (38, "uint32", "", "rows set aside since the start (could not be written)",
+                              "隔离记录数"),
 }
 
 #: Quality -> register code (``Quality.value`` spelling)
@@ -83,6 +98,8 @@ ALARM_COMM_FAIL = 0x8
 COMMAND_CODES: dict[str, int] = {"pending": 1, "sent": 2, "succeeded": 3, "failed": 4, "timed_out": 5,
                                  "refused": 6, "interrupted": 7}
 LINK_STATE_CODES: dict[str, int] = {"connected": 0, "disconnected": 1, "stopped": 2, "idle": 3}
+#: ``HistorianChanged.state`` -> register code (65535: no historian, or no status yet)
+HISTORIAN_STATE_CODES: dict[str, int] = {"connected": 0, "starting": 1, "unreachable": 2, "schema": 3}
 VALVE_UNKNOWN = UNKNOWN16 = 0xFFFF
 UNKNOWN32 = 0xFFFFFFFF
 

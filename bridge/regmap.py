@@ -269,7 +269,8 @@ class RegisterMap:
             for point, spec in L.HEADER_POINTS.items():
                 if point == "map_hash" and not with_hash:
                     continue
-                yield row(unit, "input", spec[0], point, link if point.startswith("link_") else "map", spec)
+                source = link if point.startswith("link_") else "historian" if point.startswith("historian_") else "map"
+                yield row(unit, "input", spec[0], point, source, spec)
             entries: list[tuple[int, int, str, str, tuple]] = []
             for base, source in cdts_by_unit.get(unit, []):
                 for point, spec in L.CDT_POINTS.items():

@@ -2,15 +2,16 @@
 
 Built by :class:`~st2000r.supervisor.service.SupervisorService` when the topology has a
 ``[modbus]`` section.  On start: the image is filled from the point database's snapshots
-(values restored from the state folder come back STALE), a queued consumer of the event bus
-keeps it current (change events coalesce per point when it falls behind), the link counters
+(values restored from the state folder come back STALE) and the historian's status (when the
+parent service runs one), a queued consumer of the event bus keeps it current (change events,
+``HistorianChanged`` included, coalesce per point when it falls behind), the link counters
 are copied once a second, the TCP server (TLS with client certificates when ``tls`` is
 set) listens on exactly the configured interface, and the RTU slave opens its serial device
 (a device that cannot be opened is logged; the rest carries on).  On stop: the consumer is
 closed, the serial port closed and the server shut down (its clients disconnected).
 
 The bridge is a consumer of events and a client of the command dispatcher, never of a bus
-master (DESIGN.md §4).
+master.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from st2000r.bridge.image import RegisterImage
 from st2000r.bridge.regmap import RegisterMap, load_map
 from st2000r.bridge.server import BridgeStats, WritePolicy
 from st2000r.config.model import Topology
-from st2000r.supervisor.events import CdtChanged, CommandChanged, LinkChanged, MeterChanged, RoundDone
+from st2000r.supervisor.events import CdtChanged, CommandChanged, HistorianChanged, LinkChanged, MeterChanged, RoundDone
 
 __all__ = ["ModbusBridge"]
 
@@ -94,9 +95,9 @@ class ModbusBridge(Service):
     def startService(self) -> None:
         super().startService()
         self._consumer = self.bus.attach(self.image.apply, (MeterChanged, CdtChanged, LinkChanged, CommandChanged,
-                                                            RoundDone), limit=QUEUE_LIMIT, name="modbus image",
-                                        batch=IMAGE_BATCH)
-        self.image.fill(self.points, self.commands)
+                                                            RoundDone, HistorianChanged), limit=QUEUE_LIMIT,
+                                         name="modbus image", batch=IMAGE_BATCH)
+        self.image.fill(self.points, self.commands, self._historian())
         self._stats_loop = task.LoopingCall(self._copy_stats)
         self._stats_loop.clock = self.reactor
         self._stats_loop.start(STATS_PERIOD_S, now=False)
@@ -120,6 +121,12 @@ class ModbusBridge(Service):
                  host=host, port=self.port, units=len(self.map.units),
                  writes="from " + ", ".join(self.settings.write_allow) if self.settings.write_allow else "off")
         return self.port
+
+    def _historian(self) -> Any:
+        """The supervisor's historian when the parent service has one running (its status
+        fills the historian registers at start; ``HistorianChanged`` keeps them current)."""
+        historian = getattr(self.parent, "historian", None)
+        return historian if historian is not None and getattr(historian, "running", False) else None
 
     def _open_rtu(self) -> None:
         """The RTU slave, when configured; a device that cannot be opened is logged and the

@@ -107,3 +107,35 @@ def test_a_read_of_an_up_to_date_block_rewrites_nothing():
     clock.advance(0.1)  # now it ticks: the block is rewritten
     assert image.registers(1, 1003, 2) == [0, 1]
     assert bytes(image.regs[1])[:2 * 1003] == before[:2 * 1003]
+
+
+def test_the_historian_status_goes_to_every_unit_header():
+    from types import SimpleNamespace
+
+    from support.builders import make_link
+    from st2000r.supervisor.events import HistorianChanged
+
+    topology = make_topology(make_link(cdts=tuple(make_cdt(a) for a in range(1, 66))),  # 65 CDTs: units 1 and 2
+                             make_link("north", cdts=(make_cdt(1),)), modbus=ModbusSettings(tcp=None))
+    regmap, _ = build_map(topology, None)
+    image = RegisterImage(regmap, Clock())
+    units = sorted(regmap.units)
+    assert len(units) == 3
+
+    def header(unit: int) -> tuple[int, ...]:
+        r = image.registers(unit, 30, 10)
+        return r[0], r[1] << 16 | r[2], r[3] << 16 | r[4], r[5] << 16 | r[6], r[7], r[8] << 16 | r[9]
+
+    assert {header(u) for u in units} == {(L.UNKNOWN16, 0, 0, 0, 0, 0)}  # no status yet
+    image.apply(HistorianChanged("unreachable", "connection refused", 70_000, 600 * 2**20, 1000 * 2**20, 3725, 0,
+                                 12, 3, utc(T0)))
+    assert {header(u) for u in units} == {(2, 70_000, 3725, 0, 600, 3)}
+    image.apply(HistorianChanged("connected", None, 2**40, 2**41, 2**40, 2**33, 812.6, 10**9, 2**32 + 1, utc(T0)))
+    assert {header(u) for u in units} == {(0, L.UNKNOWN32, L.UNKNOWN32, 813, 1000, L.UNKNOWN32)}  # saturated
+    image.apply(HistorianChanged("weird", None, 0, 0, 0, 0, 0, 0, 0, utc(T0)))  # unknown state, no bound
+    assert {header(u) for u in units} == {(L.UNKNOWN16, 0, 0, 0, 0, 0)}
+    status = SimpleNamespace(state="starting", spool_rows=5, spool_bytes=10, spool_max_bytes=100, oldest_age_s=1.9,
+                             rate=0.4, quarantined=0)
+    image.fill(SimpleNamespace(meters=list, cdts=list, links=list), None, SimpleNamespace(status=lambda: status))
+    assert {header(u) for u in units} == {(1, 5, 1, 0, 100, 0)}
+    assert image.get16(units[0], 0) == L.MAP_VERSION == 2

@@ -59,7 +59,7 @@ def export(path, fmt="json") -> list[dict]:
 
 def places(rows: list[dict]) -> dict[tuple[str, str], tuple[int, str, int]]:
     return {(r["source"], r["point"]): (r["unit"], r["table"], r["address"]) for r in rows
-            if r["source"] != "map" and not r["point"].startswith("link_")}
+            if r["source"] not in ("map", "historian") and not r["point"].startswith("link_")}
 
 
 def test_addresses_follow_the_documented_formula():
@@ -149,3 +149,28 @@ def test_the_map_hash_changes_with_any_address():
     b, _ = build_map(loads(config(1, 2)))
     c, _ = build_map(loads(config(1, 2, 3)))
     assert a.hash == b.hash != c.hash
+
+
+# the header of map version 1: every address in it stays where it was
+HEADER_V1 = {"map_version": (0, "uint16"), "map_hash": (1, "uint64"), "unit_index": (5, "uint16"),
+             "link_state": (10, "uint16"), "link_signal": (11, "uint16"), "link_transactions": (12, "uint32"),
+             "link_timeouts": (14, "uint32"), "link_checksum_errors": (16, "uint32"), "link_rounds": (18, "uint32"),
+             "link_cdts_online": (20, "uint16"), "link_cdts": (21, "uint16")}
+HISTORIAN = {"historian_state": (30, "uint16"), "historian_spool_rows": (31, "uint32"),
+             "historian_oldest_age": (33, "uint32"), "historian_write_rate": (35, "uint32"),
+             "historian_spool_used": (37, "uint16"), "historian_quarantined": (38, "uint32")}
+
+
+def test_the_historian_status_is_in_every_unit_header_and_moved_nothing(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(config(*range(1, 71), modules=1), encoding="utf-8")  # 70 CDTs: two unit ids
+    rows = export(path)
+    units = sorted({r["unit"] for r in rows})
+    assert units == [1, 2]
+    words = {"uint16": 1, "uint32": 2, "uint64": 4}
+    for unit in units:
+        header = {r["point"]: r for r in rows if r["unit"] == unit and r["address"] < 100}
+        assert {p: (r["address"], r["type"]) for p, r in header.items()} == {**HEADER_V1, **HISTORIAN}
+        assert all(header[p]["source"] == "historian" for p in HISTORIAN)
+        taken = [a for r in header.values() for a in range(r["address"], r["address"] + words[r["type"]])]
+        assert len(taken) == len(set(taken)) and max(taken) < 100  # no overlap, inside the header

@@ -155,10 +155,23 @@ def test_pymodbus_client_reads_quality_age_alarms_valve_and_cdt_health(rig):
         assert regs[4] << 16 | regs[5] == sum(1 << (n - 1) for n in cdt["modules"])
         assert regs[6] << 16 | regs[7] == 1 and regs[8] == 0  # address, slot
         header = client.read_input_registers(0, count=22, device_id=UNIT).registers
-        assert header[0] == 1 and header[10] == 0  # map version, link connected
+        assert header[0] == 2 and header[10] == 0  # map version, link connected
         assert header[12] << 16 | header[13] > 0  # transactions
     finally:
         client.close()
+
+
+def test_the_historian_status_registers_follow_the_supervisors_historian(rig):
+    """``st2000r run`` with its default historian (SQLite in the state folder): the unit
+    header shows it writing, its spool drained and nothing set aside (mbpoll reads them)."""
+    def status() -> dict[int, int] | None:
+        values = mbpoll_values(rig.mbpoll("-t", "3", "-r", "30", "-c", "10").stdout)
+        return values if values[30] == 0 else None  # writing to its database
+
+    values = wait_for(status, 20, "the historian connected")
+    assert values[37] < 800 and (values[38] << 16 | values[39]) == 0  # spool far from its bound, none quarantined
+    rows = lambda v: v[31] << 16 | v[32]  # noqa: E731
+    assert rows(wait_for(lambda: (v := status()) and rows(v) == 0 and v, 20, "the spool drained")) == 0
 
 
 def test_a_write_from_a_client_not_allowed_gets_an_exception_and_nothing_moves(rig):
@@ -236,7 +249,7 @@ def test_fuzzed_requests_leave_the_server_serving_a_good_client(rig):
                 assert good.read_input_registers(0, count=2, device_id=UNIT).registers == expected
         assert good.read_input_registers(0, count=2, device_id=UNIT).registers == expected
         proc = rig.mbpoll("-t", "3", "-r", "0", "-c", "1")
-        assert mbpoll_values(proc.stdout) == {0: 1}
+        assert mbpoll_values(proc.stdout) == {0: 2}  # map version
     finally:
         good.close()
     assert rig.run.poll() is None

@@ -201,7 +201,7 @@ async def test_rtu_slave_on_a_pty_pair_answers_pymodbus_and_mbpoll_and_stays_sil
             try:
                 assert same_meter((await client.read_input_registers(METER, count=8, device_id=UNIT)).registers, expected)
                 header = await client.read_input_registers(0, count=6, device_id=UNIT)
-                assert header.registers[0] == 1  # map version
+                assert header.registers[0] == 2  # map version
                 bad = await client.read_input_registers(900, count=2, device_id=UNIT)  # between header and block
                 assert bad.isError() and bad.exception_code == 2
                 refused = await client.write_coil(METER, False, device_id=UNIT)  # no address to allow: 01
@@ -256,7 +256,7 @@ def test_rtu_framing_on_a_clock():
     slave.dataReceived(request[:3])
     assert wire.value() == b""
     slave.dataReceived(request[3:])
-    assert wire.value() == framed(bytes((UNIT, 4, 2, 0, 1)))  # map version 1, at once
+    assert wire.value() == framed(bytes((UNIT, 4, 2, 0, 2)))  # map version 2, at once
     wire.clear()
     slave.dataReceived(request[:-1] + bytes((request[-1] ^ 0xFF,)))  # bad CRC
     clock.advance(0.01)
