@@ -79,3 +79,25 @@ def test_state_changes_at_once_figures_at_most_every_n_seconds(tmp_path):
     assert seen == []
     h.stopService()
 
+
+
+def test_the_database_is_tried_again_while_readings_keep_coming(tmp_path):
+    """A flush that only spools (no retry due) does not push the retry back: with a round
+    every flush, the database that came back is written within the longest back-off."""
+    h, bus, clock, topo, down, seen = _start(tmp_path, every=5.0)
+    r = 0
+    for _ in range(40):  # 20 s away, readings every 0.5 s: the back-off grows to its bound (2 s)
+        r += 1
+        for event in batches(topo, r):
+            bus.publish(event)
+        clock.advance(0.5)
+    assert h.status().state == "unreachable"
+    down["now"] = False
+    for _ in range(5):  # 2.5 s: past the 2 s bound even though every flush had rows to spool
+        r += 1
+        for event in batches(topo, r):
+            bus.publish(event)
+        clock.advance(0.5)
+    status = h.status()
+    assert status.state == "connected" and status.written >= 12 * (r - 1)
+    h.stopService()
