@@ -12,7 +12,8 @@ BIN := $(VENV)/bin
 #   tmux      drives the operator console in a real terminal in tests
 #   mbpoll    a third-party Modbus master: reads the Modbus bridge in tests and the demo
 #   openssl   makes the throwaway CA and certificates of the Modbus/TCP Security test
-SYSTEM_PACKAGES := unixodbc socat tmux mbpoll openssl
+#   openssh-server  sshd of the console's end-to-end test (an operator over SSH with ForceCommand)
+SYSTEM_PACKAGES := unixodbc socat tmux mbpoll openssl openssh-server
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 

@@ -33,9 +33,14 @@ class LoginScreen(ConsoleScreen):
 
     def relabel(self) -> None:
         self.query_one("#login-title", Label).update(self.cat.t("login.title", url=self.console.url))
-        self.query_one("#name-label", Label).update(self.cat.t("login.name"))
-        self.query_one("#password-label", Label).update(self.cat.t("login.password"))
+        focused = self.focused.id if self.focused is not None else None
+        for field in ("name", "password"):  # a mark where typing goes, also without colours
+            mark = "▶ " if focused == field else "  "
+            self.query_one(f"#{field}-label", Label).update(mark + self.cat.t(f"login.{field}"))
         self.query_one("#login-button", Button).label = self.cat.t("login.submit")
+
+    def on_descendant_focus(self) -> None:
+        self.relabel()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "name":
