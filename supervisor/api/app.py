@@ -10,7 +10,10 @@ last item of the page, encoded; positions are stable because the order is.
 from __future__ import annotations
 
 import base64
+import json
+from array import array
 import binascii
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +23,13 @@ from st2000r.config.model import Topology
 from st2000r.supervisor.api.errors import invalid
 from st2000r.supervisor.api.sessions import Sessions
 from st2000r.supervisor.api.stream import EventStream
-from st2000r.supervisor.events import MeterId
+from st2000r.supervisor.api.shapes import meter_json
+from st2000r.supervisor.events import MeterChanged, MeterId
 
-__all__ = ["ApiApp", "MeterEntry", "encode_cursor", "decode_cursor"]
+__all__ = ["ApiApp", "MeterEntry", "encode_cursor", "decode_cursor", "CANDIDATE_CACHE"]
+
+#: static filter combinations whose matching positions are kept
+CANDIDATE_CACHE = 32  # at most 32 x 4 bytes x the meters (3 MiB at 24,576 meters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +94,56 @@ class ApiApp:
         for site in topology.sites:
             for link in site.links:
                 self.site_of[link.name] = site.name
+        self._candidates: OrderedDict[tuple, array] = OrderedDict()
+        self._json: dict[MeterId, bytes] = {}  # a meter's JSON bytes until its point changes
+        self._unsubscribe = bus.subscribe(self._forget, MeterChanged)
         self.meters_per_cdt: dict[tuple[str, int], int] = {}
         self.meters_per_link: dict[str, int] = {}
         for entry in self.meters:
             key = (entry.id.link, entry.id.cdt)
             self.meters_per_cdt[key] = self.meters_per_cdt.get(key, 0) + 1
             self.meters_per_link[entry.id.link] = self.meters_per_link.get(entry.id.link, 0) + 1
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self._json.clear()
+
+    def _forget(self, event: MeterChanged) -> None:
+        self._json.pop(event.meter, None)
+
+    def meter_bytes(self, mid: MeterId) -> bytes:
+        """The meter's JSON object (``shapes.meter_json``) as bytes, made once per change of
+        its point: a page of meters is then mostly joining bytes."""
+        data = self._json.get(mid)
+        if data is None:
+            data = self._json[mid] = json.dumps(meter_json(self.points.meter(mid)), separators=(",", ":"),
+                                                ensure_ascii=False).encode()
+        return data
+
+    def candidates(self, link: str | None, cdt: int | None, kind: str | None, household: str | None) -> array:
+        """Index positions of the meters that pass the static filters (in order); kept for
+        the last ``CANDIDATE_CACHE`` filter combinations, as the topology does not change."""
+        key = (link, cdt, kind, household)
+        found = self._candidates.get(key)
+        if found is not None:
+            self._candidates.move_to_end(key)
+            return found
+        prefix = household[:-1] if household is not None and household.endswith("*") else None
+        found = array("i")
+        for position, entry in enumerate(self.meters):
+            mid = entry.id
+            if (link is not None and mid.link != link) or (cdt is not None and mid.cdt != cdt) or \
+                    (kind is not None and entry.kind != kind):
+                continue
+            if household is not None:
+                h = entry.household or ""
+                if (prefix is not None and not h.startswith(prefix)) or (prefix is None and h != household):
+                    continue
+            found.append(position)
+        self._candidates[key] = found
+        while len(self._candidates) > CANDIDATE_CACHE:
+            self._candidates.popitem(last=False)
+        return found
 
     def rounds(self, link: str | None = None) -> list[dict[str, Any]]:
         """The poll rounds in progress (of one link): plan, kind, start, CDTs tried / all."""

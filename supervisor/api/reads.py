@@ -6,12 +6,15 @@ already checked against the route's declarations, and returns the JSON body.
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
 from st2000r.drivers.st2000r.messages import AlarmFlag
 from st2000r.supervisor.api.app import decode_cursor, encode_cursor
 from st2000r.supervisor.api.errors import ApiError, not_found
+from st2000r.supervisor.api.resource import RawJson
 from st2000r.supervisor.api.shapes import cdt_json, command_json, link_json, meter_json, page
 from st2000r.supervisor.events import MeterId, Quality, utc
 
@@ -121,44 +124,35 @@ def cdt(call: Any) -> dict[str, Any]:
 
 
 def meters(call: Any) -> dict[str, Any]:
-    """A filtered page: static filters on the index first, live ones on the point."""
+    """A filtered page: the static filters' positions (cached), then the live filters on
+    each candidate's point, from the cursor's position on."""
     app, q = call.app, call.query
-    want_link, want_cdt, kind = q.get("link"), q.get("cdt"), q.get("kind")
-    household = q.get("household")
-    prefix = household[:-1] if household is not None and household.endswith("*") else None
     quality = Quality(q["quality"]) if "quality" in q else None
     alarm = q.get("alarm")
     limit = q.get("limit", 100)
     position = decode_cursor("m", q.get("cursor"))
-    points = app.points
-    items: list[dict[str, Any]] = []
-    entries = app.meters
-    n = len(entries)
-    while position < n and len(items) < limit:
-        entry = entries[position]
-        position += 1
-        mid = entry.id
-        if want_link is not None and mid.link != want_link:
-            continue
-        if want_cdt is not None and mid.cdt != want_cdt:
-            continue
-        if kind is not None and entry.kind != kind:
-            continue
-        if household is not None:
-            h = entry.household or ""
-            if (prefix is not None and not h.startswith(prefix)) or (prefix is None and h != household):
+    candidates = app.candidates(q.get("link"), q.get("cdt"), q.get("kind"), q.get("household"))
+    points, entries = app.points, app.meters
+    live = quality is not None or alarm is not None
+    items: list[bytes] = []
+    i = bisect_left(candidates, position)
+    while i < len(candidates) and len(items) < limit:
+        position = candidates[i] + 1
+        i += 1
+        mid = entries[position - 1].id
+        if live:
+            point = points.meter(mid)
+            if quality is not None and point.quality is not quality:
                 continue
-        point = points.meter(mid)
-        if quality is not None and point.quality is not quality:
-            continue
-        if alarm is not None:
-            flags = point.alarms
-            if alarm == "true" and not flags or alarm == "false" and flags:
-                continue
-            if alarm in _FLAGS and not flags & _FLAGS[alarm]:
-                continue
-        items.append(meter_json(point))
-    return page(items, encode_cursor("m", position) if position < n and len(items) == limit else None)
+            if alarm is not None:
+                flags = point.alarms
+                if alarm == "true" and not flags or alarm == "false" and flags:
+                    continue
+                if alarm in _FLAGS and not flags & _FLAGS[alarm]:
+                    continue
+        items.append(app.meter_bytes(mid))
+    nxt = encode_cursor("m", position) if i < len(candidates) and len(items) == limit else None
+    return RawJson(b'{"items":[' + b",".join(items) + b'],"next":' + json.dumps(nxt).encode() + b"}")
 
 
 def meter_id(call: Any) -> MeterId:
@@ -169,12 +163,11 @@ def meter_id(call: Any) -> MeterId:
     return mid
 
 
-def meter(call: Any) -> dict[str, Any]:
+def meter(call: Any) -> RawJson:
     mid = meter_id(call)
-    out = meter_json(call.app.points.meter(mid))
     last = call.app.commands.last_for(mid)
-    out["last_command"] = command_json(last) if last is not None else None
-    return out
+    tail = json.dumps(command_json(last) if last is not None else None, separators=(",", ":"), ensure_ascii=False)
+    return RawJson(call.app.meter_bytes(mid)[:-1] + b',"last_command":' + tail.encode() + b"}")
 
 
 def no_historian() -> ApiError:

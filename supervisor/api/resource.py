@@ -27,12 +27,19 @@ from st2000r.supervisor.api.declare import Route, check, parse_param
 from st2000r.supervisor.api.errors import ApiError, invalid
 from st2000r.supervisor.api.sessions import Session
 
-__all__ = ["ApiResource", "Call", "ApiSite", "LimitedFactory", "MAX_BODY"]
+__all__ = ["ApiResource", "Call", "ApiSite", "LimitedFactory", "MAX_BODY", "RawJson"]
 
 log = Logger()
 
 MAX_BODY = 64 * 1024
 PREFIX = ("api", "v1")
+
+
+@dataclass(frozen=True, slots=True)
+class RawJson:
+    """A response body already encoded as JSON (the handler joined cached pieces)."""
+
+    data: bytes
 
 
 @dataclass(slots=True)
@@ -232,8 +239,10 @@ class ApiResource(Resource):
         if payload is None:
             request.finish()
             return
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        data = payload.data if isinstance(payload, RawJson) else \
+            json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"content-length", str(len(data)).encode())
         request.write(data)
         request.finish()
 

@@ -78,6 +78,7 @@ class ApiService(Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.stream.stop()
+        self.app.close()
         if self.app.history is not None:
             self.app.history.close()
         listener, self._listener = self._listener, None

@@ -11,6 +11,8 @@ something: events after ``N`` already fell out of the ring (``reason: evicted``:
 remembers the highest ``seq`` it evicted), or ``N`` is beyond this run's last ``seq``
 (``reason: restart``: ``seq`` restarts with every run).  ``ReadingBatch`` is never streamed.
 
+The events of one reactor turn (the bus hands a queued consumer up to 256 at a time) go to
+each client as one write, so a full round costs a write per client per turn, not per event.
 Each client has its own bounded backlog: writes go straight to its connection while the
 connection takes them (twisted's producer protocol says when it does not); a client whose
 backlog exceeds ``client_limit`` events is disconnected (it resumes with ``Last-Event-ID``).
@@ -58,15 +60,17 @@ class _Client:
         self.peer = peer
         self.paused = False
         self.backlog: deque[bytes] = deque()
+        self.waiting = 0  # events in the backlog
         self.closed = False
         self.sent = 0
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, events: int = 1) -> None:
         if self.closed:
             return
         if self.paused or self.backlog:
             self.backlog.append(data)
-            if len(self.backlog) > self.stream.client_limit:
+            self.waiting += events
+            if self.waiting > self.stream.client_limit:
                 self.stream.dropped += 1
                 log.warn("event stream to {peer}: more than {n} events waiting, disconnected", peer=self.peer,
                          n=self.stream.client_limit)
@@ -80,8 +84,11 @@ class _Client:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while self.backlog and not self.paused and not self.closed:
-            self.request.write(self.backlog.popleft())
+        if self.backlog and not self.closed:
+            data = b"".join(self.backlog)
+            self.backlog.clear()
+            self.waiting = 0
+            self.request.write(data)
             self.sent += 1
 
     def stopProducing(self) -> None:
@@ -92,6 +99,7 @@ class _Client:
             return
         self.closed = True
         self.backlog.clear()
+        self.waiting = 0
         self.stream._clients.discard(self)
         transport = getattr(self.request.channel, "transport", None)
         if transport is not None:
@@ -114,6 +122,8 @@ class EventStream:
         self._clients: set[_Client] = set()
         self._consumer: Any = None
         self._beat: task.LoopingCall | None = None
+        self._turn: list[tuple[str, bytes]] = []  # frames of this reactor turn, not yet written
+        self._flush_call: Any = None
         self.dropped = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -125,6 +135,9 @@ class EventStream:
         self._beat.start(self.heartbeat_s, now=False)
 
     def stop(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
@@ -157,9 +170,25 @@ class EventStream:
         self._ring.append((event.seq, name, data))
         if len(self._ring) > self.buffer_size:
             self.evicted_seq = self._ring.popleft()[0]
+        if self._clients:
+            self._turn.append((name, data))
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """One write per client of this turn's frames its filter takes."""
+        self._flush_call = None
+        frames, self._turn = self._turn, []
+        everything = None
         for client in tuple(self._clients):
-            if name in client.types:
-                client.send(data)
+            if len(client.types) == len(STREAMED_NAMES):
+                if everything is None:
+                    everything = b"".join(data for _, data in frames)
+                client.send(everything, len(frames))
+                continue
+            mine = [data for name, data in frames if name in client.types]
+            if mine:
+                client.send(b"".join(mine), len(mine))
 
     def _heartbeat(self) -> None:
         for client in tuple(self._clients):
@@ -170,6 +199,9 @@ class EventStream:
     def open(self, request: Any, types: Iterable[str], last_id: int | None, peer: str | None) -> _Client:
         """Start streaming to ``request`` (headers already set): hello, the gap notice if
         any, the buffered events after ``last_id``, then live events."""
+        if self._flush_call is not None:  # the others get this turn's frames now: the ring is then all there is
+            self._flush_call.cancel()
+            self._flush()
         client = _Client(self, request, frozenset(types), peer)
         request.registerProducer(client, True)
         request.write(_frame("hello", {"run": self.bus.run_id, "seq": self.bus.seq, "oldest_seq": self.oldest_seq}))
@@ -193,4 +225,5 @@ class EventStream:
     def _gone(self, client: _Client) -> None:
         client.closed = True
         client.backlog.clear()
+        client.waiting = 0
         self._clients.discard(client)

@@ -73,6 +73,20 @@ async def test_one_meter_by_segments_or_encoded_id_with_its_last_command(rig):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_meter_and_its_pages_follow_every_change_of_its_point(rig):
+    before = (await rig.call("GET", "meters/bus/2/1/1", as_="viewer")).json
+    page = (await rig.call("GET", "meters?cdt=2&limit=1", as_="viewer")).json["items"][0]
+    assert before["value"] == page["value"] == 1010
+    rig.read(2, [7, 1, 1, 1, 1, 1])
+    after = (await rig.call("GET", "meters/bus/2/1/1", as_="viewer")).json
+    page = (await rig.call("GET", "meters?cdt=2&limit=1", as_="viewer")).json["items"][0]
+    assert after["value"] == page["value"] == 1070
+    rig.points.on_reachability("bus", 2, False, rig.clock.seconds(), "no answer")  # quality follows at once
+    rig.drain()
+    assert (await rig.call("GET", "meters/bus/2/1/1", as_="viewer")).json["quality"] == "comm_fail"
+
+
+@pytest_twisted.ensureDeferred
 async def test_cdts_links_sites_summary_diagnostics(rig):
     cdts = (await rig.call("GET", "cdts?link=bus", as_="viewer")).json
     assert [c["id"] for c in cdts["items"]] == ["bus/1", "bus/2", "bus/3"] and cdts["items"][0]["meters"] == 6
