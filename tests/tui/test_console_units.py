@@ -259,3 +259,21 @@ async def test_a_refused_connection_is_unreachable_with_a_reason():
 def test_command_final_states():
     assert [Command("1", "valve", s).final for s in ("pending", "sent", "succeeded", "timed_out", "refused")] == [
         False, False, True, True, True]
+
+
+# -- command line ---------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["ftp://host:1", "127.0.0.1:8080", "http://:80", "http://host:99999"])
+def test_console_refuses_a_bad_url_with_status_2_and_the_reason(url):
+    import subprocess
+
+    from support.process import ST2000R
+
+    out = subprocess.run([ST2000R, "console", "--url", url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"st2000r console: --url {url!r}:") and "Traceback" not in out.stderr
+
+
+def test_console_is_listed_by_the_dispatcher():
+    from st2000r.supervisor.cli import usage
+
+    assert "console" in usage()
