@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from st2000r.config.model import Topology
-from st2000r.historian.db import write_ignoring
+from st2000r.historian.db import sqlite_compiled_insert, write_ignoring
 from st2000r.historian.schema import (
     alarm_events,
     cdts,
@@ -198,13 +199,52 @@ def write_batch(conn: Connection, payload: dict[str, Any], meter_keys: dict[str,
     reason)`` (readings of unknown meters) for quarantine."""
     rejected: list[tuple] = []
     if payload.get("readings"):
-        rows, unknown = reading_rows(payload["readings"], meter_keys)
+        unknown = _write_readings_sqlite(conn, payload["readings"], meter_keys) if conn.dialect.name == "sqlite" \
+            else None
+        if unknown is None:
+            rows, unknown = reading_rows(payload["readings"], meter_keys)
+            write_ignoring(conn, readings, _READING_KEYS, rows)
         rejected.extend(unknown)
-        write_ignoring(conn, readings, _READING_KEYS, rows)
     for kind in KINDS[1:]:
         if payload.get(kind):
             write_ignoring(conn, _TABLES[kind], _EVENT_KEYS, event_table_rows(kind, payload[kind]))
     return rejected
+
+
+#: the fields of a spooled reading, in order (``event_rows``)
+_SPOOLED = ("meter", "read_at", "source", "value", "count", "quality", "valve", "alarms", "plan", "run", "seq")
+
+
+def _write_readings_sqlite(conn: Connection, spooled: list[list[Any]], meter_keys: dict[str, int]
+                           ) -> list[tuple] | None:
+    """SQLite's ingest path: spooled readings straight into the driver's parameter tuples
+    (no dict a row; the reply time parsed and converted once per distinct value) for the
+    same compiled ``ON CONFLICT DO NOTHING`` insert and bind processors as
+    ``db.write_ignoring`` -- measured, a fifth of a batch's time went to the two conversions.
+    Returns the readings of unknown meters as ``(row, reason)``; None when the table's
+    columns are not what this path expects (then the general path runs)."""
+    sql, processors = sqlite_compiled_insert(readings, _READING_KEYS, conn.dialect)
+    converters = dict(processors)
+    if set(converters) != set(_SPOOLED) or any(p is not None for n, p in processors if n != "read_at"):
+        return None
+    get = itemgetter(*(_SPOOLED.index(name) for name, _ in processors))
+    process = converters["read_at"] or (lambda value: value)
+    times: dict[str, Any] = {}
+    params, unknown = [], []
+    for row in spooled:
+        key = meter_keys.get(row[0])
+        if key is None:
+            unknown.append((["readings", list(row)], f"meter {row[0]} is not in the meters table"))
+            continue
+        at = times.get(row[1])
+        if at is None:
+            at = times[row[1]] = process(datetime.fromisoformat(row[1]))
+        values = list(row)
+        values[0], values[1] = key, at
+        params.append(get(values))
+    if params:
+        conn.exec_driver_sql(sql, params)
+    return unknown
 
 
 def write_one(conn: Connection, kind: str, row: Any, meter_keys: dict[str, int]) -> list[tuple]:

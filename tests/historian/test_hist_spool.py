@@ -67,3 +67,29 @@ def test_the_bound_refuses_an_append(tmp_path):
         spool.append(batch(1, n=20))
     assert spool.rows == 3
     assert os.path.getsize(tmp_path / "seg-000000001.log") == spool.bytes
+
+
+def test_the_acknowledgement_is_rewritten_in_place_and_a_torn_one_replays(tmp_path):
+    """The ack line is rewritten in place (no temporary file, no rename) and checksummed: a
+    torn one replays every segment left, which the idempotent keys make harmless; the older
+    form without a checksum is still read."""
+    spool = Spool(tmp_path)
+    records = [spool.append(batch(i)) for i in range(4)]
+    spool.ack(records[1])
+    assert not (tmp_path / "ack.tmp").exists()
+    first = (tmp_path / "ack").read_text()
+    spool.ack(records[2])
+    second = (tmp_path / "ack").read_text()
+    spool.close()
+    assert len(first) == len(second) and first != second
+    assert [r.payload["at"] for r in Spool(tmp_path).pending()] == [3]
+    seg, off = second.split()[:2]
+    (tmp_path / "ack").write_text(f"{seg} {off}\n")  # the older form
+    again = Spool(tmp_path)
+    assert [r.payload["at"] for r in again.pending()] == [3] and again.problems == []
+    again.close()
+    (tmp_path / "ack").write_text(second.replace(off, str(int(off) + 1), 1))  # torn: checksum fails
+    torn = Spool(tmp_path)
+    assert [r.payload["at"] for r in torn.pending()] == [0, 1, 2, 3]
+    assert "ack file unreadable" in torn.problems[0]
+    torn.close()
