@@ -137,3 +137,54 @@ def test_operators_hash_reads_standard_input_and_prints_a_verifiable_line():
     empty = subprocess.run([sys.executable, "-m", "st2000r.supervisor.cli", "operators", "hash"], input="",
                            capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "empty password" in empty.stderr and empty.stdout == ""
+
+
+def _pty_read_until(fd: int, want: bytes, timeout: float = 30.0) -> bytes:
+    import os
+    import select
+    import time
+
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {want!r} within {timeout} s; got {got!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def test_operators_hash_on_a_terminal_asks_twice_without_echo():
+    import fcntl
+    import os
+    import termios
+
+    master, slave = os.openpty()
+
+    def take_terminal():  # the child's controlling terminal is the pty, as in an ssh session
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "st2000r.supervisor.cli", "operators", "hash"], stdin=slave,
+                            stdout=slave, stderr=slave, start_new_session=True, preexec_fn=take_terminal)
+    os.close(slave)
+    try:
+        seen = _pty_read_until(master, b"password: ")
+        os.write(master, b"s3cret\n")
+        seen += _pty_read_until(master, b"again: ")
+        os.write(master, b"s3cret\n")
+        seen += _pty_read_until(master, b'"\r\n')
+        assert proc.wait(timeout=30) == 0
+        assert b"s3cret" not in seen  # never echoed
+        stored = seen.split(b'password_hash = "')[1].split(b'"')[0].decode()
+        assert verify_password(stored, "s3cret")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()

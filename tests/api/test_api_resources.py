@@ -227,3 +227,32 @@ async def test_a_body_over_the_limit_is_413(rig):
 async def test_405_names_the_allowed_methods(rig):
     a = await rig.call("PUT", "commands", as_="viewer")
     assert a.status == 405 and a.header("Allow") == "GET, POST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_beyond_max_clients_are_closed_at_once():
+    from twisted.internet import protocol, reactor
+
+    from support.apirig import eventually
+
+    class Idle(protocol.Protocol):
+        lost = False
+
+        def connectionLost(self, reason=None):
+            self.lost = True
+
+    rig = ApiRig(max_clients=2)
+    rig.start()
+    creator = protocol.ClientCreator(reactor, Idle)
+    try:
+        held = [await creator.connectTCP("127.0.0.1", rig.api.port) for _ in range(2)]
+        await eventually(lambda: len(rig.api.factory.protocols) == 2, what="two connections held")
+        extra = await creator.connectTCP("127.0.0.1", rig.api.port)
+        await eventually(lambda: extra.lost, what="the third connection closed")
+        assert rig.api.factory.refused == 1 and not any(p.lost for p in held)
+        for p in held:
+            p.transport.loseConnection()
+        await eventually(lambda: len(rig.api.factory.protocols) == 0, what="the held ones let go")
+        assert (await rig.call("GET", "health")).status == 200  # a place is free again
+    finally:
+        await rig.stop()

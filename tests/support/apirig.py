@@ -84,7 +84,7 @@ class ApiRig:
     """See the module docstring.  ``cdts``: CDTs on link ``bus`` (2 modules, 3 meters each)."""
 
     def __init__(self, *, cdts: int = 2, ttl_s: int = 3600, buffer_size: int = 4096, max_sse: int = 8,
-                 protected: tuple[str, ...] = (), tls: tuple[str, str] | None = None) -> None:
+                 protected: tuple[str, ...] = (), tls: tuple[str, str] | None = None, max_clients: int = 64) -> None:
         from support.builders import make_cdt
         from st2000r.supervisor.api.service import ApiService
 
@@ -94,7 +94,7 @@ class ApiRig:
         self.topology = make_topology(link, operators=operators(),
                                       interlocks=Interlocks(frozenset(protected), 10),
                                       api=ApiSettings(listen=("127.0.0.1", 0), token_ttl_s=ttl_s,
-                                                      max_sse_clients=max_sse, tls=tls))
+                                                      max_sse_clients=max_sse, tls=tls, max_clients=max_clients))
         self.bus = EventBus(self.clock)
         self.points = PointDatabase(self.topology, self.clock, self.bus)
         self.alarms = AlarmManager(self.topology, self.clock, self.bus)
