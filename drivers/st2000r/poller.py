@@ -62,7 +62,7 @@ from st2000r.drivers.st2000r.timing import hops_latency_s
 if typing.TYPE_CHECKING:
     from st2000r.config.model import ReadingPlan
 
-__all__ = ["PollSink", "Poller", "RoundResult", "CdtRead", "bulk_ranges", "KINDS"]
+__all__ = ["PollSink", "Poller", "RoundResult", "RoundProgress", "CdtRead", "bulk_ranges", "KINDS"]
 
 log = Logger()
 
@@ -139,6 +139,17 @@ class _CdtPlan:
         mid = len(chans) // 2
         lo, hi = chans[:mid], chans[mid:]
         return ((lo[0], lo[-1] - lo[0] + 1), (hi[0], hi[-1] - hi[0] + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class RoundProgress:
+    """How far a round in progress is (``Poller.progress``): ``started`` in clock seconds."""
+
+    plan: str
+    kind: str
+    started: float
+    cdts_done: int
+    cdts_total: int
 
 
 class _Round:
@@ -298,6 +309,12 @@ class Poller(Service):
     def active_rounds(self) -> frozenset[str]:
         """Names of the plans with a round in progress."""
         return frozenset(self._rounds)
+
+    def progress(self) -> tuple[RoundProgress, ...]:
+        """The rounds in progress: plan, kind, start (clock seconds), CDTs tried of all."""
+        total = len(self._cdts)
+        return tuple(RoundProgress(name, r.kind, r.started, min(total, len(r.tried)), total)
+                     for name, r in self._rounds.items())
 
     # ---------------------------------------------------------------- schedule
 

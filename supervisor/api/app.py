@@ -79,7 +79,7 @@ class ApiApp:
         self.sessions = sessions
         self.stream = stream
         self.historian = historian
-        self.pollers = pollers or {}
+        self.pollers = pollers if pollers is not None else {}
         self.link_services = link_services or {}
         self.gprs_server = gprs_server
         self.routes = ROUTES
@@ -149,17 +149,10 @@ class ApiApp:
         """The poll rounds in progress (of one link): plan, kind, start, CDTs tried / all."""
         from st2000r.supervisor.events import utc
 
-        out = []
-        for name, poller in self.pollers.items():
-            if link is not None and name != link:
-                continue
-            total = len(getattr(poller, "_cdts", ()))
-            for plan, state in dict(getattr(poller, "_rounds", {})).items():
-                started = getattr(state, "started", None)
-                out.append({"link": name, "plan": str(plan), "kind": str(getattr(state, "kind", "")),
-                            "started_at": utc(started).isoformat() if started is not None else None,
-                            "cdts_done": min(total, len(getattr(state, "tried", ()))), "cdts_total": total})
-        return out
+        return [{"link": name, "plan": p.plan, "kind": p.kind, "started_at": utc(p.started).isoformat(),
+                 "cdts_done": p.cdts_done, "cdts_total": p.cdts_total}
+                for name, poller in self.pollers.items() if link is None or name == link
+                for p in poller.progress()]
 
     def sessions_of(self, link: str) -> list[dict[str, Any]]:
         """The registered DTU sessions of a GPRS link (empty for other kinds)."""

@@ -256,3 +256,27 @@ async def test_connections_beyond_max_clients_are_closed_at_once():
         assert (await rig.call("GET", "health")).status == 200  # a place is free again
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_round_in_progress_shows_on_its_link_and_in_the_summary():
+    from st2000r.config.model import ReadingPlan
+    from st2000r.drivers.st2000r.poller import Poller
+
+    rig = ApiRig(cdts=4)
+    rig.master.auto_send = False
+    poller = Poller(next(rig.topology.links()), rig.master, rig.clock, rig.points,
+                    (ReadingPlan("daily", "full", (), None, None),))
+    rig.pollers["bus"] = poller
+    rig.start()
+    try:
+        poller.run_plan_now("daily")
+        rig.drain()
+        link = (await rig.call("GET", "links/bus", as_="viewer")).json
+        assert link["round"] == {"link": "bus", "plan": "daily", "kind": "full", "started_at": "2026-05-28T20:26:40+00:00",
+                                 "cdts_done": link["round"]["cdts_done"], "cdts_total": 4}
+        assert 0 <= link["round"]["cdts_done"] <= 4
+        summary = (await rig.call("GET", "summary", as_="viewer")).json
+        assert summary["rounds"] == [link["round"]]
+    finally:
+        await rig.stop()
