@@ -50,6 +50,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
+from st2000r.historian import db
 from st2000r.historian.queries import chain, steps
 from st2000r.historian.schema import (
     QUALITIES,
@@ -62,12 +63,12 @@ from st2000r.historian.schema import (
 )
 
 __all__ = ["CHUNK", "Zone", "State", "AggregateReport", "ZoneMismatch", "Conflict", "read_state", "aggregate",
-           "aggregate_chunk", "upsert", "upsert_stmt", "merge_upsert_sql", "new_readings_stmt",
+           "aggregate_chunk", "upsert", "upsert_stmt", "merge_upsert_sql", "pg_upsert_sql", "new_readings_stmt",
            "day_readings_stmt", "day_installations_stmt", "earlier_day_stmt", "later_days_stmt", "COUNTS"]
 
 #: readings per transaction
 CHUNK = 10_000
-#: meters per ``IN (...)`` list (SQL Server takes 2,100 parameters a statement)
+#: meters in one ``IN (...)`` list at most (SQL Server takes 2,100 parameters a statement)
 IN_BATCH = 500
 #: the additive columns of an aggregate row
 COUNTS = ("consumption", "rollovers", "reversals", "n_readings", *[f"n_{q}" for q in QUALITIES], "n_other")
@@ -145,19 +146,24 @@ def new_readings_stmt(watermark: int, limit: int) -> Any:
             .order_by(r.c.id).limit(limit))
 
 
-def day_readings_stmt(meters: list[int], start: datetime, end: datetime) -> Any:
-    """Readings of ``meters`` with ``start < read_at <= end``, per meter in time order."""
+def _of(column: Any, meters: list[int] | None) -> list[Any]:
+    return [] if meters is None else [column.in_(meters)]
+
+
+def day_readings_stmt(meters: list[int] | None, start: datetime, end: datetime) -> Any:
+    """Readings of ``meters`` (None: every meter) with ``start < read_at <= end``, per meter
+    in time order."""
     r = readings
     return (select(r.c.meter, r.c.id, r.c.read_at, r.c.value, r.c.quality)
-            .where(r.c.meter.in_(meters), r.c.read_at > start, r.c.read_at <= end)
+            .where(*_of(r.c.meter, meters), r.c.read_at > start, r.c.read_at <= end)
             .order_by(r.c.meter, r.c.read_at, r.c.id))
 
 
-def day_installations_stmt(meters: list[int], start: datetime, end: datetime) -> Any:
+def day_installations_stmt(meters: list[int] | None, start: datetime, end: datetime) -> Any:
     """Installations of ``meters`` overlapping ``(start, end]`` (as ``queries.installations_stmt``)."""
     i = installations
     return (select(i.c.meter, i.c.installed_at, i.c.removed_at, i.c.start_value, i.c.final_value)
-            .where(i.c.meter.in_(meters), i.c.installed_at <= end,
+            .where(*_of(i.c.meter, meters), i.c.installed_at <= end,
                    (i.c.removed_at.is_(None)) | (i.c.removed_at > start))
             .order_by(i.c.meter, i.c.installed_at, i.c.id))
 
@@ -176,13 +182,19 @@ def later_days_stmt(meter: int, day: date) -> Any:
     return select(d.c.day).where(d.c.meter == meter, d.c.day > day).order_by(d.c.day)
 
 
-def _rows_stmt(table: Any, period: str, meters: list[int], when: date) -> Any:
-    return select(table).where(table.c.meter.in_(meters), table.c[period] == when)
+def _rows_stmt(table: Any, period: str, meters: list[int] | None, when: date) -> Any:
+    return select(table).where(*_of(table.c.meter, meters), table.c[period] == when)
 
 
-def _next_days_stmt(meters: list[int], day: date) -> Any:
+def _day_ends_stmt(meters: list[int] | None, day: date) -> Any:
     d = daily_aggregates
-    return (select(d.c.meter, func.min(d.c.day).label("day")).where(d.c.meter.in_(meters), d.c.day > day)
+    return select(d.c.meter, d.c.last_at, d.c.last_value).where(*_of(d.c.meter, meters), d.c.day == day,
+                                                                d.c.last_at.is_not(None))
+
+
+def _next_days_stmt(meters: list[int] | None, day: date) -> Any:
+    d = daily_aggregates
+    return (select(d.c.meter, func.min(d.c.day).label("day")).where(*_of(d.c.meter, meters), d.c.day > day)
             .group_by(d.c.meter))
 
 
@@ -221,9 +233,29 @@ def upsert_stmt(table: Any, keys: tuple[str, ...], dialect: Any) -> Any:
     raise ValueError(f"no upsert for the {dialect.name} dialect")
 
 
+def pg_upsert_sql(table: Any, keys: tuple[str, ...], dialect: Any) -> str:
+    """PostgreSQL's upsert of a whole batch as one statement, one array parameter per
+    column (the writer's ``db.unnest_sql``, updating instead of skipping a row that is
+    there): psycopg's executemany would send a statement per row."""
+    q = dialect.identifier_preparer.quote
+    skip = db.unnest_sql(table, keys, dialect)
+    assert skip.endswith(" DO NOTHING")
+    sets = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in table.columns
+                     if c.name != "id" and c.name not in keys)
+    return skip.removesuffix("DO NOTHING") + f"DO UPDATE SET {sets}"
+
+
 def upsert(conn: Connection, table: Any, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(upsert_stmt(table, keys, conn.dialect), rows)
+    """Insert or update ``rows`` (dicts by column) of ``table`` by ``keys``: one array
+    statement on PostgreSQL with psycopg, executemany of :func:`upsert_stmt` elsewhere."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        columns = [c.name for c in table.columns if c.name != "id"]
+        conn.exec_driver_sql(pg_upsert_sql(table, keys, dialect), {c: [row[c] for row in rows] for c in columns})
+        return
+    conn.execute(upsert_stmt(table, keys, dialect), rows)
 
 
 # ---------------------------------------------------------------- state
@@ -269,12 +301,6 @@ def aggregate(engine: Engine, zone: str, *, chunk: int = CHUNK, max_chunks: int 
         n, days, months, chunks = n + report.readings, days + report.days, months + report.months, chunks + 1
         if not report.more or (max_chunks is not None and chunks >= max_chunks):
             return AggregateReport(n, days, months, report.watermark, report.more)
-
-
-def _batches(values: Iterable[int]) -> Iterator[list[int]]:
-    items = sorted(values)
-    for i in range(0, len(items), IN_BATCH):
-        yield items[i:i + IN_BATCH]
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -343,19 +369,32 @@ class _Job:
             day = heapq.heappop(self.heap)
             meters = self.touched.pop(day)
             start, end = self.zone.bounds(day)
-            for batch in _batches(meters):
-                for row in self.conn.execute(_rows_stmt(daily_aggregates, "day", batch, day)):
-                    self.old[(row.meter, day)] = _row(row)
-                if self.purged_through is not None and end <= self.purged_through:
-                    self._merge(batch, day)
-                else:
-                    self._recompute(batch, day, start, end)
+            for row in self._each(lambda m: _rows_stmt(daily_aggregates, "day", m, day), meters):
+                self.old[(row.meter, day)] = _row(row)
+            ordered = sorted(meters)
+            if self.purged_through is not None and end <= self.purged_through:
+                self._merge(ordered, day)
+            else:
+                self._recompute(ordered, day, start, end)
+
+    def _each(self, build: Any, meters: Iterable[int]) -> Iterator[Any]:
+        """The rows of ``build(meter list)`` for ``meters``: one IN list for a few, or for
+        more than ``IN_BATCH`` one statement without a list (``build(None)``: its day or
+        month narrows it), filtered here -- PostgreSQL plans a long IN list slowly."""
+        wanted = set(meters)
+        if len(wanted) <= IN_BATCH:
+            if wanted:
+                yield from self.conn.execute(build(sorted(wanted)))
+            return
+        for row in self.conn.execute(build(None)):
+            if row.meter in wanted:
+                yield row
 
     # -- a day whose raw readings are kept: recomputed from them
 
     def _recompute(self, meters: list[int], day: date, start: datetime, end: datetime) -> None:
         installs: dict[int, list[Any]] = defaultdict(list)
-        for row in self.conn.execute(day_installations_stmt(meters, start, end)):
+        for row in self._each(lambda m: day_installations_stmt(m, start, end), meters):
             installs[row.meter].append(row)
         moved, slow = [], []
         for meter in meters:
@@ -365,19 +404,20 @@ class _Job:
             else:
                 self._result(meter, day, new, moved)
         by_meter: dict[int, list[Any]] = defaultdict(list)
-        if slow:
-            for row in self.conn.execute(day_readings_stmt(slow, start, end)):
-                by_meter[row.meter].append(row)
+        for row in self._each(lambda m: day_readings_stmt(m, start, end), slow):
+            by_meter[row.meter].append(row)
         before = self._before(slow, day)
         for meter in slow:
             new = _day_row(meter, day, start, end, by_meter.get(meter, []), installs.get(meter, []),
                            before.get(meter))
             if new is not None:
                 self._result(meter, day, new, moved)
-        for batch in _batches(moved):
-            for row in self.conn.execute(_next_days_stmt(batch, day)):
-                if not any(day < d < row.day for d in self.meter_days[row.meter]):
-                    self.touch(row.meter, row.day, forced=True)
+        if moved and self.conn.execute(select(daily_aggregates.c.id).where(daily_aggregates.c.day > day)
+                                       .limit(1)).first() is None:
+            moved = []  # the newest day anywhere: no later day to correct (the common case)
+        for row in self._each(lambda m: _next_days_stmt(m, day), moved):
+            if not any(day < d < row.day for d in self.meter_days[row.meter]):
+                self.touch(row.meter, row.day, forced=True)
 
     def _result(self, meter: int, day: date, new: dict[str, Any], moved: list[int]) -> None:
         old = self.old.get((meter, day))
@@ -424,11 +464,8 @@ class _Job:
                 out[meter] = row["last_at"], row["last_value"]
         yesterday = day - timedelta(days=1)
         ask = [m for m in meters if best.get(m) != yesterday]
-        d = daily_aggregates
-        for batch in _batches(ask):
-            for row in self.conn.execute(select(d.c.meter, d.c.last_at, d.c.last_value)
-                                         .where(d.c.meter.in_(batch), d.c.day == yesterday, d.c.last_at.is_not(None))):
-                best[row.meter], out[row.meter] = yesterday, (as_utc(row.last_at), row.last_value)
+        for row in self._each(lambda m: _day_ends_stmt(m, yesterday), ask):
+            best[row.meter], out[row.meter] = yesterday, (as_utc(row.last_at), row.last_value)
         for meter in ask:
             if best.get(meter) == yesterday:
                 continue
@@ -477,10 +514,8 @@ class _Job:
         for meter, month in deltas:
             by_month[month].append(meter)
         for month, meters in by_month.items():
-            stored = {}
-            for batch in _batches(meters):
-                for row in self.conn.execute(_rows_stmt(monthly_aggregates, "month", batch, month)):
-                    stored[row.meter] = _row(row)
+            stored = {row.meter: _row(row)
+                      for row in self._each(lambda m: _rows_stmt(monthly_aggregates, "month", m, month), meters)}
             for meter in meters:
                 delta = deltas[(meter, month)]
                 row = stored.get(meter)
