@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from st2000r.supervisor.alarms import MAX_SHELVE_S, AlarmError
+from st2000r.supervisor.alarms import AlarmError
 from st2000r.supervisor.api.app import decode_cursor, encode_cursor
 from st2000r.supervisor.api.errors import ApiError, conflict, invalid, not_found
 from st2000r.supervisor.api.shapes import alarm_json, command_json, command_url, page
@@ -16,7 +16,7 @@ from st2000r.supervisor.commands_model import (AlarmRequest, ReadNowRequest, Set
                                                ValveRequest)
 from st2000r.supervisor.events import CommandKind, CommandState, MeterId
 
-__all__ = ["post_command", "get_command", "list_commands", "list_alarms", "get_alarm", "alarm_op"]
+__all__ = ["post_command", "get_command", "list_commands", "records_page", "list_alarms", "get_alarm", "alarm_op"]
 
 
 def _meter(app: Any, text: str, field: str) -> MeterId:
@@ -74,7 +74,7 @@ def get_command(call: Any) -> dict[str, Any]:
         raise not_found("id", f"no command {call.path['id']!r}") from None
 
 
-def _records_page(call: Any, records: list[Any], tag: str) -> dict[str, Any]:
+def records_page(call: Any, records: list[Any], tag: str) -> dict[str, Any]:
     q = call.query
     for name, attr in (("target", "target"), ("who", "who")):
         if name in q:
@@ -91,7 +91,7 @@ def _records_page(call: Any, records: list[Any], tag: str) -> dict[str, Any]:
 
 
 def list_commands(call: Any) -> dict[str, Any]:
-    return _records_page(call, list(reversed(call.app.commands.history())), "k")
+    return records_page(call, list(reversed(call.app.commands.history())), "k")
 
 
 def list_alarms(call: Any) -> dict[str, Any]:
@@ -153,6 +153,3 @@ def alarm_op(op: str) -> Any:
         return {"command": command_json(record), "alarm": after}
 
     return handler
-
-
-SHELVE_MAX_S = MAX_SHELVE_S

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from st2000r.supervisor.api.actions import _records_page
+from st2000r.supervisor.api.actions import records_page
 from st2000r.supervisor.api.app import decode_cursor, encode_cursor
 from st2000r.supervisor.api.errors import ApiError, invalid
 from st2000r.supervisor.api.reads import historian_json
@@ -28,7 +28,7 @@ def logout(call: Any) -> tuple[int, None]:
 
 
 def audit(call: Any) -> dict[str, Any]:
-    return _records_page(call, list(reversed(call.app.commands.history())), "u")
+    return records_page(call, list(reversed(call.app.commands.history())), "u")
 
 
 def audit_sessions(call: Any) -> dict[str, Any]:

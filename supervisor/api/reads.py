@@ -15,7 +15,7 @@ from st2000r.drivers.st2000r.messages import AlarmFlag
 from st2000r.supervisor.api.app import decode_cursor, encode_cursor
 from st2000r.supervisor.api.errors import ApiError, not_found
 from st2000r.supervisor.api.resource import RawJson
-from st2000r.supervisor.api.shapes import cdt_json, command_json, link_json, meter_json, page
+from st2000r.supervisor.api.shapes import cdt_json, command_json, link_json, page
 from st2000r.supervisor.events import MeterId, Quality, utc
 
 __all__ = ["health", "summary", "sites", "links", "link", "cdts", "cdt", "meters", "meter", "me", "historian_json"]

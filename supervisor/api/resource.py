@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import policies
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from st2000r.supervisor.api.declare import Route, check, parse_param
