@@ -165,12 +165,16 @@ class ApiClient:
     async def meter(self, meter_id: str) -> Meter:
         return Meter.from_json(await self.request("GET", meter_path(meter_id)))
 
-    async def history(self, meter_id: str) -> tuple[HistoryPoint, ...]:
+    async def history(self, meter_id: str) -> tuple[tuple[HistoryPoint, ...], tuple[HistoryPoint, ...]]:
+        """(daily consumption, the readings themselves) of the last week, oldest first;
+        a reading's ``day`` is its time ``MM-DD hh:mm`` and ``usage`` its value."""
         body = await self.request("GET", meter_path(meter_id) + "/history")
         items = body.get("items", []) if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise BadAnswer("history: 'items' should be a list")
-        return history_points(items)
+        readings = tuple(HistoryPoint(f"{str(i.get('read_at'))[5:10]} {str(i.get('read_at'))[11:16]}", i["value"])
+                         for i in items if isinstance(i, dict) and isinstance(i.get("value"), int))
+        return history_points(items), readings
 
     async def alarms(self) -> tuple[Alarm, ...]:
         body = await self.request("GET", f"{PREFIX}/alarms", params={"limit": "1000"})

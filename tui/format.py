@@ -117,12 +117,21 @@ def table_line(cells: tuple[str, ...], columns, width: int) -> str:
     return cell(" ".join(parts), width)
 
 
-def meter_header(cat: Catalogue, width: int) -> str:
-    return table_line(tuple(cat.t(key) for key, _, _ in METER_COLUMNS), METER_COLUMNS, width)
+def meter_columns(id_width: int, width: int) -> tuple:
+    """The columns with the id column as wide as the longest id loaded, but leaving the
+    alarms column at least 8 cells (ids are cut with an ellipsis beyond that)."""
+    rest = sum(w + 1 for _, w, _ in METER_COLUMNS[1:-1]) + 1
+    idw = max(METER_COLUMNS[0][1], min(id_width, width - rest - 8))
+    return (("meters.col.id", idw, False), *METER_COLUMNS[1:])
 
 
-def meter_line(cat: Catalogue, m: Meter, width: int) -> str:
-    return table_line(meter_cells(cat, m), METER_COLUMNS, width)
+def meter_header(cat: Catalogue, width: int, id_width: int = 0) -> str:
+    columns = meter_columns(id_width, width)
+    return table_line(tuple(cat.t(key) for key, _, _ in columns), columns, width)
+
+
+def meter_line(cat: Catalogue, m: Meter, width: int, id_width: int = 0) -> str:
+    return table_line(meter_cells(cat, m), meter_columns(id_width, width), width)
 
 
 def alarm_cells(cat: Catalogue, a: Alarm) -> tuple[str, ...]:

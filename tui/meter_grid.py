@@ -42,6 +42,9 @@ class MeterGrid(ScrollView, can_focus=True):
     class NeedMore(Message):
         """The visible window is near the last loaded row: fetch the next page."""
 
+    class Widened(Message):
+        """Rows were added or replaced: the id column may have changed width."""
+
     class Chosen(Message):
         def __init__(self, meter: Meter) -> None:
             super().__init__()
@@ -58,6 +61,7 @@ class MeterGrid(ScrollView, can_focus=True):
     def rows_changed(self) -> None:
         """Rows were added or the whole set replaced: resize and redraw."""
         self._line_cache.clear()
+        self.post_message(self.Widened())
         self.virtual_size = Size(self.size.width or 80, len(self.rows))
         if self.cursor >= len(self.rows):
             self.cursor = max(0, len(self.rows) - 1)
@@ -93,7 +97,7 @@ class MeterGrid(ScrollView, can_focus=True):
             return Strip([Segment(fmt.cell(text, width), self.rich_style)], width)
         line = self._line_cache.get(row)
         if line is None:
-            line = fmt.meter_line(self.catalogue, self.rows.rows[row], width)
+            line = fmt.meter_line(self.catalogue, self.rows.rows[row], width, self.rows.id_width)
             self._line_cache[row] = line
         meter = self.rows.rows[row]
         if row == self.cursor and self.has_focus:

@@ -25,6 +25,7 @@ class MeterRows:
         self.complete = False
         self.loading = False
         self.generation = 0
+        self.id_width = 0  # the longest id loaded (cells), for the table's id column
 
     def reset(self, flt: MeterFilter | None = None) -> None:
         if flt is not None:
@@ -32,6 +33,7 @@ class MeterRows:
         self.rows, self.index = [], {}
         self.cursor, self.complete, self.loading = None, False, False
         self.generation += 1
+        self.id_width = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -52,6 +54,7 @@ class MeterRows:
                 continue
             self.index[meter.id] = len(self.rows)
             self.rows.append(meter)
+            self.id_width = max(self.id_width, len(meter.id))
         self.cursor = page.next
         self.complete = page.next is None
         return range(start, len(self.rows))

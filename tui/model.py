@@ -166,8 +166,9 @@ class LinkInfo:
     state: str | None
     cdts: int | None
     meters: int | None
-    transactions: int | None
+    requests: int | None
     timeouts: int | None
+    rtt_p99_ms: int | None
     sessions: int | None
     round_done: int | None
     round_total: int | None
@@ -185,8 +186,10 @@ class LinkInfo:
             state=_field(obj, "state", str, where, optional=True),
             cdts=_int(obj, "cdts"),
             meters=_int(obj, "meters"),
-            transactions=_int(stats, "transactions"),
+            requests=_int(stats, "requests") if _int(stats, "requests") is not None else _int(stats, "transactions"),
             timeouts=_int(stats, "timeouts"),
+            rtt_p99_ms=round(stats["rtt_p99_s"] * 1000) if isinstance(stats, Mapping) and isinstance(
+                stats.get("rtt_p99_s"), (int, float)) and not isinstance(stats.get("rtt_p99_s"), bool) else None,
             sessions=len(sessions) if isinstance(sessions, list) else None,
             round_done=_int(rnd, "cdts_done"),
             round_total=_int(rnd, "cdts_total"),

@@ -27,6 +27,7 @@ class DetailScreen(ConsoleScreen):
         self.meter_id = meter_id
         self.meter: Meter | None = None
         self.history: tuple[HistoryPoint, ...] | None = None
+        self.readings: tuple[HistoryPoint, ...] = ()
         self.note: str | None = None
 
     NAV = "meters"
@@ -56,7 +57,7 @@ class DetailScreen(ConsoleScreen):
             return
         self.relabel()
         try:
-            self.history = await client.history(self.meter_id)
+            self.history, self.readings = await client.history(self.meter_id)
             self.note = None
         except Exception as exc:
             self.history = None
@@ -77,8 +78,15 @@ class DetailScreen(ConsoleScreen):
             cat.t("detail.alarms", alarms=fmt.alarms(cat, m.alarms)),
         ]
         self.query_one("#detail-info", Static).update("\n".join(lines))
-        self.query_one("#chart-title", Label).update(
-            self.note or (cat.t("detail.chart", unit=m.base_unit or "") if self.history else cat.t("detail.no_history")))
+        if self.note:
+            title = self.note
+        elif self.history:
+            title = cat.t("detail.chart", unit=m.base_unit or "")
+        elif self.readings:
+            title = cat.t("detail.readings", unit=m.base_unit or "")
+        else:
+            title = cat.t("detail.no_history")
+        self.query_one("#chart-title", Label).update(title)
         self.draw_chart()
 
     def draw_chart(self) -> None:
@@ -89,6 +97,10 @@ class DetailScreen(ConsoleScreen):
         if self.history:
             days = [p.day[5:] for p in self.history[-14:]]
             plt.bar(days, [p.usage for p in self.history[-14:]])
+        elif self.readings:
+            last = self.readings[-50:]
+            plt.plot(list(range(len(last))), [p.usage for p in last], marker="braille")
+            plt.xticks([0, len(last) - 1], [last[0].day, last[-1].day])
         plot.refresh()
 
     def on_api_events(self, events: list[dict[str, Any]]) -> None:

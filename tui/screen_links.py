@@ -14,7 +14,7 @@ from st2000r.tui.base import ConsoleScreen, KeyHelp, NavBar, StatusLine
 from st2000r.tui.model import LinkInfo
 
 COLUMNS = ("links.col.link", "links.col.kind", "links.col.state", "links.col.cdts", "links.col.meters",
-           "links.col.round", "links.col.frames", "links.col.errors", "links.col.sessions")
+           "links.col.round", "links.col.frames", "links.col.errors", "links.col.rtt", "links.col.sessions")
 
 
 def round_text(done: int | None, total: int | None) -> str:
@@ -64,7 +64,7 @@ class LinksScreen(ConsoleScreen):
             return "—" if v is None else str(v)
 
         rows = (((ln.name, ln.kind or "—", fmt.link_state(cat, self.states.get(ln.name)), n(ln.cdts), n(ln.meters),
-                  round_text(ln.round_done, ln.round_total), n(ln.transactions), n(ln.timeouts), n(ln.sessions)),
+                  round_text(ln.round_done, ln.round_total), n(ln.requests), n(ln.timeouts), n(ln.rtt_p99_ms), n(ln.sessions)),
                  ln.name) for ln in self.links)
         tables.fill(table, [cat.t(k) for k in COLUMNS], rows)
         self.query_one("#links-info", Label).update(self.message or ("" if self.links else cat.t("links.none")))

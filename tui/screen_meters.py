@@ -53,7 +53,7 @@ class MetersScreen(ConsoleScreen):
 
     def relabel(self) -> None:
         width = self.size.width or 80
-        self.query_one("#meters-header", Label).update(fmt.meter_header(self.cat, width))
+        self.query_one("#meters-header", Label).update(fmt.meter_header(self.cat, width, self.rows.id_width))
         self.grid.language_changed()
         self.update_info()
 
@@ -96,6 +96,10 @@ class MetersScreen(ConsoleScreen):
         if self.rows.add_page(page, generation) or generation == self.rows.generation:
             self.grid.rows_changed()
             self.update_info()
+
+    def on_meter_grid_widened(self, message: MeterGrid.Widened) -> None:
+        width = self.size.width or 80
+        self.query_one("#meters-header", Label).update(fmt.meter_header(self.cat, width, self.rows.id_width))
 
     def on_meter_grid_need_more(self, message: MeterGrid.NeedMore) -> None:
         self.fetch_more()

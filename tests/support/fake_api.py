@@ -132,7 +132,7 @@ class FakeApi:
         if route == ("GET", "/api/v1/links"):
             return ok({"items": [{"name": "bus1", "site": "Garden Court", "kind": "serial", "state": "connected",
                                   "connected": True, "signal": None, "since": READ_AT, "cdts": 2,
-                                  "meters": len(self.meters), "stats": {"transactions": 1234, "timeouts": 5},
+                                  "meters": len(self.meters), "stats": {"requests": 1234, "timeouts": 5, "rtt_p99_s": 0.141},
                                   "round": None, "sessions": []}]})
         if route == ("GET", "/api/v1/diagnostics"):
             return ok({"run": self.run, "seq": self.seq, "historian": None})
