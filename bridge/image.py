@@ -3,9 +3,11 @@
 Registers are kept **pre-encoded**: one ``bytearray`` of 65,536 big-endian registers per unit
 (register ``a`` is bytes ``2a, 2a+1``), so the answer to a read is a slice of it (see
 :meth:`RegisterImage.read`), never a list of ints packed again per request.  Every meter has
-its place computed once (:class:`_MeterSlot`: buffer, byte offset, coil word and bit, age
-block), so a reading is one dictionary lookup and one ``struct.pack_into`` of the meter's
-seven registers (value, quality, age, alarms, valve), no per-reading objects.
+its place computed once (a tuple of ints: unit, byte offset, coil word and bit, age block,
+base address; the garbage collector stops tracking such tuples, so 12,288 meters add no
+work to its full collections), so a reading is one dictionary lookup and one
+``struct.pack_into`` of the meter's seven registers (value, quality, age, alarms, valve), no
+per-reading objects.
 
 Fed by one queued consumer of the event bus (change events coalesce per point when it falls
 behind, so a full-round burst never grows its queue beyond one entry per point; the bus
@@ -65,20 +67,6 @@ def _flag(value: bool | None) -> int:
     return L.UNKNOWN16 if value is None else int(bool(value))
 
 
-class _MeterSlot:
-    """Where one meter's points live (computed once)."""
-
-    __slots__ = ("unit", "base", "buf", "offset", "coils", "word", "bit", "block", "read_at", "stale")
-
-    def __init__(self, image: RegisterImage, unit: int, base: int) -> None:
-        self.unit, self.base = unit, base
-        self.buf, self.offset = image.regs[unit], 2 * base
-        self.coils, self.word, self.bit = image.coils[unit], base // 16, 1 << (base % 16)
-        self.block = base // L.CDT_BLOCK
-        self.read_at = image.read_at[unit]  # base -> reading time (POSIX s), for the age
-        self.stale = image._stale[unit]  # block -> the first instant an age of it is out of date
-
-
 class RegisterImage:
     """Registers of every unit of ``regmap`` (layout in :mod:`~st2000r.bridge.layout`).
 
@@ -98,13 +86,15 @@ class RegisterImage:
         self._block_meters: dict[int, list[list[int]]] = {u: [[] for _ in range(_BLOCKS)] for u in regmap.units}
         #: unit -> coil address -> meter id (the write path's lookup)
         self.coil_meters: dict[int, dict[int, str]] = {u: {} for u in regmap.units}
-        self._slots: dict[MeterId, _MeterSlot] = {}
-        self._slots_by_name: dict[str, _MeterSlot] = {}
+        #: meter -> (unit, byte offset, coil word, coil bit, age block, base address); keyed by the
+        #: point database's own ids once :meth:`fill` ran (no second set of id objects)
+        self._slots: dict[MeterId, tuple[int, int, int, int, int, int]] = {}
+        self._slots_by_name: dict[str, tuple[int, int, int, int, int, int]] = {}
         for mid, (unit, base) in regmap.meters.items():
             self.coil_meters[unit][base] = mid
-            slot = _MeterSlot(self, unit, base)
+            slot = (unit, 2 * base, base // 16, 1 << (base % 16), base // L.CDT_BLOCK, base)
             self._slots[MeterId.parse(mid)] = self._slots_by_name[mid] = slot
-            self._block_meters[unit][slot.block].append(base)
+            self._block_meters[unit][slot[4]].append(base)
         self._online: dict[str, dict[int, bool]] = {name: {} for name in regmap.links}
         self._rounds: dict[str, int] = dict.fromkeys(regmap.links, 0)
         self._apply = {MeterChanged: self._meter_changed, CdtChanged: self._cdt_changed,
@@ -202,8 +192,9 @@ class RegisterImage:
             self._write_meter(slot, value, Quality(quality), None if timestamp is None else timestamp.timestamp(),
                               valve, int(alarms))
 
-    def _write_meter(self, slot: _MeterSlot, value: int | None, quality: Quality, at: float | None,
-                     valve: Any, alarms: int) -> None:
+    def _write_meter(self, slot: tuple[int, int, int, int, int, int], value: int | None, quality: Quality,
+                     at: float | None, valve: Any, alarms: int) -> None:
+        unit, offset, word, bit, block, base = slot
         code = _QUALITY[quality]
         if value is None:
             code |= L.NO_VALUE
@@ -214,15 +205,16 @@ class RegisterImage:
         elif value < 0:
             value = 0
         if at is None:
-            slot.read_at.pop(slot.base, None)
+            self.read_at[unit].pop(base, None)
             age = L.UNKNOWN32
         else:
-            slot.read_at[slot.base] = at
+            self.read_at[unit][base] = at
             age = self.clock.seconds() - at
             age = 0 if age < 0 else (int(age) if age < _MAX_AGE else _MAX_AGE)
             next_tick = at + age + 1
-            if next_tick < slot.stale[slot.block]:
-                slot.stale[slot.block] = next_tick
+            stale = self._stale[unit]
+            if next_tick < stale[block]:
+                stale[block] = next_tick
         bits = alarms & 0x7
         if quality is _COMM_FAIL:
             bits |= L.ALARM_COMM_FAIL
@@ -230,9 +222,9 @@ class RegisterImage:
             valve_code = L.VALVE_UNKNOWN
         else:
             valve_code = int(valve)
-            coils, word = slot.coils, slot.word
-            coils[word] = (coils[word] | slot.bit) if valve_code == 0 else (coils[word] & ~slot.bit)  # Valve.OPEN
-        _METER.pack_into(slot.buf, slot.offset, value, code, age, bits, valve_code)
+            coils = self.coils[unit]
+            coils[word] = (coils[word] | bit) if valve_code == 0 else (coils[word] & ~bit)  # Valve.OPEN
+        _METER.pack_into(self.regs[unit], offset, value, code, age, bits, valve_code)
 
     def cdt(self, link: str, address: int, online: bool | None, mains: bool | None, battery_low: bool | None,
             battery_mv: int | None, modules: frozenset[int] | None) -> None:
@@ -332,8 +324,9 @@ class RegisterImage:
         """Everything the point database (and the command history, and the historian's
         ``status()``) holds now."""
         for mp in points.meters():
-            slot = self._slots.get(mp.id)
+            slot = self._slots.pop(mp.id, None)
             if slot is not None:
+                self._slots[mp.id] = slot  # keyed by the point database's id object from now on
                 self._write_meter(slot, mp.value, mp.quality, None if mp.timestamp is None else mp.timestamp.timestamp(),
                                   mp.valve, int(mp.alarms))
         for cp in points.cdts():
