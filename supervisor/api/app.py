@@ -13,7 +13,7 @@ import base64
 import json
 from array import array
 import binascii
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,17 +86,22 @@ class ApiApp:
         self.history: Any = None  # the historian reader, made on first use
         self.meters: list[MeterEntry] = []
         self.meter_index: dict[MeterId, int] = {}
+        #: each meter's (quality, has channel alarms), and their counts, kept by MeterChanged
+        self._live: dict[MeterId, tuple[str, bool]] = {}
+        self.quality_counts: Counter[str] = Counter()
+        self.with_alarms = 0
         for point in points.meters():
             config = points.meter_config(point.id)
             self.meter_index[point.id] = len(self.meters)
             self.meters.append(MeterEntry(point.id, config.household, config.kind.value))
+            self._count(point.id, point.quality.value, bool(point.alarms))
         self.site_of: dict[str, str] = {}
         for site in topology.sites:
             for link in site.links:
                 self.site_of[link.name] = site.name
         self._candidates: OrderedDict[tuple, array] = OrderedDict()
         self._json: dict[MeterId, bytes] = {}  # a meter's JSON bytes until its point changes
-        self._unsubscribe = bus.subscribe(self._forget, MeterChanged)
+        self._unsubscribe = bus.subscribe(self._on_meter, MeterChanged)
         self.meters_per_cdt: dict[tuple[str, int], int] = {}
         self.meters_per_link: dict[str, int] = {}
         for entry in self.meters:
@@ -108,8 +113,18 @@ class ApiApp:
         self._unsubscribe()
         self._json.clear()
 
-    def _forget(self, event: MeterChanged) -> None:
+    def _on_meter(self, event: MeterChanged) -> None:
         self._json.pop(event.meter, None)
+        self._count(event.meter, event.quality.value, bool(event.alarms))
+
+    def _count(self, mid: MeterId, quality: str, alarmed: bool) -> None:
+        old = self._live.get(mid)
+        if old is not None:
+            self.quality_counts[old[0]] -= 1
+            self.with_alarms -= old[1]
+        self._live[mid] = (quality, alarmed)
+        self.quality_counts[quality] += 1
+        self.with_alarms += alarmed
 
     def meter_bytes(self, mid: MeterId) -> bytes:
         """The meter's JSON object (``shapes.meter_json``) as bytes, made once per change of

@@ -84,6 +84,8 @@ async def test_a_meter_and_its_pages_follow_every_change_of_its_point(rig):
     rig.points.on_reachability("bus", 2, False, rig.clock.seconds(), "no answer")  # quality follows at once
     rig.drain()
     assert (await rig.call("GET", "meters/bus/2/1/1", as_="viewer")).json["quality"] == "comm_fail"
+    summary = (await rig.call("GET", "summary", as_="viewer")).json["meters"]
+    assert summary == {"total": 18, "by_quality": {"good": 6, "comm_fail": 6, "stale": 6}, "with_alarms": 2}
 
 
 @pytest_twisted.ensureDeferred
