@@ -245,10 +245,9 @@ class Historian(Service):
         self._log_backlog()
         self._publish_status()
         batch = None
-        if self._buffered:
-            batch = {k: v for k, v in self._buffer.items() if v}
-            batch["n"] = self._buffered
-            batch["at"] = self.clock.seconds()
+        if self._buffered:  # "n" and "at" first: the spool reads them without decoding the batch
+            batch = {"n": self._buffered, "at": self.clock.seconds()}
+            batch.update((k, v) for k, v in self._buffer.items() if v)
             self._buffer = {k: [] for k in store.KINDS}
             self._buffered = 0
         now = self.clock.seconds()
@@ -302,7 +301,7 @@ class Historian(Service):
                 try:
                     with self._engine.begin() as conn:
                         for record in records:
-                            rejected.extend(store.write_batch(conn, record.payload, self._meter_keys))
+                            rejected.extend(store.write_batch(conn, self.spool.load(record), self._meter_keys))
                 except _REJECTED:
                     rejected = self._thd_one_by_one(records)
                 self._thd_quarantine(rejected)
@@ -341,7 +340,7 @@ class Historian(Service):
         assert self._meter_keys is not None
         for record in records:
             for kind in store.KINDS:
-                for row in record.payload.get(kind, ()):
+                for row in self.spool.load(record).get(kind, ()):
                     try:
                         with self._engine.begin() as conn:
                             rejected.extend(store.write_one(conn, kind, row, self._meter_keys))
@@ -473,7 +472,7 @@ class Historian(Service):
         if spool is not None:
             first = spool.oldest()  # read from the reactor while the writer thread may ack
             if first is not None:
-                oldest = max(0.0, self.clock.seconds() - float(first.payload.get("at", self.clock.seconds())))
+                oldest = max(0.0, self.clock.seconds() - (first.at if first.at is not None else self.clock.seconds()))
         rate = 0.0
         if len(self._rate_marks) >= 2:
             (t0, n0), (t1, n1) = self._rate_marks[0], self._rate_marks[-1]
