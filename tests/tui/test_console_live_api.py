@@ -5,6 +5,8 @@ command to its outcome and the language switch, as an operator does them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import pytest_twisted
 from support.apirig import ApiRig
@@ -129,3 +131,34 @@ async def test_a_viewer_is_refused_a_valve_command_by_the_supervisor(rig):
         assert rig.master.calls == []
 
     await drive(console(rig), scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reading_reaches_the_screen_within_a_second(rig):
+    async def scenario(pilot):
+        await login(pilot, "viewer")
+        await pilot.press("f2")
+        await until(pilot, lambda: "1050 L" in screen_text(pilot.app))
+        started = time.monotonic()
+        rig.read(1, [77, 6, 7, 8, 9, 10], statuses=[status(Valve.OPEN, AlarmFlag.TAMPER), 0, 0, 0, 0, 0])
+        await until(pilot, lambda: "1770 L" in screen_text(pilot.app), timeout=1.0, what="the new value within 1 s")
+        assert time.monotonic() - started < 1.0
+
+    await drive(console(rig), scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_token_returns_to_login_with_the_reason():
+    rig = ApiRig(ttl_s=60)
+    rig.start()
+    try:
+        async def scenario(pilot):
+            await login(pilot, "operator")
+            rig.clock.advance(61)  # the token's lifetime is over on the supervisor's clock
+            await pilot.press("f3")
+            await until(pilot, lambda: "Your session has expired" in screen_text(pilot.app), what="the login screen")
+            assert pilot.app.session is None
+
+        await drive(console(rig), scenario)
+    finally:
+        await rig.stop()
