@@ -86,15 +86,16 @@ class ApiApp:
         self.history: Any = None  # the historian reader, made on first use
         self.meters: list[MeterEntry] = []
         self.meter_index: dict[MeterId, int] = {}
-        #: each meter's (quality, has channel alarms), and their counts, kept by MeterChanged
-        self._live: dict[MeterId, tuple[str, bool]] = {}
+        #: each meter's (quality, channel alarm flags), and counts of them, kept by MeterChanged:
+        #: live filters and the summary never build 24,576 points
+        self.live: dict[MeterId, tuple[str, int]] = {}
         self.quality_counts: Counter[str] = Counter()
         self.with_alarms = 0
         for point in points.meters():
             config = points.meter_config(point.id)
             self.meter_index[point.id] = len(self.meters)
             self.meters.append(MeterEntry(point.id, config.household, config.kind.value))
-            self._count(point.id, point.quality.value, bool(point.alarms))
+            self._count(point.id, point.quality.value, int(point.alarms))
         self.site_of: dict[str, str] = {}
         for site in topology.sites:
             for link in site.links:
@@ -115,16 +116,16 @@ class ApiApp:
 
     def _on_meter(self, event: MeterChanged) -> None:
         self._json.pop(event.meter, None)
-        self._count(event.meter, event.quality.value, bool(event.alarms))
+        self._count(event.meter, event.quality.value, int(event.alarms))
 
-    def _count(self, mid: MeterId, quality: str, alarmed: bool) -> None:
-        old = self._live.get(mid)
+    def _count(self, mid: MeterId, quality: str, flags: int) -> None:
+        old = self.live.get(mid)
         if old is not None:
             self.quality_counts[old[0]] -= 1
-            self.with_alarms -= old[1]
-        self._live[mid] = (quality, alarmed)
+            self.with_alarms -= bool(old[1])
+        self.live[mid] = (quality, flags)
         self.quality_counts[quality] += 1
-        self.with_alarms += alarmed
+        self.with_alarms += bool(flags)
 
     def meter_bytes(self, mid: MeterId) -> bytes:
         """The meter's JSON object (``shapes.meter_json``) as bytes, made once per change of

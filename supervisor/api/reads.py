@@ -16,7 +16,7 @@ from st2000r.supervisor.api.app import decode_cursor, encode_cursor
 from st2000r.supervisor.api.errors import ApiError, not_found
 from st2000r.supervisor.api.resource import RawJson
 from st2000r.supervisor.api.shapes import cdt_json, command_json, link_json, page
-from st2000r.supervisor.events import MeterId, Quality, utc
+from st2000r.supervisor.events import MeterId, utc
 
 __all__ = ["health", "summary", "sites", "links", "link", "cdts", "cdt", "meters", "meter", "me", "historian_json"]
 
@@ -122,12 +122,12 @@ def meters(call: Any) -> dict[str, Any]:
     """A filtered page: the static filters' positions (cached), then the live filters on
     each candidate's point, from the cursor's position on."""
     app, q = call.app, call.query
-    quality = Quality(q["quality"]) if "quality" in q else None
+    quality = q.get("quality")
     alarm = q.get("alarm")
     limit = q.get("limit", 100)
     position = decode_cursor("m", q.get("cursor"))
     candidates = app.candidates(q.get("link"), q.get("cdt"), q.get("kind"), q.get("household"))
-    points, entries = app.points, app.meters
+    entries, live_state = app.meters, app.live
     live = quality is not None or alarm is not None
     items: list[bytes] = []
     i = bisect_left(candidates, position)
@@ -136,11 +136,10 @@ def meters(call: Any) -> dict[str, Any]:
         i += 1
         mid = entries[position - 1].id
         if live:
-            point = points.meter(mid)
-            if quality is not None and point.quality is not quality:
+            point_quality, flags = live_state[mid]
+            if quality is not None and point_quality != quality:
                 continue
             if alarm is not None:
-                flags = point.alarms
                 if alarm == "true" and not flags or alarm == "false" and flags:
                     continue
                 if alarm in _FLAGS and not flags & _FLAGS[alarm]:
