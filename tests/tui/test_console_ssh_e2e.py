@@ -155,6 +155,7 @@ def test_an_operator_over_ssh_reads_the_true_value_and_closes_a_valve(tmp_path, 
             shown = int(tmux.until(rf"Value: ({api_value}) L", 5).group(1))
         after = live.true_meter(1, 1, 1)["reading"]
         assert before <= shown <= after, (before, shown, after)
+        print(f"meter {METER}: truth before {before}, on screen {shown}, truth after {after}")
 
         tmux.keys("v")
         tmux.until(r"Close the valve of meter " + re.escape(METER))
