@@ -282,3 +282,12 @@ async def test_a_round_in_progress_shows_on_its_link_and_in_the_summary():
         assert summary["rounds"] == [link["round"]]
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_operators_are_listed_for_admins_without_their_hashes(rig):
+    a = await rig.call("GET", "operators", as_="admin")
+    assert a.status == 200 and b"argon2" not in a.raw and b"hash" not in a.raw
+    assert a.json["items"] == [{"name": r, "role": r, "can_login": True} for r in ("viewer", "operator", "engineer",
+                                                                                   "admin")] + [
+        {"name": "modbus", "role": "operator", "can_login": False}]
