@@ -66,11 +66,13 @@ class ConsoleApp(App):
             self.uninstall_screen(name)
         self.live.clear()
         self.push_screen(LoginScreen(message))
+        self.refresh_bindings()
 
     def logged_in(self, session: Session) -> None:
         from st2000r.tui.screens import build_screens
 
         self.session = session
+        self.refresh_bindings()
         self.live = build_screens(self)
         for name, screen in self.live.items():
             self.install_screen(screen, name)
@@ -80,6 +82,10 @@ class ConsoleApp(App):
         self.run_worker(self.follower.run_forever(), group="events", exclusive=True, exit_on_error=False)
 
     # -- keys ---------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The screen keys are hidden until login (there is nothing to show before it)."""
+        return self.session is not None if action == "show" else True
+
     def action_show(self, name: str) -> None:
         if self.session is None or name not in self.live:
             return
