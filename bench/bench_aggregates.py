@@ -11,9 +11,11 @@ per meter -- are in the figures.  Then the purge deletes the first day's raw rea
 (``retention.purge``, chunks of 5,000) and is timed against the bare insert rate.
 
 Prints per database: the aggregation time as a ratio of the bare insert time of the same
-rows (whole run, and the last five rounds of the day), and the purge rate as a ratio of the
-bare insert rate.  Bound: aggregation <= 1.0 x the insert (the upkeep must keep up with
-ingest by a wide margin: it runs every 5 minutes for a 15-minute round).
+rows (whole run, and the last five rounds of the day), the purge rate as a ratio of the
+bare insert rate, and -- the bound -- the slowest of the last five rounds' aggregation as a
+share of the upkeep's interval (``upkeep.INTERVAL_S``, 300 s): at most 10 %, so the upkeep
+keeps up with a round every 15 minutes with the machine left to the supervisor.
+Exit status 1 when the bound is missed.
 Usage: python bench/bench_aggregates.py [--meters N] [--rounds R] [--sqlite-only]
 """
 
@@ -31,9 +33,11 @@ from st2000r.historian import db
 from st2000r.historian.aggregates import aggregate
 from st2000r.historian.retention import purge
 from st2000r.historian.schema import installations, meters, readings
+from st2000r.historian.upkeep import INTERVAL_S
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-BOUND = 1.0
+#: the slowest end-of-day round's aggregation, as a share of the upkeep interval
+BOUND = 0.10
 
 
 def populate(engine, n_meters):
@@ -64,7 +68,7 @@ def run(url, n_meters, n_rounds):
     db.upgrade(engine)
     keys = populate(engine, n_meters)
     insert_s = agg_s = 0.0
-    tail_insert = tail_agg = 0.0
+    tail_insert = tail_agg = worst = 0.0
     rows = 0
     for n in range(1, n_rounds + 1):
         batch = round_rows(keys, n)
@@ -78,12 +82,12 @@ def run(url, n_meters, n_rounds):
         assert report.readings == len(batch), report
         insert_s, agg_s, rows = insert_s + ins, agg_s + agg, rows + len(batch)
         if 92 <= n <= 96:  # the last rounds of the first day (23:00 .. 24:00)
-            tail_insert, tail_agg = tail_insert + ins, tail_agg + agg
+            tail_insert, tail_agg, worst = tail_insert + ins, tail_agg + agg, max(worst, agg)
     t = time.perf_counter()
     done = purge(engine, "UTC", 1, T0 + timedelta(days=2, hours=1))
     purge_s = time.perf_counter() - t
     engine.dispose()
-    return rows, insert_s, agg_s, tail_insert, tail_agg, done.deleted, purge_s
+    return rows, insert_s, agg_s, tail_insert, tail_agg, worst, done.deleted, purge_s
 
 
 def pg_url():
@@ -115,7 +119,7 @@ def main(argv=None):
     ok = True
     for name, url, cleanup in targets:
         try:
-            rows, ins, agg, tail_ins, tail_agg, deleted, purge_s = run(url, args.meters, args.rounds)
+            rows, ins, agg, tail_ins, tail_agg, worst, deleted, purge_s = run(url, args.meters, args.rounds)
         finally:
             if cleanup is not None:
                 admin, database = cleanup
@@ -124,10 +128,12 @@ def main(argv=None):
         ratio = agg / ins
         tail = tail_agg / tail_ins if tail_ins else float("nan")
         purge_ratio = (deleted / purge_s) / (rows / ins)
-        ok = ok and ratio <= BOUND and tail <= BOUND
+        share = worst / INTERVAL_S
+        ok = ok and share <= BOUND
         print(f"{name:<10} {args.meters:,} meters x {args.rounds} rounds = {rows:,} readings: bare insert "
               f"{rows / ins:,.0f} rows/s; aggregation {rows / agg:,.0f} rows/s = {ratio:.2f} x the insert time "
-              f"(rounds 92-96, end of day: {tail:.2f} x; bound {BOUND}); purge {deleted:,} rows "
+              f"(rounds 92-96, end of day: {tail:.2f} x); slowest end-of-day round {share:.3f} of the "
+              f"{INTERVAL_S:.0f} s upkeep interval (bound {BOUND}); purge {deleted:,} rows "
               f"{deleted / purge_s:,.0f} rows/s = {purge_ratio:.2f} x the insert rate")
     return 0 if ok else 1
 

@@ -247,7 +247,8 @@ def pg_upsert_sql(table: Any, keys: tuple[str, ...], dialect: Any) -> str:
 
 def upsert(conn: Connection, table: Any, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """Insert or update ``rows`` (dicts by column) of ``table`` by ``keys``: one array
-    statement on PostgreSQL with psycopg, executemany of :func:`upsert_stmt` elsewhere."""
+    statement on PostgreSQL with psycopg, the driver's executemany on SQLite, SQLAlchemy's
+    executemany of :func:`upsert_stmt` (the ``MERGE``) on SQL Server."""
     if not rows:
         return
     dialect = conn.dialect
@@ -255,7 +256,29 @@ def upsert(conn: Connection, table: Any, keys: tuple[str, ...], rows: list[dict[
         columns = [c.name for c in table.columns if c.name != "id"]
         conn.exec_driver_sql(pg_upsert_sql(table, keys, dialect), {c: [row[c] for row in rows] for c in columns})
         return
+    if dialect.name == "sqlite":
+        sql, processors = _sqlite_upsert(table, keys, dialect)
+        conn.exec_driver_sql(sql, [tuple(row[name] if process is None else process(row[name])
+                                         for name, process in processors) for row in rows])
+        return
     conn.execute(upsert_stmt(table, keys, dialect), rows)
+
+
+_SQLITE_UPSERTS: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def _sqlite_upsert(table: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
+    """:func:`upsert_stmt` compiled once for SQLite with each parameter's column and
+    SQLAlchemy's own bind processor, for the driver's executemany (as ``db.write_ignoring``
+    does: SQLAlchemy's per-row parameter work was a third of a chunk's upsert)."""
+    found = _SQLITE_UPSERTS.get(table.name)
+    if found is None:
+        names = [c.name for c in table.columns if c.name != "id"]
+        compiled = upsert_stmt(table, keys, dialect).compile(dialect=dialect, column_keys=names)
+        processors = [(name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+                      for name in compiled.positiontup]
+        found = _SQLITE_UPSERTS[table.name] = (str(compiled), processors)
+    return found
 
 
 # ---------------------------------------------------------------- state
