@@ -12,12 +12,15 @@ of that wake-up is not counted).  Prints one JSON line: ``requests``, ``seconds`
 ``--server-pid``).
 
 ``watch PORT``: the freshness watcher.  Reads every meter's value registers of the map of
-``community.toml`` (8 reads of 125 registers per CDT block, pipelined on 4 connections,
-all again as soon as a sweep is answered), prints ``ready`` after the first sweep, then
+``community.toml`` (8 reads of 125 registers per CDT block, spread over 4 connections, each
+with 64 requests in flight and a new one sent for each answer, round and round: deeper
+pipelines make the server's turns long, shallower ones make the sweep slow), prints
+``ready`` once every read was answered once (the baseline), then
 records for every meter the first answer whose value differs from that first sweep (time:
 ``time.monotonic()`` at the ``epoll.poll`` return that delivered it; CLOCK_MONOTONIC, the
 same clock in every process) until every meter changed or ``--timeout``.  Prints one JSON
-line: ``seen`` (per meter in map order, or null), ``sweeps_ms`` (the duration of each sweep).
+line: ``seen`` (per meter in map order, or null), ``sweeps_ms`` (the duration of every
+connection's every pass over its reads, after the first).
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ def load(port: int, clients: int, seconds: float, warmup: float, unit: int = 1, 
             "cpu_s": cpu, "server_cpu_s": server_cpu}
 
 
+WATCH_CONNECTIONS = 4
+WATCH_IN_FLIGHT = 64  # requests outstanding per connection: the server's turns stay short
+
+
 def _sweep_plan(port: int) -> tuple[list[list[tuple[bytes, list[tuple[int, int]]]]], int]:
     """The watcher's reads: per connection, a list of (request frame, [(meter index, byte
     offset of its value in the answer)]); and the number of meters."""
@@ -130,30 +137,44 @@ def _sweep_plan(port: int) -> tuple[list[list[tuple[bytes, list[tuple[int, int]]
             count = min(READ_COUNT, last - start)
             inside = [(i, 9 + 2 * (base - start)) for i, base in meters if start <= base < start + count]
             reads.append((unit, start, count, inside))
-    plan: list[list[tuple[bytes, list[tuple[int, int]]]]] = [[] for _ in range(4)]
+    plan: list[list[tuple[bytes, list[tuple[int, int]]]]] = [[] for _ in range(WATCH_CONNECTIONS)]
     for tid, (unit, start, count, inside) in enumerate(reads):
-        plan[tid % 4].append((_REQUEST.pack(tid, 0, 6, unit, 4, start, count), inside))
+        plan[tid % WATCH_CONNECTIONS].append((_REQUEST.pack(tid, 0, 6, unit, 4, start, count), inside))
     return plan, len(regmap.meters)
+
+
+class _Sweeper:
+    """One connection of the watcher: its reads over and over, ``WATCH_IN_FLIGHT`` at a time."""
+
+    def __init__(self, port: int, reads: list) -> None:
+        self.sock = _connect(port)
+        self.reads = reads
+        self.sent = self.done = 0
+        self.buf = bytearray()
+        self.cycle_started = time.monotonic()
+
+    def send(self, k: int) -> None:
+        n = len(self.reads)
+        self.sock.send(b"".join(self.reads[(self.sent + j) % n][0] for j in range(k)))
+        self.sent += k
 
 
 def watch(port: int, timeout: float) -> dict:
     plan, meters = _sweep_plan(port)
     poller = select.epoll()
-    conns = {}
+    sweepers = {}
     for reads in plan:
-        sock = _connect(port)
-        conns[sock.fileno()] = [sock, reads, b"".join(r for r, _ in reads), 0, bytearray()]
-        poller.register(sock.fileno(), select.EPOLLIN)
+        sweeper = _Sweeper(port, reads)
+        sweepers[sweeper.sock.fileno()] = sweeper
+        poller.register(sweeper.sock.fileno(), select.EPOLLIN)
     baseline: list[bytes | None] = [None] * meters
     seen: list[float | None] = [None] * meters
     left = meters
-    sweeps: list[float] = []
+    sweeps: list[float] = []  # every connection's every pass over its reads, ms
     last: dict[tuple[int, int], bytes] = {}  # (connection, read) -> its last answer
-    ready = False
-    started = time.monotonic()
-    for sock, _, batch, _, _ in conns.values():
-        sock.send(batch)
-    pending = len(conns)
+    not_ready = len(sweepers)
+    for sweeper in sweepers.values():
+        sweeper.send(min(WATCH_IN_FLIGHT, len(sweeper.reads)))
     deadline = None
     while left:
         events = poller.poll(1.0)
@@ -161,46 +182,45 @@ def watch(port: int, timeout: float) -> dict:
         if deadline is not None and woke > deadline:
             break
         for fd, _ in events:
-            conn = conns[fd]
-            sock, reads, batch, done, buf = conn
-            data = sock.recv(1 << 20)
+            sweeper = sweepers[fd]
+            data = sweeper.sock.recv(1 << 20)
             if not data:
                 raise RuntimeError("the server closed a connection")
+            buf, reads, n = sweeper.buf, sweeper.reads, len(sweeper.reads)
             buf += data
-            pos = 0
-            while done < len(reads) and len(buf) - pos >= 9 and len(buf) - pos >= 6 + (buf[pos + 4] << 8 | buf[pos + 5]):
+            pos = answered = 0
+            while len(buf) - pos >= 9 and len(buf) - pos >= 6 + (buf[pos + 4] << 8 | buf[pos + 5]):
                 size = 6 + (buf[pos + 4] << 8 | buf[pos + 5])
                 if buf[pos + 7] != 4:
                     raise RuntimeError(f"exception answer {bytes(buf[pos:pos + 9]).hex()}")
                 answer = bytes(buf[pos + 9:pos + size])
-                key = (fd, done)
+                first_pass = sweeper.done < n
+                key = (fd, sweeper.done % n)
                 if answer != last.get(key):  # something changed since this read's last answer
                     last[key] = answer
-                    for index, offset in reads[done][1]:
+                    for index, offset in reads[sweeper.done % n][1]:
                         value = answer[offset - 9:offset - 5]
-                        if not ready:
+                        if first_pass:
                             baseline[index] = value
                         elif seen[index] is None and value != baseline[index]:
                             seen[index] = woke
                             left -= 1
                 pos += size
-                done += 1
+                answered += 1
+                sweeper.done += 1
+                if sweeper.done % n == 0:
+                    if not first_pass:
+                        sweeps.append((woke - sweeper.cycle_started) * 1000)
+                    sweeper.cycle_started = woke
+                    if first_pass:
+                        not_ready -= 1
+                        if not_ready == 0:
+                            print("ready", flush=True)
+                            deadline = woke + timeout
             del buf[:pos]
-            conn[3] = done
-            if done == len(reads):
-                conn[3] = 0
-                pending -= 1
-                if pending == 0:
-                    sweeps.append((woke - started) * 1000)
-                    started = woke
-                    if not ready:
-                        ready = True
-                        print("ready", flush=True)
-                        deadline = woke + timeout
-                    pending = len(conns)
-                    for c in conns.values():
-                        c[0].send(c[2])
-    return {"seen": seen, "sweeps_ms": sweeps[1:]}
+            if answered:
+                sweeper.send(answered)
+    return {"seen": seen, "sweeps_ms": sweeps}
 
 
 def main() -> int:
