@@ -62,25 +62,30 @@ PERIODS = [(t(1), t(41)), (t(3), t(10)), (t(7), t(9)), (t(10), t(20)), (t(15), t
            (t(20), t(35)), (t(25), t(38)), (t(31), t(41)), (t(16), t(31)), (t(21), t(41))]
 
 
-def bills(engine):
+def bills(engine, periods=PERIODS):
     with engine.connect() as c:
-        return {(h, a, b): usage(c, h, a, b).by_kind for h in ("H1", "H2") for a, b in PERIODS}
+        return {(h, a, b): usage(c, h, a, b).by_kind for h in ("H1", "H2") for a, b in periods}
 
 
-def test_usage_over_purged_periods_equals_usage_before_the_purge(engine):
+@pytest.mark.parametrize("zone, shift", [("UTC", 0), ("Asia/Shanghai", -8)])
+def test_usage_over_purged_periods_equals_usage_before_the_purge(engine, zone, shift):
+    """Periods from local midnight to local midnight of the aggregates' zone (Shanghai's
+    midnight is 16:00 UTC the day before)."""
     with engine.begin() as c:
         community(c)
-    before = bills(engine)
-    assert before[("H1", t(7), t(9))]["electricity"] == 8 * 400  # across the wrap on 8 January
-    aggregate(engine, "UTC")
-    assert bills(engine) == before  # nothing purged yet: the raw readings
-    report = purge(engine, "UTC", 10, NOW, chunk=100)
-    assert report.cutoff == t(31) and report.deleted > 0
+    periods = [(a + timedelta(hours=shift), b + timedelta(hours=shift)) for a, b in PERIODS]
+    before = bills(engine, periods)
+    if shift == 0:
+        assert before[("H1", t(7), t(9))]["electricity"] == 8 * 400  # across the wrap on 8 January
+    aggregate(engine, zone)
+    assert bills(engine, periods) == before  # nothing purged yet: the raw readings
+    report = purge(engine, zone, 10, NOW, chunk=100)
+    cutoff = t(31, shift)
+    assert report.cutoff == cutoff and report.deleted > 0
     with engine.connect() as c:
-        assert c.execute(select(func.min(readings.c.read_at))).scalar() is not None
-        left = c.execute(select(func.count()).select_from(readings).where(readings.c.read_at <= t(31))).scalar()
+        left = c.execute(select(func.count()).select_from(readings).where(readings.c.read_at <= cutoff)).scalar()
     assert left == 0
-    assert bills(engine) == before
+    assert bills(engine, periods) == before
 
 
 def test_only_aggregated_readings_go_in_bounded_chunks(engine):
