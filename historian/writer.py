@@ -298,10 +298,14 @@ class Historian(Service):
             while self.spool.rows:
                 records = self.spool.head(self.records_per_transaction)
                 rejected: list[tuple] = []
+                payloads = [self.spool.load(record) for record in records]
+                # one statement a table for the whole transaction (a backlog drains in
+                # records_per_transaction batches at a time); each table keeps the spool's order
+                merged = payloads[0] if len(payloads) == 1 else {
+                    kind: [row for payload in payloads for row in payload.get(kind, ())] for kind in store.KINDS}
                 try:
                     with self._engine.begin() as conn:
-                        for record in records:
-                            rejected.extend(store.write_batch(conn, self.spool.load(record), self._meter_keys))
+                        rejected.extend(store.write_batch(conn, merged, self._meter_keys))
                 except _REJECTED:
                     rejected = self._thd_one_by_one(records)
                 self._thd_quarantine(rejected)
