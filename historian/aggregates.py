@@ -47,10 +47,20 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
-from st2000r.historian import db
+from st2000r.historian.aggregate_sql import (
+    day_ends_stmt,
+    day_installations_stmt,
+    day_readings_stmt,
+    earlier_day_stmt,
+    later_days_stmt,
+    new_readings_stmt,
+    next_days_stmt,
+    rows_stmt,
+    upsert,
+)
 from st2000r.historian.queries import chain, steps
 from st2000r.historian.schema import (
     QUALITIES,
@@ -59,16 +69,15 @@ from st2000r.historian.schema import (
     daily_aggregates,
     installations,
     monthly_aggregates,
-    readings,
 )
 
-__all__ = ["CHUNK", "Zone", "State", "AggregateReport", "ZoneMismatch", "Conflict", "read_state", "aggregate",
-           "aggregate_chunk", "upsert", "upsert_stmt", "merge_upsert_sql", "pg_upsert_sql", "new_readings_stmt",
-           "day_readings_stmt", "day_installations_stmt", "earlier_day_stmt", "later_days_stmt", "COUNTS"]
+__all__ = ["CHUNK", "IN_BATCH", "COUNTS", "Zone", "State", "AggregateReport", "ZoneMismatch", "Conflict",
+           "read_state", "aggregate", "aggregate_chunk"]
 
 #: readings per transaction
 CHUNK = 10_000
-#: meters in one ``IN (...)`` list at most (SQL Server takes 2,100 parameters a statement)
+#: meters in one ``IN (...)`` list at most (SQL Server takes 2,100 parameters a statement);
+#: for more, one statement without a list (``aggregate_sql``)
 IN_BATCH = 500
 #: the additive columns of an aggregate row
 COUNTS = ("consumption", "rollovers", "reversals", "n_readings", *[f"n_{q}" for q in QUALITIES], "n_other")
@@ -134,151 +143,6 @@ class AggregateReport:
     months: int
     watermark: int
     more: bool
-
-
-# ---------------------------------------------------------------- statements
-# Every SELECT the job issues is built here so tests compile each for SQL Server.
-
-
-def new_readings_stmt(watermark: int, limit: int) -> Any:
-    r = readings
-    return (select(r.c.id, r.c.meter, r.c.read_at, r.c.value, r.c.quality).where(r.c.id > watermark)
-            .order_by(r.c.id).limit(limit))
-
-
-def _of(column: Any, meters: list[int] | None) -> list[Any]:
-    return [] if meters is None else [column.in_(meters)]
-
-
-def day_readings_stmt(meters: list[int] | None, start: datetime, end: datetime) -> Any:
-    """Readings of ``meters`` (None: every meter) with ``start < read_at <= end``, per meter
-    in time order."""
-    r = readings
-    return (select(r.c.meter, r.c.id, r.c.read_at, r.c.value, r.c.quality)
-            .where(*_of(r.c.meter, meters), r.c.read_at > start, r.c.read_at <= end)
-            .order_by(r.c.meter, r.c.read_at, r.c.id))
-
-
-def day_installations_stmt(meters: list[int] | None, start: datetime, end: datetime) -> Any:
-    """Installations of ``meters`` overlapping ``(start, end]`` (as ``queries.installations_stmt``)."""
-    i = installations
-    return (select(i.c.meter, i.c.installed_at, i.c.removed_at, i.c.start_value, i.c.final_value)
-            .where(*_of(i.c.meter, meters), i.c.installed_at <= end,
-                   (i.c.removed_at.is_(None)) | (i.c.removed_at > start))
-            .order_by(i.c.meter, i.c.installed_at, i.c.id))
-
-
-def earlier_day_stmt(meter: int, day: date) -> Any:
-    """The meter's latest aggregated day before ``day`` that has a reading."""
-    d = daily_aggregates
-    return (select(d.c.day, d.c.last_at, d.c.last_value)
-            .where(d.c.meter == meter, d.c.day < day, d.c.last_at.is_not(None))
-            .order_by(d.c.day.desc()).limit(1))
-
-
-def later_days_stmt(meter: int, day: date) -> Any:
-    """The meter's aggregated days after ``day``."""
-    d = daily_aggregates
-    return select(d.c.day).where(d.c.meter == meter, d.c.day > day).order_by(d.c.day)
-
-
-def _rows_stmt(table: Any, period: str, meters: list[int] | None, when: date) -> Any:
-    return select(table).where(*_of(table.c.meter, meters), table.c[period] == when)
-
-
-def _day_ends_stmt(meters: list[int] | None, day: date) -> Any:
-    d = daily_aggregates
-    return select(d.c.meter, d.c.last_at, d.c.last_value).where(*_of(d.c.meter, meters), d.c.day == day,
-                                                                d.c.last_at.is_not(None))
-
-
-def _next_days_stmt(meters: list[int] | None, day: date) -> Any:
-    d = daily_aggregates
-    return (select(d.c.meter, func.min(d.c.day).label("day")).where(*_of(d.c.meter, meters), d.c.day > day)
-            .group_by(d.c.meter))
-
-
-# ---------------------------------------------------------------- upserts
-
-
-def merge_upsert_sql(table: Any, keys: tuple[str, ...], dialect: Any) -> str:
-    """SQL Server's upsert of one row (every column but the IDENTITY key): a ``MERGE … WITH
-    (HOLDLOCK)`` that updates a matched row and inserts a missing one."""
-    q = dialect.identifier_preparer.quote
-    columns = [c.name for c in table.columns if c.name != "id"]
-    source = ", ".join(f":{c} AS {q(c)}" for c in columns)
-    on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
-    sets = ", ".join(f"t.{q(c)} = s.{q(c)}" for c in columns if c not in keys)
-    return (f"MERGE INTO {q(table.name)} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "
-            f"WHEN MATCHED THEN UPDATE SET {sets} "
-            f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in columns)}) "
-            f"VALUES ({', '.join(f's.{q(c)}' for c in columns)});")
-
-
-def upsert_stmt(table: Any, keys: tuple[str, ...], dialect: Any) -> Any:
-    """Insert-or-update of ``table`` rows by ``keys`` for ``dialect`` (``ON CONFLICT … DO
-    UPDATE`` on PostgreSQL and SQLite, the ``MERGE`` on SQL Server); executemany."""
-    columns = [c.name for c in table.columns if c.name != "id"]
-    if dialect.name in ("postgresql", "sqlite"):
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table)
-        return stmt.on_conflict_do_update(index_elements=list(keys),
-                                          set_={c: stmt.excluded[c] for c in columns if c not in keys})
-    if dialect.name == "mssql":
-        return text(merge_upsert_sql(table, keys, dialect)).bindparams(
-            *[bindparam(c, type_=table.c[c].type) for c in columns])
-    raise ValueError(f"no upsert for the {dialect.name} dialect")
-
-
-def pg_upsert_sql(table: Any, keys: tuple[str, ...], dialect: Any) -> str:
-    """PostgreSQL's upsert of a whole batch as one statement, one array parameter per
-    column (the writer's ``db.unnest_sql``, updating instead of skipping a row that is
-    there): psycopg's executemany would send a statement per row."""
-    q = dialect.identifier_preparer.quote
-    skip = db.unnest_sql(table, keys, dialect)
-    assert skip.endswith(" DO NOTHING")
-    sets = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in table.columns
-                     if c.name != "id" and c.name not in keys)
-    return skip.removesuffix("DO NOTHING") + f"DO UPDATE SET {sets}"
-
-
-def upsert(conn: Connection, table: Any, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """Insert or update ``rows`` (dicts by column) of ``table`` by ``keys``: one array
-    statement on PostgreSQL with psycopg, the driver's executemany on SQLite, SQLAlchemy's
-    executemany of :func:`upsert_stmt` (the ``MERGE``) on SQL Server."""
-    if not rows:
-        return
-    dialect = conn.dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        columns = [c.name for c in table.columns if c.name != "id"]
-        conn.exec_driver_sql(pg_upsert_sql(table, keys, dialect), {c: [row[c] for row in rows] for c in columns})
-        return
-    if dialect.name == "sqlite":
-        sql, processors = _sqlite_upsert(table, keys, dialect)
-        conn.exec_driver_sql(sql, [tuple(row[name] if process is None else process(row[name])
-                                         for name, process in processors) for row in rows])
-        return
-    conn.execute(upsert_stmt(table, keys, dialect), rows)
-
-
-_SQLITE_UPSERTS: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
-
-
-def _sqlite_upsert(table: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
-    """:func:`upsert_stmt` compiled once for SQLite with each parameter's column and
-    SQLAlchemy's own bind processor, for the driver's executemany (as ``db.write_ignoring``
-    does: SQLAlchemy's per-row parameter work was a third of a chunk's upsert)."""
-    found = _SQLITE_UPSERTS.get(table.name)
-    if found is None:
-        names = [c.name for c in table.columns if c.name != "id"]
-        compiled = upsert_stmt(table, keys, dialect).compile(dialect=dialect, column_keys=names)
-        processors = [(name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-                      for name in compiled.positiontup]
-        found = _SQLITE_UPSERTS[table.name] = (str(compiled), processors)
-    return found
 
 
 # ---------------------------------------------------------------- state
@@ -392,7 +256,7 @@ class _Job:
             day = heapq.heappop(self.heap)
             meters = self.touched.pop(day)
             start, end = self.zone.bounds(day)
-            for row in self._each(lambda m: _rows_stmt(daily_aggregates, "day", m, day), meters):
+            for row in self._each(lambda m: rows_stmt(daily_aggregates, "day", m, day), meters):
                 self.old[(row.meter, day)] = _row(row)
             ordered = sorted(meters)
             if self.purged_through is not None and end <= self.purged_through:
@@ -438,7 +302,7 @@ class _Job:
         if moved and self.conn.execute(select(daily_aggregates.c.id).where(daily_aggregates.c.day > day)
                                        .limit(1)).first() is None:
             moved = []  # the newest day anywhere: no later day to correct (the common case)
-        for row in self._each(lambda m: _next_days_stmt(m, day), moved):
+        for row in self._each(lambda m: next_days_stmt(m, day), moved):
             if not any(day < d < row.day for d in self.meter_days[row.meter]):
                 self.touch(row.meter, row.day, forced=True)
 
@@ -487,7 +351,7 @@ class _Job:
                 out[meter] = row["last_at"], row["last_value"]
         yesterday = day - timedelta(days=1)
         ask = [m for m in meters if best.get(m) != yesterday]
-        for row in self._each(lambda m: _day_ends_stmt(m, yesterday), ask):
+        for row in self._each(lambda m: day_ends_stmt(m, yesterday), ask):
             best[row.meter], out[row.meter] = yesterday, (as_utc(row.last_at), row.last_value)
         for meter in ask:
             if best.get(meter) == yesterday:
@@ -538,7 +402,7 @@ class _Job:
             by_month[month].append(meter)
         for month, meters in by_month.items():
             stored = {row.meter: _row(row)
-                      for row in self._each(lambda m: _rows_stmt(monthly_aggregates, "month", m, month), meters)}
+                      for row in self._each(lambda m: rows_stmt(monthly_aggregates, "month", m, month), meters)}
             for meter in meters:
                 delta = deltas[(meter, month)]
                 row = stored.get(meter)

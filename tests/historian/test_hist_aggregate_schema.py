@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 from sqlalchemy.schema import CreateTable
 
-from st2000r.historian import aggregate_queries, aggregates, db, retention
+from st2000r.historian import aggregate_queries, aggregate_sql, db, retention
 from st2000r.historian.schema import daily_aggregates, metadata, monthly_aggregates, view_selects
 
 DIALECT = mssql_pyodbc.dialect(paramstyle="qmark")
@@ -63,13 +63,17 @@ NOT_ON_SQL_SERVER = re.compile(r"\b(LIMIT|ILIKE|NULLS (FIRST|LAST)|GREATEST|LEAS
                                r"ON CONFLICT)\b|\|\|", re.IGNORECASE)
 
 SELECTS = {
-    "new readings above the watermark": aggregates.new_readings_stmt(1_000, 10_000),
-    "a day's readings": aggregates.day_readings_stmt([1, 2, 3], T0, T1),
-    "a day's installations": aggregates.day_installations_stmt([1, 2, 3], T0, T1),
-    "the latest earlier day": aggregates.earlier_day_stmt(7, date(2026, 1, 5)),
-    "stored days": aggregates._rows_stmt(daily_aggregates, "day", [1, 2], date(2026, 1, 5)),
-    "stored months": aggregates._rows_stmt(monthly_aggregates, "month", [1, 2], date(2026, 1, 1)),
-    "next aggregated days": aggregates._next_days_stmt([1, 2], date(2026, 1, 5)),
+    "new readings above the watermark": aggregate_sql.new_readings_stmt(1_000, 10_000),
+    "a day's readings": aggregate_sql.day_readings_stmt([1, 2, 3], T0, T1),
+    "a day's installations": aggregate_sql.day_installations_stmt([1, 2, 3], T0, T1),
+    "the latest earlier day": aggregate_sql.earlier_day_stmt(7, date(2026, 1, 5)),
+    "stored days": aggregate_sql.rows_stmt(daily_aggregates, "day", [1, 2], date(2026, 1, 5)),
+    "stored months": aggregate_sql.rows_stmt(monthly_aggregates, "month", [1, 2], date(2026, 1, 1)),
+    "next aggregated days": aggregate_sql.next_days_stmt([1, 2], date(2026, 1, 5)),
+    "next aggregated days, every meter": aggregate_sql.next_days_stmt(None, date(2026, 1, 5)),
+    "last readings of a day": aggregate_sql.day_ends_stmt([1, 2], date(2026, 1, 5)),
+    "a day's readings, every meter": aggregate_sql.day_readings_stmt(None, T0, T1),
+    "later aggregated days": aggregate_sql.later_days_stmt(7, date(2026, 1, 5)),
     "purge: keys of a chunk": retention.purge_ids_stmt(T1, 5_000, 5_000),
     "purge: delete a chunk": retention.purge_delete_stmt(10, 5_009, T1, 5_000),
     "usage: days of a meter": aggregate_queries.days_stmt(7, date(2026, 1, 1), date(2026, 1, 31)),
@@ -97,13 +101,13 @@ def test_limited_selects_use_top():
     sql = str(retention.purge_ids_stmt(T1, 5_000, 5_000).compile(dialect=DIALECT,
                                                                  compile_kwargs={"render_postcompile": True}))
     assert " ".join(sql.split()).startswith("SELECT TOP 5000 readings.id FROM readings WHERE readings.read_at <= ?")
-    sql = str(aggregates.earlier_day_stmt(7, date(2026, 1, 5)).compile(dialect=DIALECT,
+    sql = str(aggregate_sql.earlier_day_stmt(7, date(2026, 1, 5)).compile(dialect=DIALECT,
                                                                        compile_kwargs={"render_postcompile": True}))
     assert "TOP 1" in sql and "ORDER BY daily_aggregates.day DESC" in sql
 
 
 def test_upsert_is_a_merge_that_updates_or_inserts():
-    stmt = aggregates.upsert_stmt(daily_aggregates, ("meter", "day"), DIALECT)
+    stmt = aggregate_sql.upsert_stmt(daily_aggregates, ("meter", "day"), DIALECT)
     compiled = stmt.compile(dialect=DIALECT)
     sql = str(compiled)
     assert sql.startswith("MERGE INTO daily_aggregates WITH (HOLDLOCK) AS t USING (SELECT ? AS meter, ? AS day, ")
