@@ -34,10 +34,11 @@ class ConsoleApp(App):
     ]
 
     def __init__(self, url: str, *, language: str | None = None, client: ApiClient | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, page_size: int = 500) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, page_size: int = 500,
+                 ca_file: str | None = None) -> None:
         super().__init__()
         self.cat = Catalogue(language or language_from_env())
-        self.client = client or ApiClient(url)
+        self.client = client or ApiClient(url, ca_file=ca_file)
         self.url = self.client.url
         self.sleep = sleep
         self.page_size = page_size

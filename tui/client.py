@@ -9,6 +9,7 @@ token of the last login is sent with every request.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -84,7 +85,9 @@ def _error_from(response: httpx.Response) -> ApiError:
 
 def _unreachable(exc: httpx.TransportError) -> Unreachable:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError) and "SSL" in text:
+        text = f"TLS handshake failed ({text})"
+    elif isinstance(exc, httpx.ConnectError):
         text = f"connection refused or no route ({text})"
     elif isinstance(exc, httpx.TimeoutException):
         text = "no answer in time"
@@ -100,10 +103,12 @@ class ApiClient:
     """One supervisor at ``url`` (``http://host:port``).  ``transport`` replaces the
     network in tests (an ``httpx.MockTransport``)."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None,
+                 ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.session: Session | None = None
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport, verify=verify)
 
     async def aclose(self) -> None:
         await self._http.aclose()

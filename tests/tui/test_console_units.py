@@ -273,6 +273,19 @@ def test_console_refuses_a_bad_url_with_status_2_and_the_reason(url):
     assert out.stderr.startswith(f"st2000r console: --url {url!r}:") and "Traceback" not in out.stderr
 
 
+def test_console_refuses_a_missing_or_bad_ca_file(tmp_path):
+    import subprocess
+
+    from support.process import ST2000R
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    for path, reason in ((tmp_path / "none.pem", "no such file"), (bad, "not a PEM certificate file")):
+        out = subprocess.run([ST2000R, "console", "--url", "https://127.0.0.1:8443", "--ca", str(path)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and reason in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_console_is_listed_by_the_dispatcher():
     from st2000r.supervisor.cli import usage
 
