@@ -6,8 +6,12 @@ Why this shape (the issue's rules, and how each is kept):
   ``CommandChanged``, ``CdtChanged`` and ``LinkChanged``; the consumer only turns an event
   into rows in memory, so it never makes the bus wait, and its ``overflow`` takes the same
   path: a ``ReadingBatch`` is never dropped;
-- **batched by size and time**: every ``max_delay_s`` (and as soon as ``batch_rows`` rows
-  wait) the rows go to the writer thread as one batch;
+- **spooled soon, written in batches**: every ``spool_delay_s`` (0.1 s; and as soon as
+  ``batch_rows`` rows wait) the rows in memory go to the writer thread and into the spool;
+  the database is written every ``max_delay_s`` (0.5 s) or as soon as ``batch_rows`` rows
+  wait in the spool.  The spool interval is the window a SIGKILL or a power cut can take
+  readings from (``docs/historian.md``, "What a crash can lose"), the database interval
+  sets the size of its transactions;
 - **write-ahead spool**: on the writer thread a batch is first appended to the
   :class:`~st2000r.historian.spool.Spool` (fsync'd, checksummed), then the oldest spooled
   batches go to the database, several per transaction, in order; a batch leaves the spool
@@ -106,7 +110,8 @@ class Historian(Service):
     name = "historian"
 
     def __init__(self, topology: Topology, url: str, clock: IReactorTime, bus: Any, spool_dir: str, *,
-                 batch_rows: int = 2000, max_delay_s: float = 0.5, spool_max_bytes: int = 1 << 30,
+                 batch_rows: int = 2000, max_delay_s: float = 0.5, spool_delay_s: float = 0.1,
+                 spool_max_bytes: int = 1 << 30,
                  records_per_transaction: int = 16, retry_max_s: float = 30.0, config_name: str = "CONFIG",
                  alarms: Any = None, engine_factory: Callable[[str], Any] = db.make_engine,
                  auto_upgrade: bool = False, status_every_s: float = 5.0) -> None:
@@ -117,6 +122,8 @@ class Historian(Service):
         self.spool_dir = spool_dir
         self.batch_rows = batch_rows
         self.max_delay_s = max_delay_s
+        self.spool_delay_s = min(spool_delay_s, max_delay_s)
+        self._db_at = float("-inf")  # when the database was last tried
         self.spool_max_bytes = spool_max_bytes
         self.records_per_transaction = records_per_transaction
         self.retry_max_s = retry_max_s
@@ -186,7 +193,7 @@ class Historian(Service):
                                          name="historian")
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self.clock
-        self._loop.start(self.max_delay_s, now=True)
+        self._loop.start(self.spool_delay_s, now=True)
 
     def stopService(self) -> defer.Deferred:
         """Drain the bus queue, flush to the spool (always) and to the database (when it
@@ -240,8 +247,10 @@ class Historian(Service):
             self.flush()
 
     def flush(self, final: bool = False) -> defer.Deferred:
-        """Hand the rows in memory to the writer thread (spool, then database); fires when
-        this and every earlier write is done.  Never fails."""
+        """Hand the rows in memory to the writer thread: into the spool, and into the database
+        when that is due (``max_delay_s`` since the last try, ``batch_rows`` rows in the spool,
+        or ``final``) and no back-off holds it; fires when this and every earlier write is
+        done.  Never fails."""
         self._log_backlog()
         self._publish_status()
         batch = None
@@ -251,7 +260,11 @@ class Historian(Service):
             self._buffer = {k: [] for k in store.KINDS}
             self._buffered = 0
         now = self.clock.seconds()
-        try_db = now >= self._retry_at and (not final or self._state != "unreachable")
+        spooled = (self.spool.rows if self.spool is not None else 0) + (batch["n"] if batch else 0)
+        due = final or spooled >= self.batch_rows or now - self._db_at >= self.max_delay_s - 1e-6
+        try_db = due and now >= self._retry_at and (not final or self._state != "unreachable")
+        if try_db:
+            self._db_at = now
         if batch is None and not self._held and not (try_db and self.spool is not None and self.spool.rows):
             return self._when_done()
         d = self._last.addBoth(lambda _: self._run(self._thd_write, batch, try_db))
