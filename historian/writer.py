@@ -263,10 +263,10 @@ class Historian(Service):
         spooled = (self.spool.rows if self.spool is not None else 0) + (batch["n"] if batch else 0)
         due = final or spooled >= self.batch_rows or now - self._db_at >= self.max_delay_s - 1e-6
         try_db = due and now >= self._retry_at and (not final or self._state != "unreachable")
-        if try_db:
-            self._db_at = now
         if batch is None and not self._held and not (try_db and self.spool is not None and self.spool.rows):
             return self._when_done()
+        if try_db:
+            self._db_at = now
         d = self._last.addBoth(lambda _: self._run(self._thd_write, batch, try_db))
         d.addCallbacks(self._written, self._crashed)
         self._last = d

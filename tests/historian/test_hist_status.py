@@ -101,3 +101,25 @@ def test_the_database_is_tried_again_while_readings_keep_coming(tmp_path):
     status = h.status()
     assert status.state == "connected" and status.written >= 12 * (r - 1)
     h.stopService()
+
+
+def test_readings_reach_the_spool_within_spool_delay_and_the_database_in_batches(tmp_path):
+    """Rows are durable (in the spool) 0.1 s after they arrive; the database is written every
+    0.5 s, so one transaction takes the rows of several spool appends."""
+    h, bus, clock, topo, down, seen = _start(tmp_path, every=5.0)
+    down["now"] = False
+    for r in range(1, 5):
+        for event in batches(topo, r):
+            bus.publish(event)
+        clock.advance(0)  # the queued consumer takes them
+        assert h.status().memory_rows == 12
+        clock.advance(0.1)
+        status = h.status()
+        assert status.memory_rows == 0 and status.spool_rows + status.written == 12 * r  # durable
+        # the first round went to the database at once (its first try); the next ones wait
+        assert status.written == 12
+    clock.advance(0.1)  # 0.4 s since that try
+    assert (h.status().spool_rows, h.status().written) == (36, 12)
+    clock.advance(0.1)
+    assert (h.status().spool_rows, h.status().written) == (0, 48)  # one transaction for three appends
+    h.stopService()
