@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest_twisted
 from sqlalchemy import func, select
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -97,4 +98,43 @@ def test_an_older_schema_waits_and_is_logged_once(tmp_path):
         globalLogPublisher.removeObserver(seen.append)
         upkeep.stopService()
     assert clock.getDelayedCalls() == []
+    engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_the_reactor_the_work_runs_on_its_own_thread(tmp_path):
+    """With the real reactor the rounds run on the upkeep's thread; stopping waits for a
+    round in progress and leaves nothing behind."""
+    import threading
+
+    from twisted.internet import reactor, task
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with engine.begin() as c:
+        key = meter(c, "bus/1/1/1")
+        install(c, key, "S1", T0, 0)
+        for n in range(48):
+            read(c, key, T0 + timedelta(hours=n + 1), n)
+    threads = set()
+    upkeep = Upkeep(url, reactor, interval_s=0.05, chunk=10)
+    real = upkeep._thd_aggregate
+
+    def spy():
+        threads.add(threading.current_thread().name)
+        return real()
+
+    upkeep._thd_aggregate = spy
+    upkeep.startService()
+    try:
+        deadline = reactor.seconds() + 20
+        while upkeep.aggregated < 48 and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert upkeep.aggregated == 48
+    finally:
+        await upkeep.stopService()
+    assert threads == {"PoolThread-st2000r-historian-upkeep-0"}
+    assert upkeep._pool is None
+    assert count(engine, daily_aggregates) == 2
     engine.dispose()
