@@ -55,6 +55,14 @@ def screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines())
 
 
+async def assert_settled_snapshot(pilot, name: str) -> None:
+    """``assert_snapshot`` once the app has handled every pending message (key help and
+    labels follow state changes a message later; a loaded machine shows that gap)."""
+    await pilot.pause()
+    await pilot.pause()
+    assert_snapshot(pilot.app, name)
+
+
 def assert_snapshot(app, name: str) -> None:
     text = screen_text(app) + "\n"
     path = SNAPSHOTS / f"{name}.txt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from support.console import assert_snapshot, drive, screen_text, until
+from support.console import assert_settled_snapshot, drive, screen_text, until
 from support.fake_api import FakeApi, alarm
 from test_console_pilot import console, login
 
@@ -22,31 +22,29 @@ async def test_main_screens(language):
 
     async def scenario(pilot):
         await until(pilot, lambda: pilot.app.screen.query("#name"))
-        assert_snapshot(pilot.app, f"login-{language}")
+        await assert_settled_snapshot(pilot, f"login-{language}")
         await login(pilot)
         await until(pilot, lambda: "bus1" in screen_text(pilot.app) and "%" in screen_text(pilot.app))
-        assert_snapshot(pilot.app, f"dashboard-{language}")
+        await assert_settled_snapshot(pilot, f"dashboard-{language}")
         await pilot.press("f2")
         await until(pilot, lambda: marker in screen_text(pilot.app))
-        assert_snapshot(pilot.app, f"meters-{language}")
+        await assert_settled_snapshot(pilot, f"meters-{language}")
         await pilot.press("f")
         await until(pilot, lambda: pilot.app.screen.query("#f-household"))
-        await pilot.pause()
-        assert_snapshot(pilot.app, f"filter-{language}")
+        await assert_settled_snapshot(pilot, f"filter-{language}")
         await pilot.press("escape")
         await pilot.press("enter")
         await until(pilot, lambda: "101010 L" in screen_text(pilot.app) and "┤" in screen_text(pilot.app))
-        assert_snapshot(pilot.app, f"detail-{language}")
+        await assert_settled_snapshot(pilot, f"detail-{language}")
         await pilot.press("v")
         await until(pilot, lambda: pilot.app.screen.query("#valve-reason"))
-        await pilot.pause()
-        assert_snapshot(pilot.app, f"valve-{language}")
+        await assert_settled_snapshot(pilot, f"valve-{language}")
         await pilot.press("escape")
         await pilot.press("f3")
         await until(pilot, lambda: "bus1/1/1/1" in screen_text(pilot.app))
-        assert_snapshot(pilot.app, f"alarms-{language}")
+        await assert_settled_snapshot(pilot, f"alarms-{language}")
         await pilot.press("f4")
         await until(pilot, lambda: "1234" in screen_text(pilot.app))
-        assert_snapshot(pilot.app, f"links-{language}")
+        await assert_settled_snapshot(pilot, f"links-{language}")
 
     await drive(console(api, language), scenario, size=(80, 24))
