@@ -27,11 +27,14 @@ from st2000r.supervisor.api.declare import Route, check, parse_param
 from st2000r.supervisor.api.errors import ApiError, invalid
 from st2000r.supervisor.api.sessions import Session
 
-__all__ = ["ApiResource", "Call", "ApiSite", "LimitedFactory", "MAX_BODY", "RawJson"]
+__all__ = ["ApiResource", "Call", "ApiSite", "LimitedFactory", "MAX_BODY", "IDLE_TIMEOUT_S", "RawJson"]
 
 log = Logger()
 
 MAX_BODY = 64 * 1024
+#: a connection that sends nothing for this long while no request is being answered (idle
+#: between requests, or a request's headers or body stalled half-way) is closed
+IDLE_TIMEOUT_S = 60
 PREFIX = ("api", "v1")
 
 
@@ -76,7 +79,9 @@ class _Request(server.Request):
 
 
 class ApiSite(server.Site):
-    """The site: our request class, no access log to stdout (requests are logged by us)."""
+    """The site: our request class, no access log to stdout (requests are logged by us).
+    twisted.web suspends the idle timeout while a request is answered, so an event stream
+    is never cut by it."""
 
     requestFactory = _Request
     noisy = False

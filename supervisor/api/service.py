@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from st2000r.config.model import ApiSettings, Topology
 from st2000r.supervisor.api.app import ApiApp
-from st2000r.supervisor.api.resource import ApiResource, ApiSite, LimitedFactory
+from st2000r.supervisor.api.resource import IDLE_TIMEOUT_S, ApiResource, ApiSite, LimitedFactory
 from st2000r.supervisor.api.sessions import Sessions, verify_in_thread
 from st2000r.supervisor.api.stream import EventStream
 
@@ -52,7 +52,7 @@ class ApiService(Service):
                           historian=getattr(supervisor, "historian", None), reactor=reactor,
                           pollers=getattr(supervisor, "pollers", None),
                           gprs_server=getattr(supervisor, "gprs_server", None))
-        self.site = ApiSite(ApiResource(self.app))
+        self.site = ApiSite(ApiResource(self.app), timeout=IDLE_TIMEOUT_S, reactor=clock)
         self.factory = LimitedFactory(self.site, self.settings.max_clients)
         self._listener: Any = None
         self.port: int | None = None

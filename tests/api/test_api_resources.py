@@ -291,3 +291,38 @@ async def test_operators_are_listed_for_admins_without_their_hashes(rig):
     assert a.json["items"] == [{"name": r, "role": r, "can_login": True} for r in ("viewer", "operator", "engineer",
                                                                                    "admin")] + [
         {"name": "modbus", "role": "operator", "can_login": False}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_stalled_half_way_is_cut_after_the_idle_timeout_but_a_stream_is_not():
+    from twisted.internet import protocol, reactor
+
+    from support.apirig import SseReader, eventually
+    from st2000r.supervisor.api.resource import IDLE_TIMEOUT_S
+
+    class Stalled(protocol.Protocol):
+        lost = False
+
+        def connectionMade(self):
+            self.transport.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+
+        def connectionLost(self, reason=None):
+            self.lost = True
+
+    rig = ApiRig()
+    rig.start()
+    try:
+        stalled = await protocol.ClientCreator(reactor, Stalled).connectTCP("127.0.0.1", rig.api.port)
+        stream = await SseReader(rig.api.port, await rig.token("viewer")).connect()
+        await stream.until(lambda r: r.named("hello"))
+        await eventually(lambda: len(rig.api.factory.protocols) >= 2, what="both connections held")
+        rig.clock.advance(IDLE_TIMEOUT_S - 1)
+        assert not stalled.lost
+        rig.clock.advance(2)
+        await eventually(lambda: stalled.lost, what="the stalled request cut")
+        rig.read(1, [3] * 6)
+        await stream.until(lambda r: len(r.named("MeterChanged")) == 6)  # the stream lives on
+        assert not stream.closed
+        stream.close()
+    finally:
+        await rig.stop()
