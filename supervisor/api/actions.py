@@ -37,6 +37,14 @@ def _cdt(app: Any, link: str, address: int, field: str) -> None:
             raise not_found(field, f"no CDT {address} on link {link!r}") from None
 
 
+def source_of(call: Any) -> Source:
+    """``console`` when the client says it is the operators' console (header
+    ``X-St2000r-Client: console``), else ``api``: only the audit's source column; the
+    operator and the role are the token's whatever the header says."""
+    header = call.request.getHeader(b"x-st2000r-client")
+    return Source.CONSOLE if header is not None and header.strip().lower() == b"console" else Source.API
+
+
 def post_command(call: Any) -> tuple[int, dict[str, Any]]:
     app, body, session = call.app, call.body, call.session
     kind = CommandKind(body["kind"])
@@ -44,7 +52,7 @@ def post_command(call: Any) -> tuple[int, dict[str, Any]]:
     if not session.role.at_least(need):
         raise ApiError(403, f"{session.name!r} is a {session.role.value}; {kind.value} needs {need.value} or above",
                        field="kind")
-    common = {"who": session.name, "source": Source.API, "reason": body.get("reason", ""), "peer": call.peer}
+    common = {"who": session.name, "source": source_of(call), "reason": body.get("reason", ""), "peer": call.peer}
     if kind is CommandKind.VALVE:
         request: Any = ValveRequest(_meter(app, body["meter"], "meter"), body["open"], **common)
     elif kind is CommandKind.READ_NOW:
@@ -140,7 +148,7 @@ def alarm_op(op: str) -> Any:
         if kind is CommandKind.ALARM_SHELVE and not reason.strip():
             raise invalid("reason", "a reason is required to shelve an alarm")
         duration = body.get("duration_s")
-        request = AlarmRequest(alarm_id, kind, session.name, Source.API, reason=reason, peer=call.peer,
+        request = AlarmRequest(alarm_id, kind, session.name, source_of(call), reason=reason, peer=call.peer,
                                duration_s=float(duration) if duration is not None else None)
         handle = app.commands.submit(request)
         record = app.commands.get(handle.id)

@@ -130,6 +130,17 @@ async def test_a_valve_closed_through_the_api_reports_its_outcome(rig):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_console_is_audited_as_its_own_source(rig):
+    a = await rig.call("POST", "commands", {"kind": "read_now", "target": "bus/1"}, as_="operator",
+                       headers={"X-St2000r-Client": "console"})
+    b = await rig.call("POST", "alarms/acknowledge", {"alarm": TAMPER}, as_="operator",
+                       headers={"X-St2000r-Client": "console"})
+    c = await rig.call("POST", "commands", {"kind": "read_now", "target": "bus/2"}, as_="operator")
+    assert rig.commands.get(a.json["id"]).source == "console" and b.json["command"]["source"] == "console"
+    assert rig.commands.get(c.json["id"]).source == "api"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_command_the_path_refuses_at_once_is_202_refused_with_the_reason():
     rig = ApiRig(protected=("H1-1",))
     rig.start()
