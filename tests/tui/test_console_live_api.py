@@ -162,3 +162,26 @@ async def test_an_expired_token_returns_to_login_with_the_reason():
         await drive(console(rig), scenario)
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valve_command_the_interlock_refuses_shows_refused_with_the_reason():
+    rig = ApiRig(protected=("H1-1",))
+    rig.start()
+    try:
+        async def scenario(pilot):
+            await login(pilot, "operator")
+            await pilot.press("f2")
+            await until(pilot, lambda: "bus/1/1/1" in screen_text(pilot.app))
+            await pilot.press("v")
+            await until(pilot, lambda: pilot.app.screen.query("#valve-reason"))
+            pilot.app.screen.query_one("#valve-reason").value = "unpaid bill"
+            pilot.app.screen.query_one("#valve-reason").focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: ": refused" in screen_text(pilot.app), what="the refusal")
+            assert "protected" in screen_text(pilot.app), screen_text(pilot.app)
+            assert rig.master.calls == []
+
+        await drive(console(rig), scenario)
+    finally:
+        await rig.stop()
