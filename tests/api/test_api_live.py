@@ -66,6 +66,16 @@ def test_history_comes_from_the_historian(live):
     assert status == 400 and bad["error"]["field"] == "from"
 
 
+def test_diagnostics_show_the_bus_consumers_and_the_historian_spool(live):
+    status, d = live.request("GET", "diagnostics", as_="viewer")
+    assert status == 200 and d["historian"]["state"] in ("starting", "connected")
+    assert {"spool_rows", "spool_bytes", "oldest_age_s", "written"} <= set(d["historian"])
+    names = {c["name"] for c in d["consumers"]}
+    assert "api events" in names and len(names) >= 3  # the historian and the state store too
+    status, s = live.request("GET", "summary", as_="viewer")
+    assert s["meters"]["total"] == 7 and s["historian"]["state"] == d["historian"]["state"]
+
+
 def test_a_valve_closed_through_the_api_is_closed_in_the_field(live):
     status, accepted = live.request("POST", "commands", {"kind": "valve", "meter": METER, "open": False,
                                                          "reason": "unpaid bill"}, as_="operator")

@@ -337,3 +337,20 @@ async def test_a_request_stalled_half_way_is_cut_after_the_idle_timeout_but_a_st
         stream.close()
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gprs_links_dtu_sessions_are_listed(rig):
+    from st2000r.drivers.st2000r.gprs import SessionInfo
+
+    class Server:
+        def sessions(self):
+            return {"DTU-7": SessionInfo("DTU-7", "bus", "192.0.2.9:40000", rig.clock.seconds() - 60,
+                                         rig.clock.seconds(), 2, 1200, 300, "challenge"),
+                    "DTU-8": SessionInfo("DTU-8", "other", "192.0.2.10:40001", 0.0, 0.0, 0, 0, 0)}
+
+    rig.api.app.gprs_server = Server()
+    link = (await rig.call("GET", "links/bus", as_="viewer")).json
+    assert link["sessions"] == [{"dtu_id": "DTU-7", "peer": "192.0.2.9:40000", "since": "2026-05-28T20:25:40+00:00",
+                                 "last_seen": "2026-05-28T20:26:40+00:00", "heartbeats": 2, "bytes_in": 1200,
+                                 "bytes_out": 300, "auth": "challenge"}]
