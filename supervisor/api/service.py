@@ -68,10 +68,16 @@ class ApiService(Service):
         super().startService()
         self.stream.start()
         host, port = self.settings.listen
-        if self.settings.tls is not None:
-            self._listener = self.reactor.listenSSL(port, self.factory, self._tls_options(), interface=host)
-        else:
-            self._listener = self.reactor.listenTCP(port, self.factory, interface=host)
+        from twisted.internet.error import CannotListenError
+
+        try:
+            if self.settings.tls is not None:
+                self._listener = self.reactor.listenSSL(port, self.factory, self._tls_options(), interface=host)
+            else:
+                self._listener = self.reactor.listenTCP(port, self.factory, interface=host)
+        except CannotListenError as exc:
+            self.stream.stop()
+            raise RuntimeError(f"HTTP API ([api] listen = \"{host}:{port}\"): {exc.socketError}") from None
         self.port = self._listener.getHost().port
         log.info("HTTP API on {url}/api/v1", url=self.url)
 
