@@ -18,10 +18,12 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from st2000r.supervisor.api.declare import Route, check, parse_param
 from st2000r.supervisor.api.errors import ApiError, invalid
@@ -90,8 +92,14 @@ class ApiSite(server.Site):
         pass
 
 
+@implementer(IProtocolNegotiationFactory)
 class LimitedFactory(policies.WrappingFactory):
-    """At most ``limit`` connections at once; the excess is closed at once."""
+    """At most ``limit`` connections at once; the excess is closed at once.  Under TLS it
+    offers ALPN ``http/1.1`` (without it, Twisted's TLS answered a client that offers ALPN
+    -- curl, httpx, browsers -- with an internal-error alert)."""
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
 
     def __init__(self, factory: Any, limit: int) -> None:
         super().__init__(factory)

@@ -25,8 +25,10 @@ def cert(tmp_path_factory):
     return str(d / "api.crt"), str(d / "api.key")
 
 
-def _login(port: int, cafile: str) -> tuple[int, dict]:
+def _login(port: int, cafile: str, alpn: list[str] | None = None) -> tuple[int, dict]:
     context = ssl.create_default_context(cafile=cafile)
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
     req = urllib.request.Request(f"https://127.0.0.1:{port}/api/v1/login", method="POST",
                                  data=json.dumps({"name": "viewer", "password": "viewer"}).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -41,6 +43,9 @@ async def test_https_serves_the_api_and_plain_http_gets_nothing(cert):
     try:
         assert rig.api.url.startswith("https://127.0.0.1:")
         status, body = await threads.deferToThread(_login, rig.api.port, cert[0])
+        assert status == 200 and body["role"] == "viewer"
+        # as curl, httpx and browsers do: offer ALPN (h2 first); the API settles on http/1.1
+        status, body = await threads.deferToThread(_login, rig.api.port, cert[0], ["h2", "http/1.1"])
         assert status == 200 and body["role"] == "viewer"
         plain = None
         try:
