@@ -16,9 +16,12 @@ Blocking (the upkeep service's thread, or ``st2000r db purge``).  Why each rule:
   (rollovers and reverse flow as usage counts them).  So each step between consecutive
   values counts in the day of its later value;
 - **incremental**: readings above the watermark (``aggregate_state.watermark``, a
-  ``readings.id``) mark their (meter, day) as touched, and only those rows are recomputed
-  from the day's raw readings -- a late reading (a spool replayed hours later) corrects
-  the day it belongs to, whenever it arrives.  When a day's last reading changes, the
+  ``readings.id``) mark their (meter, day) as touched, and only those rows change.  The
+  common case -- readings after the row's last one, one installation over the whole day
+  -- extends the row by the steps from its last value (steps add pair by pair), without
+  reading the day again; any other is recomputed from the day's raw readings, so a late
+  reading (a spool replayed hours later) corrects the day it belongs to, whenever it
+  arrives.  When a day's last reading changes, the
   meter's next aggregated day is recomputed too (its first step starts there).
   Installations newer than ``installation_mark`` touch the day of the replacement and any
   aggregated day of the meter after it.
