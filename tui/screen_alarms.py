@@ -101,20 +101,25 @@ class AlarmsScreen(ConsoleScreen):
             self.relabel()
 
     # -- keys ---------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        """A message on the line under the list (kept until the next one or a reload)."""
+        self.message = text
+        self.query_one("#alarms-info", Label).update(text)
+
     def _act(self, done_key: str, call) -> None:
         alarm = self.selected()
         if alarm is None:
-            self.notify(self.cat.t("alarms.pick"), severity="warning")
+            self.say(self.cat.t("alarms.pick"))
             return
 
         async def work() -> None:
             try:
                 await call(alarm)
             except Exception as exc:
-                self.notify(self.cat.t("alarms.failed", reason=self.console.api_failed(exc)), severity="error")
+                self.say(self.cat.t("alarms.failed", reason=self.console.api_failed(exc)))
                 return
-            self.notify(self.cat.t(done_key, id=alarm.id))
             await self._load()
+            self.say(self.cat.t(done_key, id=alarm.id))
 
         self.run_worker(work(), exit_on_error=False)
 
@@ -129,7 +134,7 @@ class AlarmsScreen(ConsoleScreen):
 
         alarm = self.selected()
         if alarm is None:
-            self.notify(self.cat.t("alarms.pick"), severity="warning")
+            self.say(self.cat.t("alarms.pick"))
             return
 
         def shelved(answer: tuple[str, int] | None) -> None:

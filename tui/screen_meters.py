@@ -148,5 +148,7 @@ class MetersScreen(ConsoleScreen):
         from st2000r.tui.dialog_valve import ValveDialog
 
         meter = self.grid.current
-        if meter is not None:
+        if meter is not None and meter.valve == "none":
+            self.query_one("#meters-info", Label).update(f"{meter.id}: {self.cat.t('valve.no_valve')}")
+        elif meter is not None:
             self.app.push_screen(ValveDialog(meter, open=open_))

@@ -307,3 +307,36 @@ async def test_operators_screen_for_an_admin_and_refused_for_an_operator():
         await until(pilot, lambda: "vera" in screen_text(pilot.app) and "viewer" in screen_text(pilot.app))
 
     await drive(console(api2), admin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_meter_without_a_valve_is_said_and_no_dialog_opens():
+    api = FakeApi()
+
+    async def scenario(pilot):
+        await login(pilot)
+        await pilot.press("f2")
+        await until(pilot, lambda: "bus1/1/1/2" in screen_text(pilot.app))
+        await pilot.press("down")  # bus1/1/1/2: electricity, no valve fitted
+        await pilot.press("v")
+        await until(pilot, lambda: "This meter has no valve" in screen_text(pilot.app))
+        assert not pilot.app.screen.query("#valve-reason") and api.commands == {}
+
+    await drive(console(api), scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_viewer_acknowledging_is_told_the_role_needed_and_nothing_changes():
+    api = FakeApi()
+    a = alarm("bus1/1/1/1")
+    api.alarms[a["id"]] = a
+
+    async def scenario(pilot):
+        await login(pilot, "vera", "viewpass")
+        await pilot.press("f3")
+        await until(pilot, lambda: "active, unacknowledged" in screen_text(pilot.app))
+        await pilot.press("a")
+        await until(pilot, lambda: "Not done: needs role operator" in screen_text(pilot.app))
+        assert api.alarms[a["id"]]["state"] == "active-unacked"
+
+    await drive(console(api), scenario)
