@@ -114,7 +114,10 @@ class ApiClient:
         await self._http.aclose()
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.session.token}"} if self.session else {}
+        """The token, and the header that has the supervisor audit changes with source
+        ``console`` (docs/api.md: it names the door, it grants nothing)."""
+        auth = {"Authorization": f"Bearer {self.session.token}"} if self.session else {}
+        return {"X-St2000r-Client": "console"} | auth
 
     async def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                       ok: tuple[int, ...] = (200,)) -> Any:

@@ -47,9 +47,6 @@ async def log_in(pilot) -> None:
     await pilot.press("enter")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the API's HTTPS listener answers every client that offers ALPN (httpx, curl, browsers) with a TLS "
-    "internal-error alert; a client without ALPN (urllib) is served. Remove this mark when the API is fixed."))
 @pytest_twisted.ensureDeferred
 async def test_https_with_the_ca_logs_in_and_without_it_is_refused_with_the_reason(tls_rig):
     rig, ca = tls_rig

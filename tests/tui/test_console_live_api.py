@@ -110,6 +110,8 @@ async def test_closing_a_valve_shows_the_outcome_read_back_from_the_field(rig):
         rig.reply_read(Valve.CLOSED, count=5)
         await until(pilot, lambda: "succeeded" in screen_text(pilot.app), what="the outcome")
         assert "Command " in screen_text(pilot.app)
+        record = rig.commands.last_for("bus/1/1/1")
+        assert (record.who, record.source, record.reason) == ("operator", "console", "unpaid bill")
         await pilot.press("escape")
         await until(pilot, lambda: "Valve: closed" in screen_text(pilot.app), what="the detail following the field")
 
