@@ -290,3 +290,14 @@ def test_console_is_listed_by_the_dispatcher():
     from st2000r.supervisor.cli import usage
 
     assert "console" in usage()
+
+
+def test_a_short_or_empty_filtered_page_with_a_cursor_keeps_asking():
+    """docs/api.md: a filtered page may be short (even empty) and still carry ``next``."""
+    rows = MeterRows(page_size=100)
+    rows.loading = True
+    assert rows.add_page(MeterPage((), "c1"), rows.generation) == range(0)
+    assert not rows.complete and rows.needs_more(0)
+    rows.loading = True
+    rows.add_page(MeterPage((meter(1),), None), rows.generation)
+    assert rows.complete and len(rows) == 1
