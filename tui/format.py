@@ -45,6 +45,10 @@ def alarm_state(cat: Catalogue, value: str) -> str:
     return _name(cat, "alarm.state", value, "none")
 
 
+def link_kind(cat: Catalogue, value: str | None) -> str:
+    return _name(cat, "linkkind", value, "none")
+
+
 def role(cat: Catalogue, value: str | None) -> str:
     return _name(cat, "role", value, "none")
 

@@ -63,7 +63,7 @@ class LinksScreen(ConsoleScreen):
         def n(v: int | None) -> str:
             return "—" if v is None else str(v)
 
-        rows = (((ln.name, ln.kind or "—", fmt.link_state(cat, self.states.get(ln.name)), n(ln.cdts), n(ln.meters),
+        rows = (((ln.name, fmt.link_kind(cat, ln.kind), fmt.link_state(cat, self.states.get(ln.name)), n(ln.cdts), n(ln.meters),
                   round_text(ln.round_done, ln.round_total), n(ln.requests), n(ln.timeouts), n(ln.rtt_p99_ms), n(ln.sessions)),
                  ln.name) for ln in self.links)
         tables.fill(table, [cat.t(k) for k in COLUMNS], rows)
