@@ -56,6 +56,7 @@ _METER = struct.Struct(">IHIHH")
 _U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
 _AGE_OFFSET = 2 * _M["age"]
 _QUALITY = {q: L.QUALITY_CODES[q.value] for q in Quality}
+_QUALITY_BY_NAME = {q.value: q for q in Quality}
 _STALE_CODE = L.QUALITY_CODES["stale"]
 _COMM_FAIL = Quality.COMM_FAIL
 _MAX_AGE = L.UNKNOWN32 - 1
@@ -185,12 +186,12 @@ class RegisterImage:
     # ---------------------------------------------------------------- points
 
     def meter(self, mid: str, value: int | None, quality: str, timestamp: Any, valve: Any, alarms: int) -> None:
-        """Write one meter's point (``quality``: a ``Quality`` value spelling; ``valve``: a
-        ``Valve`` (int) or None; ``alarms``: AlarmFlag bits)."""
+        """Write one meter's point (``quality``: a ``Quality`` value spelling, an unknown one
+        shows as stale; ``valve``: a ``Valve`` (int) or None; ``alarms``: AlarmFlag bits)."""
         slot = self._slots_by_name.get(mid)
         if slot is not None:
-            self._write_meter(slot, value, Quality(quality), None if timestamp is None else timestamp.timestamp(),
-                              valve, int(alarms))
+            self._write_meter(slot, value, _QUALITY_BY_NAME.get(quality, Quality.STALE),
+                              None if timestamp is None else timestamp.timestamp(), valve, int(alarms))
 
     def _write_meter(self, slot: tuple[int, int, int, int, int, int], value: int | None, quality: Quality,
                      at: float | None, valve: Any, alarms: int) -> None:

@@ -139,3 +139,12 @@ def test_the_historian_status_goes_to_every_unit_header():
     image.fill(SimpleNamespace(meters=list, cdts=list, links=list), None, SimpleNamespace(status=lambda: status))
     assert {header(u) for u in units} == {(1, 5, 1, 0, 100, 0)}
     assert image.get16(units[0], 0) == L.MAP_VERSION == 2
+
+
+def test_meter_by_name_with_a_quality_spelling():
+    image, clock = make_image(1)
+    image.meter("bus/1/1/2", 42, "comm_fail", utc(T0 - 3), Valve.CLOSED, AlarmFlag.SHORT)
+    assert meter_registers(image, 1010) == (42, 2, 3, 0b1010, 1, 0)
+    image.meter("bus/1/1/2", 42, "no such quality", None, None, 0)  # shown as stale, never a traceback
+    assert meter_registers(image, 1010) == (42, 1, L.UNKNOWN32, 0, L.VALVE_UNKNOWN, 0)
+    image.meter("bus/9/1/1", 1, "good", None, None, 0)  # not on the map: nothing written
