@@ -187,3 +187,43 @@ async def test_a_valve_command_the_interlock_refuses_shows_refused_with_the_reas
         await drive(console(rig), scenario)
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_supervisor_restart_is_said_while_down_and_ends_in_the_login_screen():
+    """The API goes away (the console says so and keeps trying), then a new one answers on
+    the same port: tokens lived in the old one's memory, so the console asks for a login
+    again and says why."""
+    import asyncio
+    import dataclasses
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    from st2000r.supervisor.api.service import ApiService
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rig = ApiRig()
+    rig.topology = dataclasses.replace(rig.topology, api=dataclasses.replace(rig.topology.api,
+                                                                             listen=("127.0.0.1", port)))
+    rig.api = ApiService(rig.topology, reactor, rig, clock=rig.clock)
+    rig.start()
+
+    async def scenario(pilot):
+        await login(pilot, "operator")
+        await Deferred.asFuture(rig.api.stopService(), asyncio.get_running_loop())
+        await until(pilot, lambda: pilot.app.connected is False, what="offline")
+        await until(pilot, lambda: "Supervisor unreachable" in screen_text(pilot.app))
+        rig.api = ApiService(rig.topology, reactor, rig, clock=rig.clock)  # the restarted supervisor
+        rig.api.startService()
+        await until(pilot, lambda: "Your session has expired" in screen_text(pilot.app), timeout=15,
+                    what="the login screen after the restart")
+        assert pilot.app.session is None
+
+    try:
+        await drive(console(rig), scenario)
+    finally:
+        await rig.stop()
