@@ -313,6 +313,15 @@ class AlarmManager(Service):
                        f"GPRS server: {data.get('source')} blocked for {data.get('seconds')} s after "
                        f"{data.get('failures')} failed registrations", "warning")
 
+    def on_api_login_event(self, event: str, data: Mapping[str, Any]) -> None:
+        """The HTTP API's logins: an address throttled after a burst of failed logins (the
+        text names no operator: a name as typed may be a password)."""
+        if event == "throttled":
+            self._note("api:login:throttled", "api", "login_throttled",
+                       f"HTTP API: {data.get('failures')} failed logins from {data.get('peer')} within "
+                       f"{data.get('window_s', 0):.0f} s: its logins refused for {data.get('seconds')} s "
+                       "(password guessing?)", "major")
+
     def _note(self, alarm_id: str, source: str, kind: str, text: str, severity: str) -> None:
         """An event, not a condition: raised and cleared at once, so it waits in the list
         for an acknowledgement.  While it waits, repeats change nothing (an attacker who

@@ -1,4 +1,5 @@
-"""The audit log: one JSON line per command record, on disk before the field acts on it.
+"""The audit log: one JSON line per command record, on disk before the field acts on it,
+and one per session event of the HTTP API (login, logout, failed, throttled, expired).
 
 The command dispatcher appends a record when a command is accepted and waits for
 :meth:`AuditLog.append`'s Deferred — the line is written, flushed and fsynced — before the
@@ -14,6 +15,14 @@ file is cut back to its last whole line — never silently appended to, which wo
 next record too.  :func:`read_records` reads the log back (the last line per command id
 wins), reporting undecodable lines the same way.
 
+Two record types share the file, told apart by the ``record`` key: a command line has none
+(files written before session records existed load as they are), a session line has
+``"record": "session"`` (:class:`SessionRecord`: who as given, client address, time, event,
+detail; never a password).  Anything else with a ``record`` key is reported as a bad line,
+so no other type is ever taken for a command.  Session lines are appended without waiting
+(a login is not a change: it never waits for the disk, and a log that cannot be written does
+not stop it; the caller is told through the Deferred).
+
 :class:`MemoryAudit` keeps records in memory only (tests, a supervisor run without a state
 folder); its appends succeed at once.
 """
@@ -24,6 +33,7 @@ import json
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,23 +42,71 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from st2000r.supervisor.events import CommandKind, CommandRecord, CommandState
+from st2000r.supervisor.events import CommandKind, CommandRecord, CommandState, utc
 
-__all__ = ["AuditLog", "MemoryAudit", "AuditError", "read_records", "record_from_json", "AuditReadReport"]
+__all__ = ["AuditLog", "MemoryAudit", "AuditError", "read_records", "record_from_json", "AuditReadReport",
+           "SessionRecord", "session_from_json", "SESSION_EVENTS", "SESSIONS_KEPT"]
 
 log = Logger()
+
+#: the events of a session record
+SESSION_EVENTS = ("login", "logout", "failed", "throttled", "expired")
+#: session records :func:`read_records` keeps (the newest) and :class:`MemoryAudit` holds
+SESSIONS_KEPT = 2_000
 
 
 class AuditError(Exception):
     """The audit log cannot be opened or written; the message names the file and why."""
 
 
-def _line(record: CommandRecord) -> bytes:
-    return (json.dumps(record.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One session event of the HTTP API: ``event`` one of :data:`SESSION_EVENTS`, ``at``
+    clock seconds, ``name`` as the client gave it, ``peer`` its address."""
+
+    at: float
+    name: str | None
+    peer: str | None
+    event: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": utc(self.at).isoformat(), "name": self.name, "peer": self.peer, "event": self.event,
+                "detail": self.detail}
+
+
+def _line(record: CommandRecord | SessionRecord) -> bytes:
+    data = {"record": "session", **record.as_dict()} if isinstance(record, SessionRecord) else record.as_dict()
+    return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _optional_text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"session record: {key}: expected a string or null, got {type(value).__name__}")
+    return value
+
+
+def session_from_json(data: dict[str, Any]) -> SessionRecord:
+    """A session record from its line (``{"record": "session", ...}``); ``KeyError`` /
+    ``ValueError`` naming the field for a malformed one."""
+    if data.get("record") != "session":
+        raise ValueError(f"not a session record (record = {data.get('record')!r})")
+    event = data["event"]
+    if event not in SESSION_EVENTS:
+        raise ValueError(f"session record: unknown event {event!r}")
+    at = datetime.fromisoformat(data["at"])
+    if at.tzinfo is None:
+        raise ValueError("session record: at: a time without an offset")
+    return SessionRecord(at.timestamp(), _optional_text(data, "name"), _optional_text(data, "peer"), event,
+                         str(data.get("detail", "")))
 
 
 def record_from_json(data: dict[str, Any]) -> CommandRecord:
-    """A record from its JSON form (``KeyError``/``ValueError`` for a malformed one)."""
+    """A command record from its JSON form (``KeyError``/``ValueError`` for a malformed one,
+    and for a line of another record type)."""
+    if "record" in data and data["record"] != "command":
+        raise ValueError(f"not a command record (record = {data['record']!r})")
     def when(key: str) -> datetime | None:
         value = data.get(key)
         return datetime.fromisoformat(value) if value else None
@@ -64,16 +122,20 @@ def record_from_json(data: dict[str, Any]) -> CommandRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditReadReport:
-    """What :func:`read_records` found: the records (last line per id, in first-seen order)
-    and the lines it could not use, as ``(byte offset, reason)``."""
+    """What :func:`read_records` found: the command records (last line per id, in
+    first-seen order), the lines it could not use, as ``(byte offset, reason)``, and the
+    newest session records (oldest first)."""
 
     records: tuple[CommandRecord, ...]
     bad_lines: tuple[tuple[int, str], ...]
+    sessions: tuple[SessionRecord, ...] = ()
 
 
-def read_records(path: str | os.PathLike[str]) -> AuditReadReport:
-    """Read an audit log back.  A missing file is an empty log."""
+def read_records(path: str | os.PathLike[str], *, sessions_kept: int = SESSIONS_KEPT) -> AuditReadReport:
+    """Read an audit log back (the newest ``sessions_kept`` session records are kept).  A
+    missing file is an empty log."""
     latest: dict[str, CommandRecord] = {}
+    sessions: deque[SessionRecord] = deque(maxlen=max(0, sessions_kept))
     bad: list[tuple[int, str]] = []
     try:
         f = open(path, "rb")
@@ -85,13 +147,20 @@ def read_records(path: str | os.PathLike[str]) -> AuditReadReport:
             try:
                 if not raw.endswith(b"\n"):
                     raise ValueError("torn line (no newline at the end of the file)")
-                record = record_from_json(json.loads(raw))
-            except (ValueError, KeyError, TypeError) as exc:
+                data = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise ValueError(f"a line must be a JSON object, got {type(data).__name__}")
+                if data.get("record") == "session":
+                    sessions.append(session_from_json(data))
+                else:
+                    record = record_from_json(data)
+                    latest[record.id] = record
+            except KeyError as exc:
+                bad.append((offset, f"missing key {exc}"))
+            except (ValueError, TypeError) as exc:
                 bad.append((offset, str(exc)[:200]))
-            else:
-                latest[record.id] = record
             offset += len(raw)
-    return AuditReadReport(tuple(latest.values()), tuple(bad))
+    return AuditReadReport(tuple(latest.values()), tuple(bad), tuple(sessions))
 
 
 def _cut_torn_tail(path: str) -> None:
@@ -132,10 +201,15 @@ class MemoryAudit:
 
     def __init__(self) -> None:
         self.records: list[CommandRecord] = []
+        self.sessions: deque[SessionRecord] = deque(maxlen=SESSIONS_KEPT)
         self.errors = 0
 
     def append(self, record: CommandRecord) -> defer.Deferred:
         self.records.append(record)
+        return defer.succeed(None)
+
+    def append_session(self, record: SessionRecord) -> defer.Deferred:
+        self.sessions.append(record)
         return defer.succeed(None)
 
     def close(self) -> defer.Deferred:
@@ -169,9 +243,17 @@ class AuditLog:
     def append(self, record: CommandRecord) -> defer.Deferred:
         """Fires with None once the record's line is on disk, or errbacks with
         :class:`AuditError`."""
-        d: defer.Deferred = defer.Deferred()
+        return self._append(record)
+
+    def append_session(self, record: SessionRecord) -> defer.Deferred:
+        """Queue a session record's line (same writer, same order as commands); the
+        Deferred fires as for :meth:`append`."""
+        return self._append(record)
+
+    def _append(self, record: CommandRecord | SessionRecord) -> defer.Deferred:
         if self._closed:
             return defer.fail(AuditError(f"audit log {self.path}: closed"))
+        d: defer.Deferred = defer.Deferred()
         self._queue.put((_line(record), d))
         return d
 

@@ -196,7 +196,8 @@ class SupervisorService(MultiService):
         self._recover_commands()
 
     def _recover_commands(self) -> None:
-        """Commands of earlier runs into the history; those cut off by a crash closed."""
+        """Commands of earlier runs into the history; those cut off by a crash closed; the
+        API's session records of earlier runs into its session log."""
         path = getattr(self.audit, "path", None)
         if path is None:
             return
@@ -204,6 +205,8 @@ class SupervisorService(MultiService):
         for offset, why in report.bad_lines:
             log.error("audit log {path}: line at byte {offset} skipped: {why}", path=path, offset=offset, why=why)
         closed = self.commands.recover(report.records)
+        if self.api is not None:  # the API's session records of earlier runs (GET /audit/sessions)
+            self.api.sessions.restore(report.sessions)
         if closed:
             log.warn("{n} command(s) cut off by the last stop are being closed as interrupted", n=closed)
 

@@ -32,12 +32,12 @@ def audit(call: Any) -> dict[str, Any]:
 
 
 def audit_sessions(call: Any) -> dict[str, Any]:
-    records = list(reversed(call.app.sessions.records))
-    start = decode_cursor("s", call.query.get("cursor"))
-    limit = call.query.get("limit", 100)
-    chunk = records[start:start + limit]
-    return page([r.as_dict() for r in chunk], encode_cursor("s", start + limit) if start + limit < len(records)
-                else None)
+    """Session records of this run and of earlier runs (from the audit log), newest first;
+    the cursor is a record's seq, so records added between pages shift nothing."""
+    cursor = call.query.get("cursor")
+    before = decode_cursor("s", cursor) if cursor is not None else None
+    chunk, nxt = call.app.sessions.page(before, call.query.get("limit", 100), call.query.get("event"))
+    return page([r.as_dict() for r in chunk], encode_cursor("s", nxt) if nxt is not None else None)
 
 
 def operators(call: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from st2000r.supervisor.api import actions, admin, history, reads
 from st2000r.supervisor.api.declare import MAX_TEXT, Param, Route
 from st2000r.supervisor.api.shapes import BASE, QUALITIES, COMMAND_KINDS, COMMAND_STATES, ref
 from st2000r.supervisor.alarms import MAX_SHELVE_S
+from st2000r.supervisor.audit import SESSION_EVENTS
 from st2000r.supervisor.authz import Role
 
 __all__ = ["ROUTES"]
@@ -145,8 +146,13 @@ ROUTES: tuple[Route, ...] = (
           responses=_ok("Command")),
     Route("GET", f"{BASE}/audit", admin.audit, "The audit log of commands, newest first", E, "audit",
           params=(*RECORD_FILTERS, *PAGE), responses=_ok("CommandPage")),
-    Route("GET", f"{BASE}/audit/sessions", admin.audit_sessions, "Logins, logouts, failed logins", E, "audit",
-          params=PAGE, responses=_ok("SessionRecordPage")),
+    Route("GET", f"{BASE}/audit/sessions", admin.audit_sessions,
+          "Logins, logouts, failed and throttled logins, newest first (kept in the audit log)", A, "audit",
+          params=(Param("event", {"type": "string", "enum": list(SESSION_EVENTS)}, "only records of this event"),
+                  *PAGE),
+          responses=_ok("SessionRecordPage"),
+          description="Admin only: a name is recorded as the client typed it, a password typed into the "
+                      "name field included. Records of earlier runs come from the audit log."),
     Route("GET", f"{BASE}/operators", admin.operators, "Configured operators (never their hashes)", A, "audit",
           responses=_ok("OperatorPage")),
     Route("GET", f"{BASE}/diagnostics", admin.diagnostics, "Event queues, historian spool, API counters", V,

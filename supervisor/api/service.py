@@ -30,7 +30,9 @@ class ApiService(Service):
     """The HTTP API of ``supervisor`` (a ``SupervisorService`` or any object with ``bus``,
     ``points``, ``alarms``, ``commands``, ``historian``, ``pollers``, ``gprs_server``).
     ``clock``: token expiry and heartbeats (default ``reactor``).  ``settings``: default
-    ``topology.api``.  After start, ``port`` is the port actually bound."""
+    ``topology.api``.  After start, ``port`` is the port actually bound.  Session records
+    go to ``supervisor.audit`` (else the dispatcher's audit log); a throttle trip to
+    ``supervisor.alarms.on_api_login_event``."""
 
     name = "api"
 
@@ -43,8 +45,10 @@ class ApiService(Service):
             raise ValueError("the topology has no [api] section")
         clock = clock or reactor
         operators = {o.name: o for o in topology.operators}
+        audit = getattr(supervisor, "audit", None) or getattr(supervisor.commands, "audit", None)
         self.sessions = Sessions(operators, clock, ttl_s=self.settings.token_ttl_s,
-                                 verify=verify or verify_in_thread(reactor))
+                                 verify=verify or verify_in_thread(reactor), audit=audit,
+                                 observer=getattr(supervisor.alarms, "on_api_login_event", None))
         self.stream = EventStream(supervisor.bus, clock, buffer_size=buffer_size,
                                   max_clients=self.settings.max_sse_clients)
         self.app = ApiApp(topology, clock, bus=supervisor.bus, points=supervisor.points, alarms=supervisor.alarms,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from st2000r.supervisor.audit import SESSION_EVENTS
 from st2000r.supervisor.events import Alarm, CommandRecord, jsonable
 from st2000r.supervisor.point_types import CdtPoint, LinkPoint, MeterPoint
 
@@ -126,7 +127,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Reading": _obj({"read_at": TIME, "value": INT, "quality": STR, "source": STR, "valve": N_STR,
                      "alarms": {"type": "array", "items": STR}}),
     "SessionRecord": _obj({"at": TIME, "name": N_STR, "peer": N_STR,
-                           "event": {"enum": ["login", "logout", "failed", "throttled", "expired"]}, "detail": STR}),
+                           "event": {"enum": list(SESSION_EVENTS)}, "detail": STR}),
     "Operator": _obj({"name": STR, "role": STR, "can_login": BOOL}),
 }
 SCHEMAS["MeterDetail"] = {**SCHEMAS["Meter"], "properties": {**SCHEMAS["Meter"]["properties"],

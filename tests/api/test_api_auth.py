@@ -87,7 +87,7 @@ async def test_failed_logins_are_throttled_per_address_and_audited(rig):
     assert 1 <= int(a.header("Retry-After")) <= FAIL_WINDOW_S
     rig.clock.advance(FAIL_WINDOW_S)
     assert (await rig.call("POST", "login", {"name": "operator", "password": "operator"})).status == 200
-    log = (await rig.call("GET", "audit/sessions?limit=1000", as_="engineer")).json["items"]
+    log = (await rig.call("GET", "audit/sessions?limit=1000", as_="admin")).json["items"]
     events = [(r["event"], r["name"], r["peer"]) for r in reversed(log)]
     assert events[:FAIL_LIMIT + 2] == ([("failed", "operator", "127.0.0.1")] * FAIL_LIMIT
                                        + [("throttled", "operator", "127.0.0.1"), ("login", "operator", "127.0.0.1")])

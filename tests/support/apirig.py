@@ -81,10 +81,12 @@ class Answer:
 
 
 class ApiRig:
-    """See the module docstring.  ``cdts``: CDTs on link ``bus`` (2 modules, 3 meters each)."""
+    """See the module docstring.  ``cdts``: CDTs on link ``bus`` (2 modules, 3 meters each).
+    ``audit``: the dispatcher's (and the sessions') audit log (default: in memory)."""
 
     def __init__(self, *, cdts: int = 2, ttl_s: int = 3600, buffer_size: int = 4096, max_sse: int = 8,
-                 protected: tuple[str, ...] = (), tls: tuple[str, str] | None = None, max_clients: int = 64) -> None:
+                 protected: tuple[str, ...] = (), tls: tuple[str, str] | None = None, max_clients: int = 64,
+                 audit: Any = None) -> None:
         from support.builders import make_cdt
         from st2000r.supervisor.api.service import ApiService
 
@@ -100,7 +102,7 @@ class ApiRig:
         self.alarms = AlarmManager(self.topology, self.clock, self.bus)
         self.master = FakeMaster(link)
         self.commands = CommandDispatcher(self.topology, self.clock, {"bus": self.master}, self.points, self.bus,
-                                          alarms=self.alarms)
+                                          alarms=self.alarms, audit=audit)
         self.historian = None
         self.pollers: dict = {}
         self.gprs_server = None
