@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def _exchange(host: str, port: int, request: bytes, deadline: float) -> Frame:
 def test_demo_runs_end_to_end(capsys):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "st2000r.supervisor.cli", "demo", "--simulator-only", "--for", "4", "--control", "0",
+        [sys.executable, "-m", "st2000r.supervisor.cli", "demo", "--simulator-only", "--for", "600", "--control", "0",
          "--tcp-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0,
     )
@@ -119,6 +120,7 @@ def test_demo_runs_end_to_end(capsys):
         assert cdt5["alarms"] == {"2": ["short"]}
         assert ctl.main(["--url", url, "fault", "alarm", "link=lakeside-bus", "cdt=500", "channel=2", "flags=short"]) == 2
         assert "500" in capsys.readouterr().err
+        proc.send_signal(signal.SIGTERM)  # a stop by signal ends as cleanly as --for running out
         out, _ = proc.communicate(timeout=30)
         out = out.decode("utf-8", "replace")
         assert proc.returncode == 0, out
