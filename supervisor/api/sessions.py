@@ -163,7 +163,8 @@ class Sessions:
                 self._tell("throttled", {"peer": key, "failures": FAIL_LIMIT, "window_s": FAIL_WINDOW_S,
                                          "seconds": seconds})
             raise ApiError(401, "wrong name or password", code="bad_credentials")
-        self._failures.pop(key, None)
+        # a success does not forgive the address's failures: whoever holds any account could
+        # otherwise interleave their own logins with guesses at another's password
         token = secrets.token_urlsafe(32)
         session = Session(token, name, role, now + self.ttl_s, peer)
         self._tokens[token] = session

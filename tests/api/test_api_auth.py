@@ -95,6 +95,16 @@ async def test_failed_logins_are_throttled_per_address_and_audited(rig):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_account_holders_own_logins_do_not_forgive_guesses_from_the_address(rig):
+    for _ in range(FAIL_LIMIT - 1):
+        assert (await rig.call("POST", "login", {"name": "engineer", "password": "guess"})).status == 401
+        assert (await rig.call("POST", "login", {"name": "viewer", "password": "viewer"})).status == 200
+    assert (await rig.call("POST", "login", {"name": "engineer", "password": "guess"})).status == 401
+    a = await rig.call("POST", "login", {"name": "viewer", "password": "viewer"})
+    assert a.status == 429 and error(a)["code"] == "too_many_requests"
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_failure_table_is_bounded(rig):
     sessions = rig.api.sessions
     sessions.max_peers = 3
