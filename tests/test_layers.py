@@ -34,7 +34,8 @@ ALLOWED = {
 # modules of the codec that must stay sans-I/O
 SANS_IO = [
     "frame", "messages", "msgbase", "standard", "vendor", "units", "bcd", "crc", "errors",
-    "describe", "cli", "registration", "gprs_throttle",
+    "describe", "cli", "registration", "registration_errors",
+    "registration_ddp", "registration_formats", "registration_auth", "gprs_throttle",
 ]  # fmt: skip
 # the simulator plays the device role: it shares the sans-I/O codec and packet formats with
 # the driver, never the driver's master, poller or links

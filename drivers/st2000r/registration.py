@@ -56,16 +56,51 @@ Names shared with ``st2000r.simulation.dtu`` (``DtuFormat``, ``ddp_*``, ``parse_
 ``DdpPacket``, ``Registered``, ``Heartbeat``, ``Data``, ``UplinkDecoder``,
 ``DownlinkDecoder``, ``DtuFormatError``) have the same behaviour, so the simulator can
 import them from here instead of keeping its own copy.
+
+Modules: this one holds the registration engine (:class:`RegistrationDecoder`,
+:class:`HeartbeatFilter`, the single-format decoders and their events); the packet codecs
+are ``registration_ddp.py`` (DDP) and ``registration_formats.py`` (:class:`DtuFormat`:
+plain, usr, ddp), the proof of identity ``registration_auth.py``, the errors
+``registration_errors.py``.  Every name is importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
-import struct
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+# the packet codecs per family and the proof of identity live in their own modules; every
+# name is importable from here as before
+from st2000r.drivers.st2000r.registration_auth import (
+    AUTH_CHALLENGE,  # noqa: F401 (re-exported)
+    AUTH_CHALLENGE_LEN,  # noqa: F401 (re-exported)
+    AUTH_MODES,
+    AUTH_RESPONSE,  # noqa: F401 (re-exported)
+    AUTH_RESPONSE_LEN,  # noqa: F401 (re-exported)
+    NONCE_LEN,
+    PROOF_LEN,
+    CredentialCheck,
+    auth_challenge,
+    auth_response,
+    challenge_proof,
+    parse_challenge,
+)
+from st2000r.drivers.st2000r.registration_ddp import (
+    DDP_ACK,  # noqa: F401 (re-exported)
+    DDP_FLAG,
+    DDP_HEARTBEAT,  # noqa: F401 (re-exported)
+    DDP_ID_LEN,
+    DDP_REGISTER,
+    DDP_REGISTER_LEN,  # noqa: F401 (re-exported)
+    DDP_SHORT_LEN,  # noqa: F401 (re-exported)
+    DdpPacket,
+    ddp_ack,
+    ddp_heartbeat,
+    ddp_register,
+    parse_ddp,
+)
+from st2000r.drivers.st2000r.registration_errors import AuthFailed, DtuFormatError, RegistrationError, UnknownDtu
+from st2000r.drivers.st2000r.registration_formats import FORMATS, MAX_TEXT_REGISTRATION, PASSWORD_SEP, DtuFormat
 
 __all__ = [
     "FORMATS",
@@ -97,329 +132,6 @@ __all__ = [
     "UplinkDecoder",
     "DownlinkDecoder",
 ]
-
-FORMATS = ("plain", "usr", "ddp")
-DDP_ID_LEN = 11
-DDP_FLAG = 0x7B
-DDP_REGISTER = 0x01
-DDP_HEARTBEAT = 0x02
-DDP_ACK = 0x81
-DDP_REGISTER_LEN = 0x16  # 22 bytes
-DDP_SHORT_LEN = 0x10  # 16 bytes: heartbeat and acknowledgement
-#: a text registration (plain/usr) longer than this without a decision is refused
-MAX_TEXT_REGISTRATION = 256
-AUTH_CHALLENGE = 0x83  # server -> DTU
-AUTH_RESPONSE = 0x03  # DTU -> server
-NONCE_LEN = 16
-PROOF_LEN = 32  # HMAC-SHA256
-AUTH_CHALLENGE_LEN = 4 + NONCE_LEN + 1  # 21 = 15h
-AUTH_RESPONSE_LEN = 4 + PROOF_LEN + 1  # 37 = 25h
-#: between the identity and the password of a password-mode text registration
-PASSWORD_SEP = b" "
-#: ``GprsEndpoint.auth`` values (the same tuple as ``config.model.AUTH_MODES``)
-AUTH_MODES = ("challenge", "password", "none")
-
-
-class RegistrationError(ValueError):
-    """A registration/heartbeat packet that cannot be built or parsed, or a DTU that may not
-    register; the message says why.  The server closes such a connection."""
-
-
-#: the simulator's name for the same error
-DtuFormatError = RegistrationError
-
-
-class UnknownDtu(RegistrationError):
-    """A well-formed registration of an identity no configured link has.  ``dtu_id``: the
-    identity it claimed (for a plain registration: the text received, up to 40 chars)."""
-
-    def __init__(self, dtu_id: str, fmt: str) -> None:
-        self.dtu_id = dtu_id
-        self.format = fmt
-        super().__init__(f"unknown DTU identity {dtu_id!r} ({fmt} registration)")
-
-
-class AuthFailed(RegistrationError):
-    """A registration that named a configured DTU but did not prove it (wrong or missing
-    proof or password, source address not allowed, no proof in time).  ``dtu_id``: the
-    DTU it named; the message never contains a secret or what was received for one."""
-
-    def __init__(self, dtu_id: str, why: str) -> None:
-        self.dtu_id = dtu_id
-        self.why = why
-        super().__init__(f"DTU {dtu_id!r}: {why}")
-
-
-# --------------------------------------------------------------------------- DDP packets
-
-
-def _ddp_id(dtu_id: str) -> bytes:
-    raw = dtu_id.encode("ascii") if dtu_id.isascii() else None
-    if raw is None or not raw or len(raw) > DDP_ID_LEN:
-        raise RegistrationError(f"DDP identity {dtu_id!r} must be 1..{DDP_ID_LEN} ASCII characters")
-    return raw.ljust(DDP_ID_LEN, b"\x00")
-
-
-def ddp_register(dtu_id: str, ip: str = "0.0.0.0", port: int = 0) -> bytes:
-    """``7B 01 00 16 <ID 11> <IP 4> <port 2> 7B``.  An IP that is not IPv4 is sent as
-    0.0.0.0; raises RegistrationError for a bad ID or a port outside 0..65535."""
-    try:
-        ip_raw = ipaddress.IPv4Address(ip).packed
-    except ValueError:
-        ip_raw = bytes(4)
-    if not 0 <= port <= 0xFFFF:
-        raise RegistrationError(f"port {port} is outside 0..65535")
-    head = bytes((DDP_FLAG, DDP_REGISTER)) + struct.pack(">H", DDP_REGISTER_LEN)
-    return head + _ddp_id(dtu_id) + ip_raw + struct.pack(">H", port) + bytes((DDP_FLAG,))
-
-
-def ddp_heartbeat(dtu_id: str) -> bytes:
-    """``7B 02 00 10 <ID 11> 7B``; raises RegistrationError for a bad ID."""
-    return bytes((DDP_FLAG, DDP_HEARTBEAT)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
-
-
-def ddp_ack(dtu_id: str) -> bytes:
-    """The server's acknowledgement of a registration: ``7B 81 00 10 <ID 11> 7B``."""
-    return bytes((DDP_FLAG, DDP_ACK)) + struct.pack(">H", DDP_SHORT_LEN) + _ddp_id(dtu_id) + bytes((DDP_FLAG,))
-
-
-@dataclass(frozen=True, slots=True)
-class DdpPacket:
-    """One parsed DDP packet.  ``kind``: 01h register, 02h heartbeat, 81h acknowledgement.
-    ``ip``/``port`` only for a registration (else None)."""
-
-    kind: int
-    dtu_id: str
-    ip: str | None = None
-    port: int | None = None
-
-
-_DDP_LENGTHS = {DDP_REGISTER: DDP_REGISTER_LEN, DDP_HEARTBEAT: DDP_SHORT_LEN, DDP_ACK: DDP_SHORT_LEN}
-
-
-def parse_ddp(data: bytes) -> tuple[DdpPacket, int] | None:
-    """Parse one DDP packet at the start of ``data``.
-
-    Returns ``(packet, bytes used)``, or None when ``data`` is a proper prefix of a packet
-    (need more bytes).  Raises RegistrationError when ``data`` does not start a valid
-    packet (wrong flag, unknown type, length not matching the type, missing end flag, an
-    ID that is not ASCII).
-    """
-    if not data:
-        return None
-    if data[0] != DDP_FLAG:
-        raise RegistrationError(f"DDP packet must start with 7Bh, got {data[0]:02X}h")
-    if len(data) < 4:
-        if len(data) >= 2 and data[1] not in _DDP_LENGTHS:
-            raise RegistrationError(f"unknown DDP packet type {data[1]:02X}h")
-        return None
-    kind = data[1]
-    length = data[2] << 8 | data[3]
-    want = _DDP_LENGTHS.get(kind)
-    if want is None:
-        raise RegistrationError(f"unknown DDP packet type {kind:02X}h")
-    if length != want:
-        raise RegistrationError(f"DDP packet type {kind:02X}h must be {want} bytes long, length field says {length}")
-    if len(data) < length:
-        return None
-    if data[length - 1] != DDP_FLAG:
-        raise RegistrationError(f"DDP packet must end with 7Bh, got {data[length - 1]:02X}h")
-    raw_id = data[4 : 4 + DDP_ID_LEN].rstrip(b"\x00")
-    if not raw_id or not raw_id.isascii():
-        raise RegistrationError(f"DDP identity {raw_id!r} is not 1..{DDP_ID_LEN} ASCII characters")
-    dtu_id = raw_id.decode("ascii")
-    if kind == DDP_REGISTER:
-        ip = str(ipaddress.IPv4Address(data[15:19]))
-        port = data[19] << 8 | data[20]
-        return DdpPacket(kind, dtu_id, ip, port), length
-    return DdpPacket(kind, dtu_id), length
-
-
-# --------------------------------------------------------------------------- proof of identity
-
-
-def auth_challenge(nonce: bytes) -> bytes:
-    """The server's challenge: ``7B 83 00 15 <nonce 16> 7B``; ValueError for another length."""
-    if len(nonce) != NONCE_LEN:
-        raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
-    return bytes((DDP_FLAG, AUTH_CHALLENGE)) + struct.pack(">H", AUTH_CHALLENGE_LEN) + nonce + bytes((DDP_FLAG,))
-
-
-def auth_response(proof: bytes) -> bytes:
-    """The DTU's answer: ``7B 03 00 25 <proof 32> 7B``; ValueError for another length."""
-    if len(proof) != PROOF_LEN:
-        raise ValueError(f"a proof is {PROOF_LEN} bytes, got {len(proof)}")
-    return bytes((DDP_FLAG, AUTH_RESPONSE)) + struct.pack(">H", AUTH_RESPONSE_LEN) + proof + bytes((DDP_FLAG,))
-
-
-def challenge_proof(secret: bytes, nonce: bytes, dtu_id: str) -> bytes:
-    """HMAC-SHA256(secret, nonce || id), the id as its UTF-8 bytes (for DDP: unpadded)."""
-    return hmac.new(secret, nonce + dtu_id.encode("utf-8"), hashlib.sha256).digest()
-
-
-def _auth_packet(data: bytes, kind: int, length: int, what: str) -> tuple[bytes, int] | None:
-    """``(body, bytes used)`` of an auth packet of ``kind`` at the start of ``data``; None
-    for a proper prefix of one; RegistrationError otherwise."""
-    head = bytes((DDP_FLAG, kind)) + struct.pack(">H", length)
-    n = min(len(data), 4)
-    if data[:n] != head[:n]:
-        raise RegistrationError(f"expected {what}")
-    if len(data) < length:
-        return None
-    if data[length - 1] != DDP_FLAG:
-        raise RegistrationError(f"{what} must end with 7Bh")
-    return data[4 : length - 1], length
-
-
-def parse_challenge(data: bytes) -> tuple[bytes, int] | None:
-    """DTU side: ``(nonce, bytes used)`` of a challenge at the start of ``data``, None when
-    more bytes are needed; RegistrationError when ``data`` does not start one."""
-    return _auth_packet(data, AUTH_CHALLENGE, AUTH_CHALLENGE_LEN, "a challenge (7B 83 00 15)")
-
-
-class CredentialCheck:
-    """Server side, second stage of a registration: the DTU named ``dtu_id`` proves it knows
-    ``secret`` (the rules in the module docstring).
-
-    ``mode``: ``"challenge"`` (``nonce``: the one sent; ``skip``: packets the DTU may send
-    before its answer -- its heartbeat, a repeated DDP registration) or ``"password"``
-    (``registration``: ``"plain"``, the password is ``len(secret)`` bytes; ``"usr"``, it
-    ends at CR LF).  Feed it the bytes that followed the registration packet.
-
-    :meth:`feed` returns True once the proof is verified (:attr:`rest`: the bytes after
-    it, bus bytes), False when more bytes are needed, and raises :class:`AuthFailed` for a
-    wrong proof.  :meth:`finish` (the registration time is up) raises :class:`AuthFailed`.
-    """
-
-    def __init__(self, dtu_id: str, mode: str, secret: bytes, *, registration: str = "plain", nonce: bytes = b"",
-                 skip: Sequence[bytes] = ()) -> None:
-        if mode not in ("challenge", "password"):
-            raise ValueError(f"no credential to check in auth mode {mode!r}")
-        if not secret:
-            raise ValueError("empty secret")
-        if mode == "challenge" and len(nonce) != NONCE_LEN:
-            raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
-        self.dtu_id = dtu_id
-        self.mode = mode
-        self.registration = registration
-        self.rest = b""
-        self._secret = secret
-        self._expected = challenge_proof(secret, nonce, dtu_id) if mode == "challenge" else b""
-        self._skip = tuple(p for p in skip if p)
-        self._head = b""
-        self._done = False
-
-    def feed(self, data: bytes) -> bool:
-        if self._done:
-            raise RuntimeError("CredentialCheck fed after its result")
-        self._head += data
-        try:
-            ok = self._challenge() if self.mode == "challenge" else self._password()
-        except AuthFailed:
-            self._done = True
-            self._head = b""
-            raise
-        if ok:
-            self._done = True
-        return ok
-
-    def finish(self) -> None:
-        self._done = True
-        what = "challenge answer" if self.mode == "challenge" else "password"
-        raise AuthFailed(self.dtu_id, f"no {what} in time")
-
-    def _challenge(self) -> bool:
-        head = self._head
-        while True:  # heartbeats / a repeated registration before the answer are skipped
-            for packet in self._skip:
-                if head.startswith(packet):
-                    head = head[len(packet) :]
-                    break
-            else:
-                break
-        self._head = head
-        if not head:
-            return False
-        if any(p.startswith(head) for p in self._skip):
-            return False  # could still be a heartbeat
-        try:
-            parsed = _auth_packet(head, AUTH_RESPONSE, AUTH_RESPONSE_LEN, "a challenge answer (7B 03 00 25)")
-        except RegistrationError as exc:
-            raise AuthFailed(self.dtu_id, f"{exc}, got something else") from None
-        if parsed is None:
-            return False
-        proof, used = parsed
-        if not hmac.compare_digest(proof, self._expected):
-            raise AuthFailed(self.dtu_id, "wrong challenge answer (secret differs)")
-        self.rest = head[used:]
-        return True
-
-    def _password(self) -> bool:
-        head = self._head
-        if self.registration == "usr":
-            end = head.find(b"\r\n")
-            if end < 0:
-                if len(head) > MAX_TEXT_REGISTRATION:
-                    raise AuthFailed(self.dtu_id, f"no CR LF after the password within {MAX_TEXT_REGISTRATION} bytes")
-                return False
-            given, used = head[:end], end + 2
-        else:
-            n = len(self._secret)
-            if len(head) < n:
-                return False
-            given, used = head[:n], n
-        if not hmac.compare_digest(given, self._secret):
-            raise AuthFailed(self.dtu_id, "wrong password")
-        self.rest = head[used:]
-        return True
-
-
-# --------------------------------------------------------------------------- formats
-
-
-@dataclass(frozen=True, slots=True)
-class DtuFormat:
-    """The packets one DTU sends.  ``registration``: ``"plain"``, ``"usr"`` or ``"ddp"``.
-    ``heartbeat``: the heartbeat bytes for plain/usr (None = the default of the format: the
-    identity packet, never the password); ignored for DDP.  ``password``: sent in the
-    registration packet after the identity and a space (password mode; plain/usr only).  Construction raises RegistrationError for an unknown format, an
-    empty identity or heartbeat, or an ID DDP cannot carry."""
-
-    registration: str
-    dtu_id: str
-    heartbeat: bytes | None = None
-    password: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if self.password is not None and (self.registration == "ddp" or not self.password):
-            raise RegistrationError("a password travels only in a plain or usr registration, and is not empty")
-        if self.registration not in FORMATS:
-            raise RegistrationError(f"registration format {self.registration!r} is not one of {', '.join(FORMATS)}")
-        if not self.dtu_id:
-            raise RegistrationError("DTU identity must not be empty")
-        if self.registration == "ddp":
-            _ddp_id(self.dtu_id)
-        if self.heartbeat is not None and not self.heartbeat:
-            raise RegistrationError("heartbeat must not be empty")
-
-    def registration_packet(self, ip: str = "0.0.0.0", port: int = 0) -> bytes:
-        """What the DTU sends first on every connection (``ip``/``port``: its local address,
-        used by DDP only)."""
-        if self.registration == "ddp":
-            return ddp_register(self.dtu_id, ip, port)
-        ident = self.dtu_id.encode("utf-8")
-        if self.password is not None:
-            ident += PASSWORD_SEP + self.password
-        return ident + b"\r\n" if self.registration == "usr" else ident
-
-    def heartbeat_packet(self) -> bytes:
-        """The exact heartbeat bytes of this DTU."""
-        if self.registration == "ddp":
-            return ddp_heartbeat(self.dtu_id)
-        if self.heartbeat is not None:
-            return self.heartbeat
-        ident = self.dtu_id.encode("utf-8")
-        return ident + b"\r\n" if self.registration == "usr" else ident
 
 
 # --------------------------------------------------------------------------- events
