@@ -35,7 +35,7 @@ ALLOWED = {
 SANS_IO = [
     "frame", "messages", "msgbase", "standard", "vendor", "units", "bcd", "crc", "errors",
     "describe", "cli", "registration", "registration_errors",
-    "registration_ddp", "registration_formats", "registration_auth", "gprs_throttle",
+    "registration_ddp", "registration_formats", "registration_auth", "gprs_throttle", "gsm_dialer",
 ]  # fmt: skip
 # the simulator plays the device role: it shares the sans-I/O codec and packet formats with
 # the driver, never the driver's master, poller or links
