@@ -36,18 +36,18 @@ Rules of a transaction (:meth:`BusMaster.transact`):
 - statistics are kept per device only for addresses the master itself sent to; replies
   from any other address are counted in the link totals only (``unexpected_replies``), so
   forged or stray frames cannot grow a table.
+
+Modules: this one holds :class:`BusMaster`, the adapter between the byte pipe, the timers
+and the callers' Deferreds; ``master_queue.py`` the priorities, errors, request records and
+the priority queue; ``master_policy.py`` reply matching and the adaptive timeout allowance
+(both sans-I/O).  Every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import enum
-import heapq
-import itertools
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -57,7 +57,17 @@ from twisted.python.failure import Failure
 from st2000r.config.model import Link
 from st2000r.drivers.st2000r import messages as m
 from st2000r.drivers.st2000r.errors import CodecError
-from st2000r.drivers.st2000r.frame import BROADCAST, NEED_DATA, Frame, FrameDecoder
+from st2000r.drivers.st2000r.frame import NEED_DATA, Frame, FrameDecoder
+from st2000r.drivers.st2000r.master_policy import AdaptiveAllowance, matches
+from st2000r.drivers.st2000r.master_queue import (
+    Attempt,
+    LinkDown,
+    Pending,
+    Priority,
+    RequestQueue,
+    TransactionError,
+    TransactionTimeout,
+)
 from st2000r.drivers.st2000r.reachability import Outcome, Purpose, Reachability
 from st2000r.drivers.st2000r.stats import DeviceStats, LinkStats, RttHistogram
 from st2000r.drivers.st2000r.timing import BusTiming, max_reply_size
@@ -74,97 +84,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-_STALE_KEEP: Final = 32  # timed-out SERs remembered to recognise late replies
-_ADAPT_WINDOW: Final = 256  # excess samples before the adaptive histogram decays by half
-_ADAPT_MIN_SAMPLES: Final = 1
-_ADAPT_FACTOR: Final = 1.25  # head-room over the observed p99 excess
-
-
-class Priority(enum.IntEnum):
-    """Queue priority; lower runs first."""
-
-    COMMAND = 0
-    STATUS = 1
-    SWEEP = 2
-    BACKFILL = 3
-
-
-class TransactionError(Exception):
-    """A transaction failed; ``request`` is the message as given to ``transact``."""
-
-    def __init__(self, message: str, request: m.Message) -> None:
-        super().__init__(message)
-        self.request = request
-
-
-class TransactionTimeout(TransactionError):
-    """No valid reply after all retries (silence or only corrupted replies).
-    ``attempts``: frames sent; ``corrupted``: attempts spoiled by a corrupted reply (the
-    device is there, the line is noisy) rather than silence."""
-
-    def __init__(self, message: str, request: m.Message, attempts: int = 0, corrupted: int = 0) -> None:
-        super().__init__(message, request)
-        self.attempts = attempts
-        self.corrupted = corrupted
-
-
-class LinkDown(TransactionError):
-    """The link was not connected within ``queue_timeout_s``, or was lost with the request
-    in flight and no retry left, or the master was shut down."""
-
-
-# --------------------------------------------------------------------------- queue items
-
-
-class _Pending:
-    __slots__ = (
-        "request", "priority", "retries_left", "latency_s", "deferred", "timer", "dead",
-        "cancelled", "attempts", "corrupted", "purpose", "plan", "on_sent",
-    )  # fmt: skip
-
-    def __init__(self, request: m.Message, priority: Priority, retries: int, latency_s: float,
-                 purpose: Purpose = Purpose.OTHER, plan: str | None = None) -> None:
-        self.request = request
-        self.purpose = purpose
-        self.plan = plan
-        self.on_sent: Callable[[], None] | None = None
-        self.priority = priority
-        self.retries_left = retries
-        self.latency_s = latency_s
-        self.deferred: defer.Deferred | None = None
-        self.timer: IDelayedCall | None = None  # queue timeout while disconnected
-        self.dead = False  # removed from the queue (lazy heap deletion)
-        self.cancelled = False
-        self.attempts = 0
-        self.corrupted = 0  # attempts spoiled by corrupted replies
-
-
-class _Attempt:
-    __slots__ = ("pending", "msg", "sent_at", "model", "timeout", "timer", "quiet", "broken")
-
-    def __init__(self, pending: _Pending, msg: m.Message, sent_at: float, model: float, timeout: float) -> None:
-        self.pending = pending
-        self.msg = msg
-        self.sent_at = sent_at
-        self.model = model
-        self.timeout = timeout
-        self.timer: IDelayedCall | None = None
-        self.quiet: IDelayedCall | None = None
-        self.broken = False
-
-
-def _matches(req: m.Message, reply: m.Message) -> bool:
-    """Is ``reply`` the answer to ``req`` (same SER, device, function and DI)?"""
-    if reply.ser != req.ser:
-        return False
-    if req.address != BROADCAST and reply.address != req.address:
-        return False
-    if isinstance(reply, m.ErrorReply):
-        return (reply.control & 0x3F) == (req.control & 0x3F) and reply.di in (None, req.DI)
-    if req.meter_type not in (0xAA, reply.meter_type):
-        return False
-    return type(reply).DI == req.DI and reply.control == (req.control | 0x80)
 
 
 # --------------------------------------------------------------------------- the master
@@ -211,18 +130,14 @@ class BusMaster:
         self.stats = LinkStats()
         self.reachability = Reachability(link)
         self._devices: dict[str, DeviceStats] = {}
-        self._queue: list[tuple[int, int, _Pending]] = []
-        self._queued = 0
-        self._seq = itertools.count()
-        self._front = itertools.count(-1, -1)
+        self._queue = RequestQueue()
         self._ser = 0
-        self._inflight: _Attempt | None = None
+        self._inflight: Attempt | None = None
         self._send_call: IDelayedCall | None = None
         self._quiet_until = -math.inf
         self._decoder = FrameDecoder()
         self._write: Callable[[bytes], None] | None = None
-        self._excess = RttHistogram()
-        self._stale: OrderedDict[int, _Attempt] = OrderedDict()
+        self._adaptive = AdaptiveAllowance()
         self._observers: list[Callable[[str, dict], None]] = []
 
     # ---------------------------------------------------------------- public API
@@ -256,13 +171,13 @@ class BusMaster:
             m.encode(replace(request, ser=0))
         except CodecError as exc:
             return defer.fail(exc)
-        pending = _Pending(
+        pending = Pending(
             request, Priority(priority), self.retries if retries is None else retries, hops_latency_s,
             purpose, plan,
         )
         pending.on_sent = on_sent
         pending.deferred = defer.Deferred(lambda d: self._cancel(pending))
-        self._push(pending, next(self._seq))
+        self._queue.push(pending)
         if not self.connected:
             self._start_queue_timer(pending)
         self._kick()
@@ -279,7 +194,7 @@ class BusMaster:
             log.info("link {link}: connected", link=self.name)
             self.reachability.link_up(self._clock.seconds())
             self._notify("connected", {})
-        for _, _, pending in self._queue:
+        for pending in self._queue:
             if pending.timer is not None and pending.timer.active():
                 pending.timer.cancel()
             pending.timer = None
@@ -335,10 +250,10 @@ class BusMaster:
                 pending.retries_left -= 1
                 self.stats.retries += 1
                 self._device(pending.request.address).retries += 1
-                self._push(pending, next(self._front))
+                self._queue.push_front(pending)
             else:
                 self._fail(pending, LinkDown(f"link {self.name}: connection lost ({reason})", pending.request))
-        for _, _, pending in self._queue:
+        for pending in self._queue:
             if not pending.dead:
                 self._start_queue_timer(pending)
 
@@ -352,8 +267,7 @@ class BusMaster:
         if attempt is not None:
             self._end_attempt(attempt)
             self._fail(attempt.pending, LinkDown(f"link {self.name}: {reason}", attempt.pending.request))
-        queue, self._queue, self._queued = self._queue, [], 0
-        for _, _, pending in queue:
+        for pending in self._queue.drain():
             if not pending.dead:
                 pending.dead = True
                 self._stop_queue_timer(pending)
@@ -376,7 +290,7 @@ class BusMaster:
     @property
     def queued(self) -> int:
         """Requests waiting (not counting the one in flight)."""
-        return self._queued
+        return len(self._queue)
 
     @property
     def busy(self) -> bool:
@@ -390,36 +304,20 @@ class BusMaster:
 
     # ---------------------------------------------------------------- queue
 
-    def _push(self, pending: _Pending, seq: int) -> None:
-        pending.dead = False
-        heapq.heappush(self._queue, (int(pending.priority), seq, pending))
-        self._queued += 1
-
-    def _pop(self) -> _Pending | None:
-        while self._queue:
-            _, _, pending = heapq.heappop(self._queue)
-            if not pending.dead:
-                self._queued -= 1
-                pending.dead = True
-                return pending
-        return None
-
-    def _remove(self, pending: _Pending) -> None:
-        if not pending.dead:
-            pending.dead = True
-            self._queued -= 1
+    def _remove(self, pending: Pending) -> None:
+        self._queue.discard(pending)
         self._stop_queue_timer(pending)
 
-    def _start_queue_timer(self, pending: _Pending) -> None:
+    def _start_queue_timer(self, pending: Pending) -> None:
         if pending.timer is None or not pending.timer.active():
             pending.timer = self._clock.callLater(self.queue_timeout_s, self._queue_expired, pending)
 
-    def _stop_queue_timer(self, pending: _Pending) -> None:
+    def _stop_queue_timer(self, pending: Pending) -> None:
         if pending.timer is not None and pending.timer.active():
             pending.timer.cancel()
         pending.timer = None
 
-    def _queue_expired(self, pending: _Pending) -> None:
+    def _queue_expired(self, pending: Pending) -> None:
         pending.timer = None
         if pending.dead or self.connected:
             return
@@ -429,7 +327,7 @@ class BusMaster:
             LinkDown(f"link {self.name}: not connected within {self.queue_timeout_s:g} s", pending.request),
         )
 
-    def _cancel(self, pending: _Pending) -> None:
+    def _cancel(self, pending: Pending) -> None:
         pending.cancelled = True
         if self._inflight is None or self._inflight.pending is not pending:
             self._remove(pending)
@@ -437,7 +335,7 @@ class BusMaster:
     # ---------------------------------------------------------------- sending
 
     def _kick(self) -> None:
-        if self._inflight is not None or not self.connected or not self._queued:
+        if self._inflight is not None or not self.connected or not self._queue:
             return
         if self._send_call is not None and self._send_call.active():
             return
@@ -450,17 +348,13 @@ class BusMaster:
     def _timeout(self, request: m.Message, latency_s: float) -> tuple[float, float]:
         nbytes = len(m.encode(replace(request, ser=0), self.preamble))
         model = self.timing.reply_timeout(nbytes, max_reply_size(request), latency_s)
-        allowance = 0.0
-        if self._excess.count >= _ADAPT_MIN_SAMPLES:
-            p99 = self._excess.percentile(0.99) or 0.0
-            allowance = min(_ADAPT_FACTOR * p99 if p99 > 1e-3 else 0.0, 2 * model + 1.0)
-        return model, model + allowance
+        return model, model + self._adaptive.allowance(model)
 
     def _send_next(self) -> None:
         self._send_call = None
         if self._inflight is not None or not self.connected:
             return
-        pending = self._pop()
+        pending = self._queue.pop()
         if pending is None:
             return
         self._ser = (self._ser + 1) & 0xFF
@@ -468,7 +362,7 @@ class BusMaster:
         wire = m.encode(msg, self.preamble)
         model, timeout = self._timeout(pending.request, pending.latency_s)
         now = self._clock.seconds()
-        attempt = _Attempt(pending, msg, now, model, timeout)
+        attempt = Attempt(pending, msg, now, model, timeout)
         self._inflight = attempt
         pending.attempts += 1
         self.stats.requests += 1
@@ -513,27 +407,23 @@ class BusMaster:
                 self._device(attempt.msg.address).crc_errors += 1
                 attempt.broken = True
             return
-        if attempt is not None and _matches(attempt.msg, reply):
+        if attempt is not None and matches(attempt.msg, reply):
             self._succeed(attempt, reply)
             return
         self.stats.unexpected_replies += 1
         dev = self._devices.get(reply.address)  # never a new entry for an address we did not ask
         if dev is not None:
             dev.unexpected_replies += 1
-        old = self._stale.pop(reply.ser, None)
-        if old is not None and _matches(old.msg, reply):
+        if self._adaptive.late_reply(reply, self._clock.seconds()):
             self.stats.late_replies += 1
-            self._excess.add(self._clock.seconds() - old.sent_at - old.model)
-            if self._excess.count >= 2 * _ADAPT_WINDOW:
-                self._excess.halve()
 
-    def _arm_quiet(self, attempt: _Attempt) -> None:
+    def _arm_quiet(self, attempt: Attempt) -> None:
         if attempt.quiet is not None and attempt.quiet.active():
             attempt.quiet.reset(self.quiet_s)
         else:
             attempt.quiet = self._clock.callLater(self.quiet_s, self._on_quiet, attempt)
 
-    def _on_quiet(self, attempt: _Attempt) -> None:
+    def _on_quiet(self, attempt: Attempt) -> None:
         attempt.quiet = None
         if self._inflight is not attempt:
             return
@@ -544,21 +434,19 @@ class BusMaster:
             attempt.pending.corrupted += 1
             self._retry_or_fail(attempt, "corrupted reply")
 
-    def _on_timeout(self, attempt: _Attempt) -> None:
+    def _on_timeout(self, attempt: Attempt) -> None:
         attempt.timer = None
         if self._inflight is not attempt:
             return
         self.stats.timeouts += 1
         self._device(attempt.msg.address).timeouts += 1
-        self._stale[attempt.msg.ser] = attempt
-        while len(self._stale) > _STALE_KEEP:
-            self._stale.popitem(last=False)
+        self._adaptive.timed_out(attempt)
         leftover = self._decoder.clear()
         if leftover:
             self._junk(len(leftover))
         self._retry_or_fail(attempt, "no reply")
 
-    def _end_attempt(self, attempt: _Attempt) -> None:
+    def _end_attempt(self, attempt: Attempt) -> None:
         for call in (attempt.timer, attempt.quiet):
             if call is not None and call.active():
                 call.cancel()
@@ -566,7 +454,7 @@ class BusMaster:
         self._inflight = None
         self._quiet_until = self._clock.seconds() + self.timing.gap_s
 
-    def _succeed(self, attempt: _Attempt, reply: m.Message) -> None:
+    def _succeed(self, attempt: Attempt, reply: m.Message) -> None:
         self._end_attempt(attempt)
         now = self._clock.seconds()
         rtt = now - attempt.sent_at
@@ -576,9 +464,7 @@ class BusMaster:
         dev.replies += 1
         self.stats.rtt.add(rtt)
         dev.rtt.add(rtt)
-        self._excess.add(rtt - attempt.model)
-        if self._excess.count >= 2 * _ADAPT_WINDOW:
-            self._excess.halve()
+        self._adaptive.learn(rtt - attempt.model)
         pending = attempt.pending
         self._report(pending, address, reply, None, now)
         d = pending.deferred
@@ -586,7 +472,7 @@ class BusMaster:
             d.callback(reply)
         self._kick()
 
-    def _retry_or_fail(self, attempt: _Attempt, why: str) -> None:
+    def _retry_or_fail(self, attempt: Attempt, why: str) -> None:
         self._end_attempt(attempt)
         pending = attempt.pending
         address = attempt.msg.address
@@ -598,7 +484,7 @@ class BusMaster:
             self.stats.retries += 1
             self._device(address).retries += 1
             self._quiet_until += self.backoff_s * pending.attempts
-            self._push(pending, next(self._front))
+            self._queue.push_front(pending)
             self._kick()
             return
         self.stats.failures += 1
@@ -615,14 +501,14 @@ class BusMaster:
         self._fail(pending, error)
         self._kick()
 
-    def _fail(self, pending: _Pending, error: TransactionError) -> None:
+    def _fail(self, pending: Pending, error: TransactionError) -> None:
         d = pending.deferred
         if not pending.cancelled and d is not None and not d.called:
             d.errback(error)
 
     # ---------------------------------------------------------------- helpers
 
-    def _report(self, pending: _Pending, address: str, reply: m.Message | None, error: Exception | None,
+    def _report(self, pending: Pending, address: str, reply: m.Message | None, error: Exception | None,
                 at: float) -> None:
         outcome = Outcome(self.name, address, pending.request, reply, error, at, pending.purpose, pending.plan)
         try:
