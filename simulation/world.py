@@ -26,22 +26,37 @@ Model rules (documented in docs/simulator.md, "World model"):
   repeater on the path adds its ``latency_ms`` one way (the reply is late by twice the sum);
 - pulse counting continues while a CDT is silent (the modules keep counting; the brochure
   keeps data ten years without power).
+
+Modules: this one holds the world (clock, links, ground truth, faults) and each link's
+devices (:class:`LinkWorld`); ``world_cdt.py`` a CDT (:class:`CdtState`) and
+``world_meter.py`` a meter (:class:`MeterState`).  Every name is importable from here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from st2000r.config.model import Cdt, Link, Meter, MeterKind, Topology
-from st2000r.drivers.st2000r.messages import AlarmFlag, Valve, channel_number, module_input
+from st2000r.config.model import Link, Topology
+from st2000r.drivers.st2000r.messages import AlarmFlag, module_input
 from st2000r.simulation import faults
-from st2000r.simulation.meters import EPOCH, Consumption, household
+from st2000r.simulation.meters import EPOCH, household
+from st2000r.simulation.world_cdt import (
+    BATTERY_EMPTY_MV,  # noqa: F401 (re-exported)
+    BATTERY_FULL_MV,  # noqa: F401 (re-exported)
+    BATTERY_HOURS_32,
+    BATTERY_LOW_FRACTION,  # noqa: F401 (re-exported)
+    FIRMWARE,  # noqa: F401 (re-exported)
+    FLAG_OF_NAME,
+    RECHARGE_S,  # noqa: F401 (re-exported)
+    CdtState,
+    alarm_names,
+)
+from st2000r.simulation.world_meter import METER_TYPES, VALVE_TRAVEL_S, MeterState, Months, abs_seconds
 
 __all__ = [
     "World",
@@ -55,290 +70,11 @@ __all__ = [
 
 log = Logger()
 
-VALVE_TRAVEL_S: Final = 6.0  # world seconds for a full open or close stroke
-BATTERY_HOURS_32: Final = 36.0  # battery life with 32 modules (brochure)
-RECHARGE_S: Final = 12 * 3600.0  # empty to full on mains, world seconds
-BATTERY_FULL_MV: Final = 12_600
-BATTERY_EMPTY_MV: Final = 10_800
-BATTERY_LOW_FRACTION: Final = 0.20
-FIRMWARE: Final = (2, 1)  # what CDTs report in CdtStatus
-
-#: CJ/T 188 meter type byte of each kind
-METER_TYPES: Final[dict[MeterKind, int]] = {
-    MeterKind.WATER: 0x10,
-    MeterKind.GAS: 0x30,
-    MeterKind.ELECTRICITY: 0x40,
-}
-
-_FLAG_OF_NAME: Final = {"tamper": AlarmFlag.TAMPER, "short": AlarmFlag.SHORT, "open": AlarmFlag.OPEN}
-
-
-def alarm_names(flags: AlarmFlag) -> list[str]:
-    """``["tamper", "short", "open"]`` subset in that order."""
-    return [name for name, flag in _FLAG_OF_NAME.items() if flags & flag]
-
-
-def _abs_seconds(when: datetime) -> float:
-    return (when.replace(tzinfo=None) - EPOCH).total_seconds()
-
-
-class _Months:
-    """Settlement boundaries (00:00 on the 1st of each month) after a start, in abs seconds,
-    extended on demand and shared by every meter of a world."""
-
-    __slots__ = ("_times", "_next")
-
-    def __init__(self, start: datetime) -> None:
-        first = start.replace(tzinfo=None, day=1, hour=0, minute=0, second=0, microsecond=0)
-        self._next = first
-        self._times: list[float] = []
-        self._advance()  # the boundary at or before start is not "after" it
-        start_abs = _abs_seconds(start)
-        self._times = [t for t in self._times if t > start_abs]
-
-    def _advance(self) -> None:
-        n = self._next
-        self._times.append(_abs_seconds(n))
-        self._next = n.replace(year=n.year + 1, month=1) if n.month == 12 else n.replace(month=n.month + 1)
-
-    def __getitem__(self, i: int) -> float:
-        while len(self._times) <= i:
-            self._advance()
-        return self._times[i]
-
-
-class MeterState:
-    """One pulse meter on a CDT channel: counter, valve, consumption.  Mutable; every
-    method taking ``t`` wants world abs seconds and first catches the meter up to ``t``."""
-
-    __slots__ = (
-        "config", "cdt", "module", "input", "channel", "serial", "kind", "meter_type",
-        "pulse_constant", "initial", "household", "consumption", "_months", "_f0",
-        "_pos", "_target", "_end", "_jammed", "_stopped_at", "_excluded",
-        "_base_count", "_base_pulses", "_settle_idx", "_settle_count",
-    )  # fmt: skip
-
-    def __init__(
-        self, config: Meter, cdt: CdtState, module: int, input_no: int,
-        consumption: Consumption, months: _Months, t0: float,
-    ) -> None:  # fmt: skip
-        self.config = config
-        self.cdt = cdt
-        self.module = module
-        self.input = input_no
-        self.channel = channel_number(module, input_no)
-        self.serial = config.serial
-        self.kind = config.kind
-        self.meter_type = METER_TYPES[config.kind]
-        self.pulse_constant = config.pulse_constant
-        self.initial = config.initial
-        self.household = config.household
-        self.consumption = consumption
-        self._months = months
-        self._f0 = consumption.cumulative(t0)
-        self._pos = Valve.OPEN
-        self._target: Valve | None = None
-        self._end = 0.0
-        self._jammed = False
-        self._stopped_at: float | None = None
-        self._excluded = 0.0
-        self._base_count = 0
-        self._base_pulses = 0
-        self._settle_idx = 0
-        self._settle_count = 0
-
-    # ---------------------------------------------------------------- time keeping
-
-    def _units_at(self, t: float) -> float:
-        """Base units drawn through the valve from commissioning to ``t`` (no event between
-        the last caught-up instant and ``t``)."""
-        stop = self._stopped_at
-        if stop is not None and stop < t:
-            t = stop
-        return self.consumption.cumulative(t) - self._f0 - self._excluded
-
-    def _count_at(self, t: float) -> int:
-        pulses = math.floor(self._units_at(t) / self.pulse_constant)
-        return self._base_count + pulses - self._base_pulses
-
-    def _catch_up(self, t: float) -> None:
-        """Replay what happened up to ``t``: settlement captures and valve arrivals, in order."""
-        months = self._months
-        while True:
-            boundary = months[self._settle_idx]
-            moving = self._target is not None and self._end <= t
-            if boundary <= t and (not moving or boundary <= self._end):
-                self._settle_count = self._count_at(boundary)
-                self._settle_idx += 1
-                continue
-            if moving:
-                self._arrive(self._end)
-                continue
-            return
-
-    def _arrive(self, when: float) -> None:
-        target, self._target = self._target, None
-        if target is Valve.CLOSED and self._pos is Valve.OPEN:
-            self._stopped_at = when
-        elif target is Valve.OPEN and self._pos is Valve.CLOSED:
-            stop = self._stopped_at if self._stopped_at is not None else when
-            self._excluded += self.consumption.cumulative(when) - self.consumption.cumulative(stop)
-            self._stopped_at = None
-        if target is not None:
-            self._pos = target
-
-    # ---------------------------------------------------------------- observation
-
-    def count(self, t: float) -> int:
-        """Pulses counted since commissioning (or since the last SetBase) at ``t``."""
-        self._catch_up(t)
-        return self._count_at(t)
-
-    def reading(self, t: float) -> int:
-        """Reading in base units (L or Wh): initial + count x pulse_constant."""
-        return self.initial + self.count(t) * self.pulse_constant
-
-    def settlement_reading(self, t: float) -> int:
-        """Reading (base units) at the last monthly settlement (00:00 on the 1st) before
-        ``t``; the commissioning reading until the first one."""
-        self._catch_up(t)
-        return self.initial + self._settle_count * self.pulse_constant
-
-    def valve(self, t: float) -> Valve:
-        """Valve as reported: FAULT when jammed, else the last position reached."""
-        self._catch_up(t)
-        return Valve.FAULT if self._jammed else self._pos
-
-    def valve_name(self, t: float) -> str:
-        """"open", "closed", "moving" or "fault"."""
-        self._catch_up(t)
-        if self._jammed:
-            return "fault"
-        if self._target is not None:
-            return "moving"
-        return "open" if self._pos is Valve.OPEN else "closed"
-
-    @property
-    def jammed(self) -> bool:
-        return self._jammed
-
-    # ---------------------------------------------------------------- changes
-
-    def command_valve(self, t: float, open_: bool) -> bool:
-        """Start the motor towards open/closed; False (nothing moves) when jammed."""
-        self._catch_up(t)
-        if self._jammed:
-            return False
-        target = Valve.OPEN if open_ else Valve.CLOSED
-        if self._target is None and self._pos is target:
-            return True
-        if self._target is target:
-            return True
-        self._target = target
-        self._end = t + VALVE_TRAVEL_S
-        return True
-
-    def set_jammed(self, t: float, jammed: bool) -> None:
-        """Jam (motion stops where it is, flow unchanged) or free the valve."""
-        self._catch_up(t)
-        self._jammed = jammed
-        if jammed:
-            self._target = None
-
-    def set_count(self, t: float, count: int) -> None:
-        """SetBase: the counter holds ``count`` from ``t`` on (fractional progress kept)."""
-        self._catch_up(t)
-        self._base_pulses = math.floor(self._units_at(t) / self.pulse_constant)
-        self._base_count = count
-
-    def rate_per_hour(self, t: float) -> float:
-        """Current draw, base units per world hour (0 while the valve is shut)."""
-        self._catch_up(t)
-        if self._stopped_at is not None and self._stopped_at <= t:
-            return 0.0
-        return self.consumption.rate_per_hour(t)
-
-
-class CdtState:
-    """A CDT: power and battery, clock, alarms per channel, silence faults."""
-
-    __slots__ = (
-        "config", "link", "address", "bcd_address", "name", "path", "latency_s",
-        "channels", "modules", "alarms", "no_answer", "late_ms", "clock_offset_s",
-        "_mains", "_charge", "_charge_at", "_capacity_s",
-    )  # fmt: skip
-
-    def __init__(self, config: Cdt, link: LinkWorld, path: tuple[str, ...], latency_s: float, t0: float) -> None:
-        self.config = config
-        self.link = link
-        self.address = config.address
-        self.bcd_address = config.bcd_address
-        self.name = config.name
-        self.path = path  # repeater names from the CDT's own repeater up to the bus
-        self.latency_s = latency_s  # one way, sum over the path
-        self.channels: dict[int, MeterState] = {}
-        self.modules = frozenset(m.number for m in config.modules)
-        self.alarms: dict[int, AlarmFlag] = {}
-        self.no_answer = False
-        self.late_ms = 0
-        self.clock_offset_s = 0.0
-        self._mains = True
-        self._charge = 1.0
-        self._charge_at = t0
-        self._capacity_s = BATTERY_HOURS_32 * 32 / max(1, len(self.modules)) * 3600.0
-
-    # ---------------------------------------------------------------- power
-
-    @property
-    def mains(self) -> bool:
-        return self._mains
-
-    def charge(self, t: float) -> float:
-        """Battery charge 0..1 at ``t``."""
-        dt = t - self._charge_at
-        if self._mains:
-            return min(1.0, self._charge + dt / RECHARGE_S)
-        return max(0.0, self._charge - dt / self._capacity_s)
-
-    def battery_mv(self, t: float) -> int:
-        return round(BATTERY_EMPTY_MV + (BATTERY_FULL_MV - BATTERY_EMPTY_MV) * self.charge(t))
-
-    def battery_low(self, t: float) -> bool:
-        return self.charge(t) < BATTERY_LOW_FRACTION
-
-    def set_mains(self, t: float, mains: bool) -> None:
-        self._charge = self.charge(t)
-        self._charge_at = t
-        self._mains = mains
-
-    def battery_hours(self) -> float:
-        """Full-battery life in world hours for this CDT's module count."""
-        return self._capacity_s / 3600.0
-
-    # ---------------------------------------------------------------- silence
-
-    def silent_reason(self, t: float) -> str | None:
-        """Why the CDT does not answer at ``t``: "repeater", "battery", "no_answer" or None."""
-        failed = self.link.failed_repeaters
-        if failed and any(name in failed for name in self.path):
-            return "repeater"
-        if not self._mains and self.charge(t) <= 0.0:
-            return "battery"
-        if self.no_answer:
-            return "no_answer"
-        return None
-
-    def silent(self, t: float) -> bool:
-        return self.silent_reason(t) is not None
-
-    def alarm(self, channel: int) -> AlarmFlag:
-        return self.alarms.get(channel, AlarmFlag.NONE)
-
 
 class LinkWorld:
     """One link's devices: CDTs by address, meters by serial, repeaters, wire faults."""
 
-    def __init__(self, world: World, config: Link, seed: int, t0: float, months: _Months) -> None:
+    def __init__(self, world: World, config: Link, seed: int, t0: float, months: Months) -> None:
         self.world = world
         self.config = config
         self.name = config.name
@@ -496,8 +232,8 @@ class World:
             start = datetime.fromtimestamp(clock.seconds()).replace(microsecond=0)
         self.start = start.replace(tzinfo=None)  # any date; before EPOCH gives negative seconds
         self._clock0 = clock.seconds()
-        self._abs0 = _abs_seconds(self.start)
-        months = _Months(self.start)
+        self._abs0 = abs_seconds(self.start)
+        months = Months(self.start)
         self._links: dict[str, LinkWorld] = {}
         for link in topology.links():
             self._links[link.name] = LinkWorld(self, link, seed, self._abs0, months)
@@ -591,7 +327,7 @@ class World:
             case faults.Alarm():
                 flags = AlarmFlag.NONE
                 for name in action.flags:
-                    flags |= _FLAG_OF_NAME[name]
+                    flags |= FLAG_OF_NAME[name]
                 target.alarms[action.channel] = flags
                 log.info("{where} CDT {cdt} channel {channel}: alarms {flags}", where=where,
                          cdt=action.cdt, channel=action.channel, flags=list(action.flags) or "cleared")  # fmt: skip
