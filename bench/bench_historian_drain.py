@@ -14,10 +14,7 @@ acknowledgement.  The count in the database is checked afterwards.
 
 Prints the build time, the open time, the drain time, rows/s and the ratio of the drain
 time to the 5-minute goal (<= 1.0 meets it).  Takes several minutes and ~3 GB of disk; not
-part of the test suite.  ``--general-path`` drains with PostgreSQL's readings going through
-the general ``reading_rows`` + ``db.write_ignoring`` path (dicts per row) instead of the
-column arrays made straight from the spool rows, for comparison.
-Usage: python bench/bench_historian_drain.py [DAYS] [--general-path]
+part of the test suite.  Usage: python bench/bench_historian_drain.py [DAYS]
 """
 
 from __future__ import annotations
@@ -70,11 +67,7 @@ def build(folder: str, topo, days: int) -> int:
 
 
 def main() -> int:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    days = int(args[0]) if args else 7
-    if "--general-path" in sys.argv:
-        store._FAST_READINGS.pop(("postgresql", "psycopg"))
-        print("readings through the general path (reading_rows + write_ignoring)", flush=True)
+    days = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     import psycopg
 
     name = f"st2000r_bench_{uuid.uuid4().hex[:8]}"

@@ -41,8 +41,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.sql.elements import TextClause
 
 __all__ = ["make_engine", "default_url", "SchemaStatus", "schema_status", "upgrade", "head_revision",
-           "insert_ignoring", "merge_sql", "unnest_sql", "write_ignoring", "sqlite_compiled_insert", "inserted_columns",
-           "UPGRADE_HINT", "describe_url"]
+           "insert_ignoring", "merge_sql", "unnest_sql", "write_ignoring", "sqlite_compiled_insert", "UPGRADE_HINT",
+           "describe_url"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 UPGRADE_HINT = "st2000r db upgrade {config}"
@@ -168,7 +168,7 @@ def merge_sql(table: Table, keys: tuple[str, ...], dialect: Any) -> str:
     """SQL Server's idempotent insert of one row of ``table`` (every column but an
     autoincrementing key) matched on ``keys``, with named parameters ``:column``."""
     q = dialect.identifier_preparer.quote
-    columns = [c.name for c in inserted_columns(table)]
+    columns = [c.name for c in _inserted_columns(table)]
     source = ", ".join(f":{c} AS {q(c)}" for c in columns)
     on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
     names = ", ".join(q(c) for c in columns)
@@ -195,7 +195,7 @@ def insert_ignoring(table: Table, keys: tuple[str, ...], dialect: Any) -> Any:
     raise ValueError(f"no idempotent insert for the {name} dialect")
 
 
-def inserted_columns(table: Table) -> list[Any]:
+def _inserted_columns(table: Table) -> list[Any]:
     return [c for c in table.columns if not (c.primary_key and c.autoincrement in (True, "auto"))]
 
 
@@ -207,7 +207,7 @@ def unnest_sql(table: Table, keys: tuple[str, ...], dialect: Any) -> str:
     ``keys`` are already there skipped."""
     q = dialect.identifier_preparer.quote
     types = dialect.type_compiler_instance
-    columns = inserted_columns(table)
+    columns = _inserted_columns(table)
     # element types without a length: an explicit cast to VARCHAR(n) would cut a too-long
     # text silently, where the insert's own conversion rejects it (and the row goes to
     # quarantine, as with executemany)
@@ -227,7 +227,7 @@ def write_ignoring(conn: Connection, table: Table, keys: tuple[str, ...], rows: 
         return
     dialect = conn.dialect
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        params = {c.name: [row.get(c.name) for row in rows] for c in inserted_columns(table)}
+        params = {c.name: [row.get(c.name) for row in rows] for c in _inserted_columns(table)}
         conn.exec_driver_sql(unnest_sql(table, keys, dialect), params)
         return
     if dialect.name == "sqlite":
@@ -281,7 +281,7 @@ def sqlite_compiled_insert(table: Table, keys: tuple[str, ...], dialect: Any) ->
     of 33-37 ms)."""
     found = _SQLITE_INSERTS.get((table.name, keys))
     if found is None:
-        names = [c.name for c in inserted_columns(table)]
+        names = [c.name for c in _inserted_columns(table)]
         compiled = insert_ignoring(table, keys, dialect).compile(dialect=dialect, column_keys=names)
         processors = [(name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
                       for name in compiled.positiontup]

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from st2000r.config.model import Topology
-from st2000r.historian.db import inserted_columns, sqlite_compiled_insert, unnest_sql, write_ignoring
+from st2000r.historian.db import sqlite_compiled_insert, write_ignoring
 from st2000r.historian.schema import (
     alarm_events,
     cdts,
@@ -199,8 +199,8 @@ def write_batch(conn: Connection, payload: dict[str, Any], meter_keys: dict[str,
     reason)`` (readings of unknown meters) for quarantine."""
     rejected: list[tuple] = []
     if payload.get("readings"):
-        fast = _FAST_READINGS.get((conn.dialect.name, conn.dialect.driver))
-        unknown = fast(conn, payload["readings"], meter_keys) if fast is not None else None
+        unknown = _write_readings_sqlite(conn, payload["readings"], meter_keys) if conn.dialect.name == "sqlite" \
+            else None
         if unknown is None:
             rows, unknown = reading_rows(payload["readings"], meter_keys)
             write_ignoring(conn, readings, _READING_KEYS, rows)
@@ -245,31 +245,6 @@ def _write_readings_sqlite(conn: Connection, spooled: list[list[Any]], meter_key
     if params:
         conn.exec_driver_sql(sql, params)
     return unknown
-
-
-def _write_readings_psycopg(conn: Connection, spooled: list[list[Any]], meter_keys: dict[str, int]
-                            ) -> list[tuple] | None:
-    """PostgreSQL's ingest path: spooled readings straight into the column arrays of
-    ``db.unnest_sql`` (columns by ``zip``; reply times parsed once per distinct value), the
-    same statement and values as ``db.write_ignoring`` without a dict a row.  None (the
-    general path runs) when a reading names an unknown meter or the table's columns are not
-    the spooled fields."""
-    columns = [c.name for c in inserted_columns(readings)]
-    if set(columns) != set(_SPOOLED):
-        return None
-    fields = dict(zip(_SPOOLED, (list(c) for c in zip(*spooled))))
-    keys = [meter_keys.get(m) for m in fields["meter"]]
-    if None in keys:
-        return None
-    times: dict[str, datetime] = {}
-    fields["meter"] = keys
-    fields["read_at"] = [times.get(at) or times.setdefault(at, datetime.fromisoformat(at)) for at in fields["read_at"]]
-    conn.exec_driver_sql(unnest_sql(readings, _READING_KEYS, conn.dialect), {c: fields[c] for c in columns})
-    return []
-
-
-#: ingest paths for spooled readings by (dialect, driver); others take reading_rows + write_ignoring
-_FAST_READINGS = {("sqlite", "pysqlite"): _write_readings_sqlite, ("postgresql", "psycopg"): _write_readings_psycopg}
 
 
 def write_one(conn: Connection, kind: str, row: Any, meter_keys: dict[str, int]) -> list[tuple]:
