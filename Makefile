@@ -37,6 +37,10 @@ system:
 	    echo "installing Debian packages:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	    case " $$missing " in *" openssh-server "*) \
+	      if command -v systemctl >/dev/null 2>&1 && systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1; then \
+	        echo "openssh-server is only for the console's SSH test: its system service is left disabled"; fi;; \
+	    esac; \
 	  else \
 	    echo "These Debian packages are needed:$$missing"; \
 	    echo "Install them as root:  sudo apt-get install$$missing"; exit 1; \
