@@ -16,7 +16,7 @@ the two).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
@@ -110,6 +110,12 @@ _TIME_FIELDS = {
 _TABLES = {"alarms": alarm_events, "commands": command_events, "health": health_samples}
 
 
+#: ``installed_at`` of a meter's first installation: it was in place before the database first
+#: heard of it -- readings spooled while the database was away (or before ``st2000r db upgrade``)
+#: belong to it, not to nobody.  Replacements carry the time they were recorded.
+BEFORE_RECORDS = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def sync_topology(conn: Connection, topology: Topology, now: datetime) -> dict[str, int]:
     """Bring sites, links, CDTs, households and meters in line with ``topology`` (insert
     what is new, update what changed, record meter replacements); returns ``meter_id ->
@@ -154,7 +160,7 @@ def sync_topology(conn: Connection, topology: Topology, now: datetime) -> dict[s
     for values, initial in new_meters:
         key = conn.execute(meters.insert().values(**values)).inserted_primary_key[0]
         conn.execute(installations.insert().values(meter=key, serial=values["serial"], household=values["household"],
-                                                   installed_at=now, start_value=initial))
+                                                   installed_at=BEFORE_RECORDS, start_value=initial))
     return {r.meter_id: r.id for r in conn.execute(select(meters.c.meter_id, meters.c.id))}
 
 

@@ -141,3 +141,23 @@ def test_sqlite_batch_stores_what_core_would_store(tmp_path):
         assert [tuple(r) for r in health] == [("2026-06-01 00:00:01.000005", 1, 0, None)] * 2
     finally:
         engine.dispose()
+
+
+def test_readings_spooled_before_the_database_first_heard_of_a_meter_are_billed(setup):
+    """The database first hears of the topology at T (it was away before, or upgraded late);
+    readings taken an hour earlier, replayed from the spool, belong to the meter's first
+    installation and count in a household's usage."""
+    from st2000r.historian import queries
+
+    engine, keys = setup
+    early = [reading("bus/1/1/1", -60, 1000, seq=1), reading("bus/1/1/1", -30, 1400, seq=2),
+             reading("bus/1/1/1", 30, 1500, seq=3)]
+    with engine.begin() as conn:
+        assert store.write_batch(conn, {"n": 3, "readings": early}, keys) == []
+    with engine.connect() as conn:
+        household = conn.execute(select(store.meters.c.household).where(store.meters.c.meter_id == "bus/1/1/1")).scalar()
+        before = queries.usage(conn, household, T - timedelta(minutes=45), T - timedelta(minutes=1))
+        across = queries.usage(conn, household, T - timedelta(minutes=45), T + timedelta(hours=1))
+    # from the last reading at or before the start (1000) to 1400 (then 1500)
+    assert before.by_kind.get("water") == 400
+    assert across.by_kind.get("water") == 500
