@@ -64,6 +64,7 @@ class Truth:
         self.every = every
         self.samples: list[tuple[float, float, dict[str, int]]] = []
         self._stop = threading.Event()
+        self.sample()  # the first at once: a reading's lower bound needs a sample before it
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -206,6 +207,9 @@ def test_run_records_simulate_through_outages_and_a_sigkill_every_round_once_in_
         control = sim_out.until(r"^control: (http://\S+)", 20).group(1)
         sim_out.until(r"^ready", 20)
         truth = Truth(control)
+        # a reading is bracketed by a sample received READ_MARGIN_S before it: on a quick machine
+        # the first round can start sooner than that after the first sample
+        _wait(lambda: time.time() - truth.samples[0][1] > READ_MARGIN_S, 10, "a truth sample older than the margin")
         upgrade = subprocess.run([ST2000R, "db", "upgrade", str(site)], capture_output=True, text=True, timeout=60)
         assert upgrade.returncode == 0, upgrade.stderr
 
