@@ -85,7 +85,7 @@ def manual_plans() -> tuple[ReadingPlan, ...]:
 
 
 def for_supervisor(topology: Topology, state_dir: str, *, devices: dict[str, str] | None = None,
-                   gprs_listen: str | None = None, operators=(), plans=None) -> Topology:
+                   gprs_listen: str | None = None, operators=(), plans=None, retries: int = 2) -> Topology:
     """``topology`` with serial devices replaced (link -> path), manual plans, settings."""
     devices = devices or {}
     sites = []
@@ -101,7 +101,7 @@ def for_supervisor(topology: Topology, state_dir: str, *, devices: dict[str, str
         sites.append(replace(site, links=tuple(links)))
     return replace(topology, sites=tuple(sites), plans=manual_plans() if plans is None else plans,
                    operators=tuple(operators),
-                   settings=SupervisorSettings(gprs_listen=gprs_listen, retries=2, log_format="text",
+                   settings=SupervisorSettings(gprs_listen=gprs_listen, retries=retries, log_format="text",
                                               state_dir=state_dir))
 
 
