@@ -38,7 +38,8 @@ setup(
         "st2000r.historian.migrations": ["script.py.mako", "versions/*.py"],
     },
     install_requires=[
-        "twisted>=24.7",
+        "twisted[tls]>=24.7",  # tls: pyOpenSSL and service_identity for HTTPS of the API ([api] tls) and
+        # Modbus/TCP Security; once pyOpenSSL is there, twisted.internet.ssl needs service_identity
         "pymodbus==3.16.*",
         "pyserial>=3.5",
         "SQLAlchemy==2.1.*",
@@ -46,7 +47,6 @@ setup(
         "textual==8.2.*",  # the console's snapshot tests depend on its rendering
         "httpx==0.28.*",  # the console's HTTP client
         "textual-plotext==1.0.*",  # the console's consumption chart
-        "pyOpenSSL>=24.0",  # HTTPS of the API ([api] tls), through twisted's TLS
         "argon2-cffi>=23.1",  # operators' password hashes (the HTTP API's login, st2000r operators hash)
     ],
     extras_require={
