@@ -48,6 +48,8 @@ setup(
         "httpx==0.28.*",  # the console's HTTP client
         "textual-plotext==1.0.*",  # the console's consumption chart
         "argon2-cffi>=23.1",  # operators' password hashes (the HTTP API's login, st2000r operators hash)
+        "cryptography>=42",  # the API checks its TLS certificate and key at start (also needed by pyOpenSSL)
+        "tzdata",  # zone data for [historian] aggregate_timezone where the system has none (zoneinfo's fallback)
     ],
     extras_require={
         # database drivers of the historian: a plain install (SQLite) needs neither
