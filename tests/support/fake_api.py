@@ -95,7 +95,7 @@ class FakeApi:
         path = unquote(request.url.path)
         body = json.loads(request.content) if request.content else {}
         self.requests.append((request.method, path, dict(request.url.params)))
-        if path == "/api/v1/login":
+        if (request.method, path) == ("POST", "/api/v1/login"):
             return self.login(body)
         auth = request.headers.get("authorization", "")
         who = self.tokens.get(auth.removeprefix("Bearer "))
@@ -133,13 +133,17 @@ class FakeApi:
             return ok({"items": [{"name": "bus1", "site": "Garden Court", "kind": "serial", "state": "connected",
                                   "connected": True, "signal": None, "since": READ_AT, "cdts": 2,
                                   "meters": len(self.meters), "stats": {"requests": 1234, "timeouts": 5, "rtt_p99_s": 0.141},
-                                  "round": None, "sessions": []}]})
+                                  "round": None, "sessions": []}], "next": None})
         if route == ("GET", "/api/v1/diagnostics"):
-            return ok({"run": self.run, "seq": self.seq, "historian": None})
+            return ok({"run": self.run, "seq": self.seq, "historian": None,
+                       "bus": {"published": self.seq, "failures": 0, "subscribers": 1 + len(self.streams)},
+                       "consumers": [], "api": {"sessions": len(self.tokens), "sse_clients": len(self.streams),
+                                                "events_buffered": 0, "events_oldest_seq": 1}})
         if route == ("GET", "/api/v1/operators"):
             if who[1] != "admin":
                 return err(403, "forbidden", "needs role admin")
-            return ok({"items": [{"name": n, "role": r, "can_login": True} for n, (_, r) in self.operators.items()]})
+            return ok({"items": [{"name": n, "role": r, "can_login": True} for n, (_, r) in self.operators.items()],
+                       "next": None})
         if route == ("POST", "/api/v1/logout"):
             return httpx.Response(204)
         return err(404, "not_found", f"no route {path}")
@@ -193,8 +197,12 @@ class FakeApi:
             a["acked_by"] = who[0]
         if state == "shelved":
             a["shelved_reason"] = body["reason"]
+        op = {"active-acked": "acknowledge", "shelved": "shelve", "active-unacked": "unshelve"}[state]
+        reason = body.get("note" if op == "acknowledge" else "reason") or ""
+        cmd = self.record(f"alarm_{'ack' if op == 'acknowledge' else op}", a["id"], op, who[0], reason)
+        cmd.update(state="succeeded", detail=f"alarm {op}d", sent_at=READ_AT, finished_at=READ_AT)
         self.publish({"type": "AlarmChanged", "alarm": dict(a)})
-        return ok({"command": None, "alarm": a})
+        return ok({"command": dict(cmd), "alarm": a})
 
     def command(self, who: tuple[str, str], body: dict) -> httpx.Response:
         if who[1] == "viewer":
@@ -202,13 +210,19 @@ class FakeApi:
         meter = body.get("meter") or body.get("target")
         if not any(m["id"] == meter for m in self.meters):
             return err(404, "not_found", f"no meter {meter}", "meter")
-        cid = f"{self.run[:8]}-{len(self.commands) + 1:06d}"
-        self.commands[cid] = {"id": cid, "kind": body["kind"], "target": meter,
-                              "action": ("open" if body.get("open") else "close") if body["kind"] == "valve" else None,
-                              "state": "pending", "detail": "accepted", "who": who[0], "source": "api",
-                              "reason": body.get("reason"), "url": f"/api/v1/commands/{cid}"}
+        action = ("open" if body.get("open") else "close") if body["kind"] == "valve" else "read"
+        cid = self.record(body["kind"], meter, action, who[0], body.get("reason") or "")["id"]
         return httpx.Response(202, json={"id": cid, "state": "pending", "url": f"/api/v1/commands/{cid}",
                                          "detail": "accepted"})
+
+    def record(self, kind: str, target: str, action: str, who: str, reason: str) -> dict:
+        """A command as the API's ``Command`` schema shapes it, kept for ``GET /commands/{id}``."""
+        cid = f"{self.run[:8]}-{len(self.commands) + 1:06d}"
+        self.commands[cid] = {"id": cid, "kind": kind, "target": target, "action": action, "who": who,
+                              "source": "api", "peer": "127.0.0.1", "reason": reason, "requested_at": READ_AT,
+                              "state": "pending", "detail": "accepted", "sent_at": None, "finished_at": None,
+                              "late": False, "url": f"/api/v1/commands/{cid}"}
+        return self.commands[cid]
 
     def summary(self) -> dict:
         by_state: dict[str, int] = {}
