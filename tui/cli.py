@@ -14,7 +14,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="st2000r console", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="st2000r console", description="the operators' console in this terminal, a client of the supervisor's HTTP API")
     parser.add_argument("--url", default=os.environ.get("ST2000R_URL", DEFAULT_URL),
                         help="the supervisor's API, e.g. http://127.0.0.1:8080 (default: $ST2000R_URL or %(default)s)")
     parser.add_argument("--ca", metavar="FILE", default=None,
