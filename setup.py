@@ -64,7 +64,26 @@ setup(
             "schemathesis==4.*",  # fuzzes the HTTP API from its served OpenAPI document
         ],
     },
-    entry_points={"console_scripts": ["st2000r = st2000r.supervisor.cli:main"]},
+    entry_points={
+        "console_scripts": ["st2000r = st2000r.supervisor.cli:main"],
+        # the subcommands of `st2000r`, each in the room that owns it (module with main(argv) -> int);
+        # the dispatcher reads this table, so it names no room's module itself
+        "st2000r.commands": [
+            "config = st2000r.config.cli",
+            "frame = st2000r.drivers.st2000r.cli",
+            "run = st2000r.supervisor.run",
+            "db = st2000r.historian.cli",
+            "history = st2000r.historian.history_cli",
+            "operators = st2000r.supervisor.api.operators_cli",
+            "scan = st2000r.supervisor.scan",
+            "registers = st2000r.bridge.cli",
+            "console = st2000r.tui.cli",
+            "simulate = st2000r.simulation.cli",
+            "simulate-ctl = st2000r.simulation.ctl",
+            "simulate-demo = st2000r.simulation.demo",
+            "demo = st2000r.supervisor.demo",
+        ],
+    },
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Framework :: Twisted",

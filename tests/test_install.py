@@ -52,6 +52,15 @@ def build_wheel(project: Path, name: str, version: str, out: Path) -> Path:
             "METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
             "WHEEL": "Wheel-Version: 1.0\nGenerator: tests/test_install.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         }
+        egg = out / f"{name}-egg"  # the entry points (the subcommands of st2000r) as setuptools writes them
+        egg.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg)],
+                       cwd=project, check=True, capture_output=True, timeout=120, env=OFFLINE)
+        for points in egg.glob("*.egg-info/entry_points.txt"):  # the subcommands' group only: no scripts
+            text = points.read_text()
+            start = text.find("[st2000r.commands]")
+            if start >= 0:
+                meta["entry_points.txt"] = text[start:].split("\n\n")[0] + "\n"
         for filename, text in meta.items():
             zf.writestr(f"{info}/{filename}", text)
             records.append(_record_line(f"{info}/{filename}", text.encode()))
@@ -96,7 +105,7 @@ def test_installs_beside_the_process_manager_supervisor(wheels, tmp_path):
         "assert 'st2000r' not in supervisor.__file__, supervisor.__file__\n"
         "assert supervisor.STANDIN.startswith('the process manager'), supervisor.STANDIN\n"
         "assert hasattr(supervisor.options, 'ServerOptions')\n"
-        "assert st2000r.supervisor.cli.COMMANDS['scan'][0] == 'st2000r.supervisor.scan'\n"
+        "assert st2000r.supervisor.cli.commands()['scan'].value == 'st2000r.supervisor.scan'\n"
         "print('ok')\n"
     )
     proc = subprocess.run(

@@ -112,6 +112,26 @@ def test_console_command_loads_no_daemon_module():
     assert out.stdout.strip() == ""
 
 
+def test_no_room_names_a_module_it_may_not_import():
+    """Not even as a string for a lazy import: the ``st2000r`` dispatcher finds the rooms'
+    commands through the ``st2000r.commands`` entry points, so the supervisor names no
+    simulator module."""
+    offenders = []
+    for room, folder in ROOMS.items():
+        forbidden = [f"st2000r.{r}" for r in ROOMS if r != room and r not in ALLOWED[room]]
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in forbidden if f"{name}." in text
+                          or f'"{name}"' in text]
+    assert offenders == []
+
+
+def test_every_installed_command_has_help_and_every_help_a_command():
+    from st2000r.supervisor import cli
+
+    assert set(cli.commands()) == set(cli.HELP)
+
+
 def test_the_checker_sees_a_violation(tmp_path):
     """The checks above would fail on a violation (guards against a vacuous pass)."""
     bad = tmp_path / "x.py"

@@ -2,7 +2,7 @@
 
 A GPRS DTU dials *in* to the supervisor and must say who it is before the bus bytes it
 carries mean anything.  The packets are those of common DTUs, and exactly those the field
-simulator's DTU (``st2000r.simulation.dtu``) sends::
+simulator's DTU (``simulation/dtu.py``) sends::
 
     format  registration (DTU -> server, once per connection)   heartbeat (every heartbeat_s)
     plain   <ID>                        (ASCII, no framing)     <ID>        (or a configured packet)
@@ -52,7 +52,7 @@ they are skipped; any other byte fails the proof.  Proofs and passwords are comp
 can replay it (docs/security.md); a challenge proof is useless a second time.  Error
 messages never contain a secret, a received password or a received proof.
 
-Names shared with ``st2000r.simulation.dtu`` (``DtuFormat``, ``ddp_*``, ``parse_ddp``,
+Names shared with the simulator's ``simulation/dtu.py`` (``DtuFormat``, ``ddp_*``, ``parse_ddp``,
 ``DdpPacket``, ``Registered``, ``Heartbeat``, ``Data``, ``UplinkDecoder``,
 ``DownlinkDecoder``, ``DtuFormatError``) have the same behaviour, so the simulator can
 import them from here instead of keeping its own copy.
