@@ -25,13 +25,14 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from st2000r.historian import db
 from st2000r.historian.aggregates import CHUNK, AggregateReport, Conflict, ZoneMismatch, aggregate
 from st2000r.historian.retention import PURGE_CHUNK, PurgeReport, purge
+from st2000r.supervisor.worker import SerialWorker
 
 __all__ = ["Upkeep", "for_topology", "INTERVAL_S"]
 
@@ -63,8 +64,8 @@ class Upkeep(Service):
         self._engine_factory = engine_factory
         self._engine: Any = None
         self._schema_ok = False
-        self._pool: Any = None
-        self._run: Callable[..., defer.Deferred] = lambda fn, *a: defer.maybeDeferred(fn, *a)
+        self.worker = SerialWorker(clock, "st2000r-historian-upkeep")
+        self._run = self.worker.run
         self._loop: LoopingCall | None = None
         self._busy: defer.Deferred | None = None
         self._problem: str | None = None
@@ -75,14 +76,7 @@ class Upkeep(Service):
 
     def startService(self) -> None:
         super().startService()
-        if IReactorFromThreads.providedBy(self.clock):
-            from twisted.internet.threads import deferToThreadPool
-            from twisted.python.threadpool import ThreadPool
-
-            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="st2000r-historian-upkeep")
-            self._pool.start()
-            pool, reactor = self._pool, self.clock
-            self._run = lambda fn, *args: deferToThreadPool(reactor, pool, fn, *args)
+        self.worker.start()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval_s, now=False)
@@ -96,14 +90,8 @@ class Upkeep(Service):
         d = self._busy if self._busy is not None else defer.succeed(None)
         out: defer.Deferred = defer.Deferred()
         d.addBoth(lambda _: None)
-        d.addBoth(lambda _: self._run(self._thd_close)).addBoth(self._stop_pool).addBoth(out.callback)
+        d.addBoth(lambda _: self._run(self._thd_close)).addBoth(self.worker.stop).addBoth(out.callback)
         return out
-
-    def _stop_pool(self, _: Any) -> None:
-        self._run = lambda fn, *a: defer.maybeDeferred(fn, *a)
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool = None
 
     # ---------------------------------------------------------------- rounds (reactor thread)
 

@@ -53,7 +53,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -62,6 +62,7 @@ from st2000r.historian import db, store
 from st2000r.historian.spool import Spool, SpoolFull
 from st2000r.supervisor.events import (AlarmChanged, CdtChanged, CommandChanged, HistorianChanged, LinkChanged,
                                        ReadingBatch, utc)
+from st2000r.supervisor.worker import SerialWorker
 
 __all__ = ["Historian", "HistorianStatus", "QUARANTINE_FILE", "STORED_EVENTS", "for_topology", "check_at_start"]
 
@@ -137,8 +138,8 @@ class Historian(Service):
         self._buffer: dict[str, list[Any]] = {k: [] for k in store.KINDS}
         self._buffered = 0
         self._held: list[dict[str, Any]] = []  # batches the full spool could not take
-        self._pool: Any = None
-        self._run: Callable[..., defer.Deferred] = lambda fn, *a: defer.maybeDeferred(fn, *a)
+        self.worker = SerialWorker(clock, "st2000r-historian-writer")
+        self._run = self.worker.run
         self._consumer: Any = None
         self._loop: LoopingCall | None = None
         self._last: defer.Deferred = defer.succeed(None)
@@ -181,14 +182,7 @@ class Historian(Service):
             log.info("historian spool {dir}: {rows} row(s) of an earlier run to replay", dir=self.spool_dir,
                      rows=self.spool.rows)
         super().startService()
-        if IReactorFromThreads.providedBy(self.clock):
-            from twisted.internet.threads import deferToThreadPool
-            from twisted.python.threadpool import ThreadPool
-
-            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="st2000r-historian-writer")
-            self._pool.start()
-            pool, reactor = self._pool, self.clock
-            self._run = lambda fn, *args: deferToThreadPool(reactor, pool, fn, *args)
+        self.worker.start()
         self._consumer = self.bus.attach(self._on_event, STORED_EVENTS, limit=10_000, overflow=self._on_event,
                                          name="historian")
         self._loop = LoopingCall(self.flush)
@@ -207,7 +201,7 @@ class Historian(Service):
         d.addCallback(lambda _: self.flush(final=True))
         d.addErrback(lambda f: log.failure("historian: final flush failed", f))
         d.addBoth(lambda _: self._run(self._thd_close))
-        d.addBoth(self._stop_pool)
+        d.addBoth(self.worker.stop)
         return d
 
     def _drained(self) -> defer.Deferred:
@@ -226,13 +220,6 @@ class Historian(Service):
         if self._consumer is not None:
             self._consumer.close()
         self._consumer = None
-
-    def _stop_pool(self, result: Any) -> None:
-        self._run = lambda fn, *a: defer.maybeDeferred(fn, *a)
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool = None
-        return None
 
     # ---------------------------------------------------------------- feeding (reactor thread)
 

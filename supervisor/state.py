@@ -40,14 +40,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -55,6 +54,7 @@ from st2000r.config.model import Meter, Topology
 from st2000r.drivers.st2000r.messages import AlarmFlag, Valve
 from st2000r.supervisor.events import Alarm, AlarmChanged, EventBus, MeterChanged, MeterId, Quality, utc
 from st2000r.supervisor.points import MeterPoint
+from st2000r.supervisor.worker import SerialWorker
 
 __all__ = ["FILE_NAME", "SCHEMA_VERSION", "SavedState", "StateStats", "StateStore", "check_state_dir"]
 
@@ -340,10 +340,6 @@ class _Writer:
 # --------------------------------------------------------------------------- the service
 
 
-def _inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-    return defer.maybeDeferred(fn, *args)
-
-
 class StateStore(Service):
     """``STATE_DIR/state.sqlite`` of ``topology`` (rules in the module docstring).
 
@@ -377,8 +373,8 @@ class StateStore(Service):
         self._meters: dict[MeterId, MeterChanged] = {}
         self._alarms: dict[str, Alarm] = {}
         self._writer = _Writer(self.path, self._configs)
-        self._pool: Any = None
-        self._run: Callable[..., defer.Deferred] = _inline
+        self.worker = SerialWorker(clock, "st2000r-state-writer")
+        self._run = self.worker.run
         self._consumer: Any = None
         self._loop: LoopingCall | None = None
         self._last: defer.Deferred | None = None  # the newest write
@@ -461,14 +457,7 @@ class StateStore(Service):
     def startService(self) -> None:
         self.load()
         super().startService()
-        if IReactorFromThreads.providedBy(self.clock):
-            from twisted.internet.threads import deferToThreadPool
-            from twisted.python.threadpool import ThreadPool
-
-            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="st2000r-state-writer")
-            self._pool.start()
-            pool, reactor = self._pool, self.clock
-            self._run = lambda fn, *args: deferToThreadPool(reactor, pool, fn, *args)
+        self.worker.start()
         self._consumer = self.bus.attach(self._on_event, (MeterChanged, AlarmChanged), name="state store")
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self.clock
@@ -485,7 +474,7 @@ class StateStore(Service):
         d.addCallback(lambda _: self.flush())
         d.addCallback(lambda _: self._run(self._writer.close))
         d.addErrback(lambda f: log.failure("state file {path}: closing failed", f, path=self.path))
-        d.addBoth(self._stop_pool)
+        d.addBoth(self.worker.stop)
         return d
 
     def _drained(self) -> defer.Deferred:
@@ -495,13 +484,6 @@ class StateStore(Service):
         if self._consumer is not None:
             self._consumer.close()
         self._consumer = None
-
-    def _stop_pool(self, result: Any) -> Any:
-        self._run = _inline
-        if self._pool is not None:
-            self._pool.stop()  # the worker is idle: every job was waited for
-            self._pool = None
-        return None
 
     # ---------------------------------------------------------------- feeding and flushing
 

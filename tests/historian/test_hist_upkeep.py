@@ -135,6 +135,6 @@ async def test_on_the_reactor_the_work_runs_on_its_own_thread(tmp_path):
     finally:
         await upkeep.stopService()
     assert threads == {"PoolThread-st2000r-historian-upkeep-0"}
-    assert upkeep._pool is None
+    assert not upkeep.worker.threaded
     assert count(engine, daily_aggregates) == 2
     engine.dispose()

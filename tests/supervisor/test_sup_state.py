@@ -373,7 +373,7 @@ async def test_writes_run_on_one_thread_off_the_reactor_and_stop_waits_for_the_f
     finally:
         await rig.store.stopService()  # drains the bus queue, flushes, closes
     assert threads and threading.get_ident() not in threads and len(threads) == 1
-    assert rig.store.stats.flushes == 2 and rig.store._pool is None
+    assert rig.store.stats.flushes == 2 and not rig.store.worker.threaded
     assert rows(rig.path, "SELECT count FROM meters ORDER BY cdt, module, channel") == [(n,) for n in range(1, 7)]
     assert not os.path.exists(rig.path + "-wal") or os.path.getsize(rig.path + "-wal") == 0
 
