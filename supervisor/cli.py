@@ -40,7 +40,10 @@ def commands() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
 
 
-def usage(available: dict[str, metadata.EntryPoint]) -> str:
+def usage(available: dict[str, metadata.EntryPoint] | None = None) -> str:
+    """The command list (``available``: the installed commands, default: looked up)."""
+    if available is None:
+        available = commands()
     names = [n for n in HELP if n in available] + sorted(set(available) - set(HELP))
     width = max(map(len, names), default=0)
     lines = ["usage: st2000r COMMAND [ARGS...]", "", "commands:"]
